@@ -1,0 +1,24 @@
+"""ddpmlab: denoising diffusion probabilistic models, exact and fast.
+
+The public API re-exports only; see README.md for a tour.
+"""
+
+from . import forward, likelihood, losses, parametrization, reverse, samplers, schedules
+from .config import Config, DataConfig, DiffusionConfig, ModelConfig, SampleConfig, TrainConfig
+from .errors import CheckpointError, ConfigError, DataError, DDPMLabError
+from .forward import q_mean_var, q_posterior, q_sample, q_step
+from .likelihood import BitsPerDim, bits_per_dim
+from .losses import normal_kl, simple_loss
+from .reverse import p_mean_var
+from .samplers import classifier_free_guidance, sample
+from .schedules import Schedule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BitsPerDim", "CheckpointError", "Config", "ConfigError", "DataConfig", "DataError",
+    "DDPMLabError", "DiffusionConfig", "ModelConfig", "SampleConfig", "Schedule", "TrainConfig",
+    "bits_per_dim", "classifier_free_guidance", "forward", "likelihood", "losses", "normal_kl",
+    "p_mean_var", "parametrization", "q_mean_var", "q_posterior", "q_sample", "q_step",
+    "reverse", "sample", "samplers", "schedules", "simple_loss",
+]

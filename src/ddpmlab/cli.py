@@ -1,0 +1,308 @@
+"""The ``ddpmlab`` command: train | sample | eval | figures.
+
+Each command parses its arguments, builds a config, and calls the library; nothing else lives
+here. Errors caused by the user's input (:class:`~ddpmlab.errors.DDPMLabError`) print one line
+and exit with status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, DDPMLabError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = {"SIGINT": 130, "SIGTERM": 143}
+
+
+# ----------------------------------------------------------------------------- helpers
+def _overrides(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for item in pairs:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"command line: override {item!r} must look like section.key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _default_out(dataset: str) -> Path:
+    """``runs/<dataset>``, or ``runs/<dataset>-2``, ... if that already holds a run."""
+    name = Path(dataset).stem if ("/" in dataset or "." in dataset) else dataset
+    base = Path("runs") / (name or "run")
+    cand, k = base, 2
+    while cand.exists() and any(cand.iterdir()):
+        cand = base.with_name(f"{base.name}-{k}")
+        k += 1
+    return cand
+
+
+def _parse_classes(text: str, num_classes: int) -> list[int]:
+    if text == "all":
+        return list(range(num_classes))
+    try:
+        classes = [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        raise ConfigError(f"--class {text!r}: give a class number, a list like 3,5, or all")\
+            from None
+    bad = [c for c in classes if not 0 <= c < num_classes]
+    if bad or not classes:
+        raise ConfigError(f"--class {text!r}: classes must be in 0..{num_classes - 1}")
+    return classes
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ConfigError(f"{name}={value} must be >= 1")
+
+
+# ----------------------------------------------------------------------------- train
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import Config, load_config
+    from .train import Trainer
+    from .train.distributed import cleanup
+
+    ov = _overrides(args.set)
+    if args.resume:
+        run_dir = Path(args.resume)
+        if args.out and Path(args.out) != run_dir:
+            raise ConfigError("--resume DIR continues DIR; do not also give a different --out")
+        cfg_path = run_dir / "config.json"
+        if not cfg_path.is_file():
+            raise DDPMLabError(f"{run_dir}: not a ddpmlab run directory (no config.json)")
+        cfg = Config.from_file(cfg_path)
+        if args.config:
+            raise ConfigError("--resume takes the run's own config.json; drop --config")
+    else:
+        cfg = load_config(args.config or "mnist")
+    if args.dataset:
+        ov["data.dataset"] = args.dataset
+    if args.max_steps is not None:
+        ov["train.max_steps"] = str(args.max_steps)
+    if args.seed is not None:
+        ov["train.seed"] = str(args.seed)
+    if args.device:
+        ov["train.device"] = args.device
+    if args.conditional:
+        ov["data.conditional"] = "true"
+    if args.time_limit is not None:
+        ov["train.time_limit_min"] = str(args.time_limit)
+    cfg = cfg.override(ov)
+    run_dir = Path(args.resume) if args.resume else Path(args.out or _default_out(
+        cfg.data.dataset))
+    trainer = Trainer(cfg, run_dir, resume=bool(args.resume), force=args.force,
+                      progress=not args.no_progress)
+    main = trainer.dist.is_main
+    if main:
+        from .data import describe
+
+        print(f"ddpmlab: training on {describe(trainer.data)}", flush=True)
+        n_params = sum(p.numel() for p in trainer.model.parameters())
+        print(f"ddpmlab: model {n_params / 1e6:.2f}M parameters on {trainer.device} "
+              f"({trainer.precision}); run directory {run_dir}", flush=True)
+    try:
+        result = trainer.train()
+    finally:
+        pass
+    code = 0
+    if result.stopped_by in EXIT_INTERRUPTED:
+        if main:
+            print(f"\nddpmlab: stopped by {result.stopped_by} at step {result.step}; checkpoint "
+                  f"saved to {result.checkpoint}.\nResume with: ddpmlab train --resume {run_dir}",
+                  file=sys.stderr)
+        cleanup()
+        return EXIT_INTERRUPTED[result.stopped_by]
+    grid = None
+    if main and not args.no_samples:
+        print(f"ddpmlab: drawing {cfg.sample.n} samples with the EMA weights "
+              f"({cfg.sample.sampler})...", flush=True)
+        grid = trainer.sample_grid(run_dir / "samples.png")
+    if main:
+        why = " (time limit reached)" if result.stopped_by == "time limit" else ""
+        print(f"ddpmlab: trained {result.step} steps in {result.seconds / 60:.1f} min{why}, "
+              f"final loss {result.loss:.4f}")
+        print(f"  run directory : {run_dir}")
+        print(f"  checkpoint    : {result.checkpoint}")
+        print(f"  metrics       : {run_dir / 'metrics.jsonl'}")
+        if grid is not None:
+            print(f"  sample grid   : {grid}")
+        print(f"  more samples  : ddpmlab sample --run {run_dir}")
+    cleanup()
+    return code
+
+
+# ----------------------------------------------------------------------------- sample
+def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from .train.loop import resolve_device
+    from .train.sampling import load_run, sample_images, save_npz
+    from .viz import save_grid
+
+    _positive("--n", args.n)
+    _positive("--batch-size", args.batch_size)
+    _positive("--steps", args.steps)
+    device = resolve_device(args.device or "auto")
+    model, cfg, ckpt = load_run(args.run, use_ema=not args.no_ema, device=device)
+    T = cfg.diffusion.timesteps
+    if args.steps is not None and args.steps > T:
+        raise ConfigError(f"--steps={args.steps} exceeds the run's diffusion.timesteps={T}")
+    if args.eta is not None and args.eta < 0:
+        raise ConfigError(f"--eta={args.eta} must be >= 0")
+    if args.guidance is not None and args.guidance < 0:
+        raise ConfigError(f"--guidance={args.guidance} must be >= 0")
+    y = None
+    n, nrow = args.n, None
+    if args.class_ is not None:
+        if cfg.model.num_classes == 0:
+            raise ConfigError(f"--class: the run {args.run} was trained unconditionally "
+                              "(train with --conditional to choose classes)")
+        classes = _parse_classes(args.class_, cfg.model.num_classes)
+        per = max(1, n // len(classes)) if args.class_ == "all" else None
+        if per is not None:
+            y = torch.tensor([c for c in classes for _ in range(per)])
+            nrow = per
+        else:
+            y = torch.tensor([classes[k % len(classes)] for k in range(n)])
+        n = len(y)
+    images = sample_images(model, cfg, n=n, seed=args.seed, device=device,
+                           sampler=args.sampler, steps=args.steps, eta=args.eta, y=y,
+                           guidance=args.guidance, batch_size=args.batch_size,
+                           progress=not args.no_progress)
+    run_dir = Path(args.run)
+    tag = f"{args.sampler or cfg.sample.sampler}-{args.steps or cfg.sample.steps or T}"
+    out = Path(args.out) if args.out else run_dir / "samples" / f"sample_{tag}_seed{args.seed}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_grid(images, out, nrow=nrow, scale=2)
+    print(f"ddpmlab: {n} samples from {ckpt} -> {out}")
+    if args.npz:
+        npz = save_npz(images, args.npz, labels=y)
+        print(f"ddpmlab: uint8 NxHxWxC array (key arr_0) -> {npz}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- eval
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_run
+
+    results = evaluate_run(args)
+    if args.json:
+        from .train.checkpoint import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+# ----------------------------------------------------------------------------- figures
+def cmd_figures(args: argparse.Namespace) -> int:
+    from .viz import run_figures
+
+    for path in run_figures(args):
+        print(f"ddpmlab: wrote {path}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ddpmlab",
+        description="Train denoising diffusion models (DDPM) on images and sample from them.",
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a UNet noise predictor (default: built-in MNIST)",
+                       description="Train on a data set and write a run directory. Any config "
+                       "key can be overridden as section.key=value (e.g. train.lr=5e-4).")
+    t.add_argument("--config", help="a preset (mnist, fashion-mnist, cifar10) or a YAML/TOML "
+                   "file (default: mnist)")
+    t.add_argument("--dataset", help="mnist | fashion-mnist | digits | a folder | a .npz")
+    t.add_argument("--out", help="run directory (default: runs/<dataset>, a new one if taken)")
+    t.add_argument("--max-steps", type=int, help="optimizer steps in all")
+    t.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly")
+    t.add_argument("--force", action="store_true", help="replace a run already in --out")
+    t.add_argument("--seed", type=int, help="seed of initialisation, data order and noise")
+    t.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
+    t.add_argument("--conditional", action="store_true",
+                   help="train with the class labels (for --class and --guidance when sampling)")
+    t.add_argument("--time-limit", type=float, metavar="MIN",
+                   help="stop (and save) after MIN minutes")
+    t.add_argument("--no-samples", action="store_true", help="skip the final sample grid")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("set", nargs="*", metavar="section.key=value", help="config overrides")
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("sample", help="draw images from a trained run")
+    s.add_argument("--run", required=True, help="the run directory")
+    s.add_argument("--n", type=int, default=64, help="number of images (default 64)")
+    s.add_argument("--sampler", choices=["ddpm", "ddim", "dpm_solver"],
+                   help="default: the run's sample.sampler")
+    s.add_argument("--steps", type=int, help="sampling steps, 1..T (default: the run's)")
+    s.add_argument("--eta", type=float, help="DDIM noise, >= 0 (0: deterministic)")
+    s.add_argument("--seed", type=int, default=0, help="sample k depends on (seed, k) only")
+    s.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
+    s.add_argument("--out", help="PNG grid path (default: RUN/samples/sample_*.png)")
+    s.add_argument("--npz", help="also write uint8 NxHxWxC images (key arr_0) here")
+    s.add_argument("--batch-size", type=int, help="images per batch (results do not change)")
+    s.add_argument("--class", dest="class_", metavar="K",
+                   help="class to draw: a number, a list like 3,5, or all (one row per class)")
+    s.add_argument("--guidance", type=float,
+                   help="classifier-free guidance w: eps_u + w (eps_c - eps_u); 1 = conditional")
+    s.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_sample)
+
+    e = sub.add_parser("eval", help="FID/KID, precision/recall, memorization, bits/dim")
+    e.add_argument("--run", required=True, help="the run directory")
+    e.add_argument("--samples", help="an .npz of samples to score instead of drawing new ones")
+    e.add_argument("--n", type=int, help="samples to draw (default: enough for a stable FID)")
+    e.add_argument("--sampler", choices=["ddpm", "ddim", "dpm_solver"])
+    e.add_argument("--steps", type=int)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--bpd-images", type=int, default=256, help="held-out images for bits/dim")
+    e.add_argument("--bpd-timesteps", type=int, default=100,
+                   help="timesteps for the bits/dim estimate (T = exact sum)")
+    e.add_argument("--inception-weights", help="the FID Inception-v3 weights file")
+    e.add_argument("--json", help="write the results as JSON here")
+    e.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    e.add_argument("--no-progress", action="store_true")
+    e.set_defaults(func=cmd_eval)
+
+    f = sub.add_parser("figures", help="the tutorial's pictures for a run")
+    f.add_argument("--run", required=True, help="the run directory")
+    f.add_argument("--out", help="folder for the PNGs (default: RUN/figures)")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    f.set_defaults(func=cmd_figures)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except DDPMLabError as e:
+        if args.debug:
+            raise
+        print(f"ddpmlab: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("\nddpmlab: interrupted", file=sys.stderr)
+        return 130
+
+
+def _jsonable(x: Any) -> Any:  # used by eval's JSON output
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

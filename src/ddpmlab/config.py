@@ -1,0 +1,370 @@
+"""Typed, frozen configuration dataclasses and their (strict) loaders.
+
+A :class:`Config` has five sections: ``model``, ``diffusion``, ``data``, ``train`` and ``sample``.
+``Config.from_dict`` / ``Config.from_file`` (YAML or TOML) reject unknown keys and wrong types with
+a :class:`~ddpmlab.errors.ConfigError` naming the key (``train.lr``) and the file. The resolved
+config is written to every run directory as ``config.json``: rebuilding the model needs nothing
+else.
+
+The library defaults are the DDPM paper's (T=1000, linear betas 1e-4..0.02, eps prediction,
+uniform weighting); ``configs/mnist.yaml`` (the main job) departs from them by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The UNet noise predictor. ``image_size`` and ``in_channels`` describe the data."""
+
+    in_channels: int = 1
+    image_size: int = 28
+    base_channels: int = 64                      # channels at the first level
+    channel_mult: tuple[int, ...] = (1, 2, 2)    # channels per level = base * mult
+    num_res_blocks: int = 2                      # residual blocks per level
+    attention_resolutions: tuple[int, ...] = (7,)  # feature-map sizes that get self-attention
+    num_heads: int = 4
+    dropout: float = 0.0
+    norm_groups: int = 32                        # GroupNorm groups (capped by channels)
+    num_classes: int = 0                         # 0: unconditional; k: k classes + 1 null class
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The noising process and the training objective."""
+
+    timesteps: int = 1000                  # T
+    schedule: str = "linear"               # linear | cosine | sigmoid
+    prediction: str = "eps"                # what the network predicts: eps | x0 | v
+    loss_weighting: str = "uniform"        # uniform | min_snr
+    min_snr_gamma: float = 5.0             # gamma of min-SNR weighting (Hang et al. 2023)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from. ``dataset`` is a built-in name or a path."""
+
+    dataset: str = "mnist"                 # mnist | fashion-mnist | digits | a folder | a .npz
+    image_size: int = 0                    # 0: the data set's own size
+    channels: int = 0                      # 0: the data set's own (1 gray, 3 RGB)
+    hflip: bool = False                    # random horizontal flips in training
+    conditional: bool = False              # train with the labels (sets model.num_classes)
+    p_uncond: float = 0.1                  # conditional training: share of labels dropped to null
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimizer, the loop, logging and checkpoints."""
+
+    batch_size: int = 128                  # global batch (per step, all ranks, after accumulation)
+    grad_accum: int = 1                    # micro-batches per optimizer step
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 500                # linear LR warm-up
+    lr_decay: str = "none"                 # none | cosine (to 0 at max_steps)
+    max_steps: int = 10000
+    grad_clip: float = 1.0                 # max global grad norm; 0 disables
+    ema_decay: float = 0.9999
+    ema_warmup: bool = True                # decay_t = min(decay, (1 + t) / (10 + t))
+    precision: str = "auto"                # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    device: str = "auto"                   # auto | cpu | cuda | cuda:N
+    compile: bool = False                  # torch.compile the network
+    channels_last: bool = False
+    seed: int = 0
+    log_every: int = 50                    # steps between metrics.jsonl lines
+    sample_every: int = 0                  # steps between EMA sample grids (0: only at the end)
+    ckpt_every: int = 1000                 # steps between checkpoints
+    keep_last: int = 2                     # checkpoints kept on disk
+    time_limit_min: float = 0.0            # stop (and save) after this many minutes; 0: no limit
+    skip_nonfinite: bool = False           # skip (and count) steps with a NaN/Inf loss or gradient
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """How samples are drawn (the end-of-training grid and ``ddpmlab sample``)."""
+
+    sampler: str = "ddpm"                  # ddpm | ddim | dpm_solver
+    steps: int = 0                         # 0: all T steps
+    eta: float = 0.0                       # DDIM stochasticity
+    variance: str = "small"                # DDPM: small (posterior) | large (beta)
+    clip_x0: bool = True                   # clip the x0 estimate to [-1, 1]
+    guidance: float = 1.0                  # classifier-free guidance weight w
+    n: int = 64
+    batch_size: int = 256
+    use_ema: bool = True
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "diffusion": DiffusionConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+    "sample": SampleConfig,
+}
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "diffusion.schedule": ("linear", "cosine", "sigmoid"),
+    "diffusion.prediction": ("eps", "x0", "v"),
+    "diffusion.loss_weighting": ("uniform", "min_snr"),
+    "train.precision": ("auto", "fp32", "bf16", "fp16"),
+    "train.lr_decay": ("none", "cosine"),
+    "sample.sampler": ("ddpm", "ddim", "dpm_solver"),
+    "sample.variance": ("small", "large"),
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def from_dict(cls, d: Any, source: str = "<dict>") -> Config:
+        """Build a config from nested dicts; unknown keys and wrong types raise ConfigError."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"{source}: expected a mapping of sections, got {type(d).__name__}")
+        sections = {}
+        for name, value in d.items():
+            if name not in SECTIONS:
+                raise ConfigError(
+                    f"{source}: unknown section {name!r} (known: {', '.join(SECTIONS)})"
+                )
+            sections[name] = _section_from_dict(SECTIONS[name], name, value, source)
+        cfg = cls(**sections)
+        cfg.validate(source)
+        return cfg
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> Config:
+        """Read a YAML (.yaml/.yml), TOML (.toml) or JSON (.json) file, strictly."""
+        return cls.from_dict(read_config_file(path), source=str(path))
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for name in SECTIONS:
+            sec = dataclasses.asdict(getattr(self, name))
+            out[name] = {k: list(v) if isinstance(v, tuple) else v for k, v in sec.items()}
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    def replace(self, **sections: Any) -> Config:
+        return dataclasses.replace(self, **sections)
+
+    def override(self, assignments: dict[str, Any], source: str = "command line") -> Config:
+        """Apply ``{"train.lr": 1e-3, ...}`` (values already typed or strings to parse)."""
+        d = self.to_dict()
+        for key, value in assignments.items():
+            if "." not in key:
+                raise ConfigError(f"{source}: override {key!r} must look like section.key")
+            sec, _, name = key.partition(".")
+            if sec not in SECTIONS:
+                raise ConfigError(f"{source}: unknown section {sec!r} in {key!r}")
+            if name not in {f.name for f in dataclasses.fields(SECTIONS[sec])}:
+                raise ConfigError(f"{source}: unknown key {key!r}")
+            if isinstance(value, str):
+                value = _parse_scalar(value, _field_type(SECTIONS[sec], name), key, source)
+            d[sec][name] = value
+        return Config.from_dict(d, source)
+
+    # ----------------------------------------------------------------- validation
+    def validate(self, source: str = "<config>") -> None:
+        """Range checks that types alone cannot express."""
+
+        def bad(key: str, value: Any, why: str) -> ConfigError:
+            return ConfigError(f"{source}: {key}={value!r} {why}")
+
+        for key, choices in _CHOICES.items():
+            sec, name = key.split(".")
+            value = getattr(getattr(self, sec), name)
+            if value not in choices:
+                raise bad(key, value, f"is not one of {', '.join(choices)}")
+        m, dif, data, tr, s = self.model, self.diffusion, self.data, self.train, self.sample
+        positive = {
+            "model.in_channels": m.in_channels, "model.image_size": m.image_size,
+            "model.base_channels": m.base_channels, "model.num_res_blocks": m.num_res_blocks,
+            "model.num_heads": m.num_heads, "model.norm_groups": m.norm_groups,
+            "diffusion.timesteps": dif.timesteps, "train.batch_size": tr.batch_size,
+            "train.grad_accum": tr.grad_accum, "train.max_steps": tr.max_steps,
+            "train.log_every": tr.log_every, "train.ckpt_every": tr.ckpt_every,
+            "train.keep_last": tr.keep_last, "sample.n": s.n, "sample.batch_size": s.batch_size,
+        }
+        for key, value in positive.items():
+            if value < 1:
+                raise bad(key, value, "must be >= 1")
+        if not m.channel_mult or any(c < 1 for c in m.channel_mult):
+            raise bad("model.channel_mult", list(m.channel_mult), "must be positive integers")
+        if any(r < 1 for r in m.attention_resolutions):
+            raise bad("model.attention_resolutions", list(m.attention_resolutions), "must be >= 1")
+        nonneg = {
+            "model.num_classes": m.num_classes, "data.image_size": data.image_size,
+            "data.channels": data.channels, "train.warmup_steps": tr.warmup_steps,
+            "train.weight_decay": tr.weight_decay, "train.grad_clip": tr.grad_clip,
+            "train.sample_every": tr.sample_every, "train.time_limit_min": tr.time_limit_min,
+            "sample.steps": s.steps, "sample.eta": s.eta, "sample.guidance": s.guidance,
+            "diffusion.min_snr_gamma": dif.min_snr_gamma,
+        }
+        for key, value in nonneg.items():
+            if not value >= 0 or (isinstance(value, float) and not math.isfinite(value)):
+                raise bad(key, value, "must be a finite number >= 0")
+        if not 0 <= m.dropout < 1:
+            raise bad("model.dropout", m.dropout, "must be in [0, 1)")
+        if not 0 <= data.p_uncond <= 1:
+            raise bad("data.p_uncond", data.p_uncond, "must be in [0, 1]")
+        if not (tr.lr > 0 and math.isfinite(tr.lr)):
+            raise bad("train.lr", tr.lr, "must be a finite number > 0")
+        if not 0 <= tr.ema_decay < 1:
+            raise bad("train.ema_decay", tr.ema_decay, "must be in [0, 1)")
+        if s.steps > dif.timesteps:
+            raise bad("sample.steps", s.steps, f"exceeds diffusion.timesteps={dif.timesteps}")
+        if data.channels not in (0, 1, 3):
+            raise bad("data.channels", data.channels, "must be 0 (as stored), 1 or 3")
+        if tr.batch_size % tr.grad_accum:
+            raise bad("train.batch_size", tr.batch_size,
+                      f"must be divisible by train.grad_accum={tr.grad_accum}")
+
+
+PRESETS = ("mnist", "fashion-mnist", "cifar10")
+
+
+def preset_path(name: str) -> Path:
+    """The packaged config file of a preset (``mnist``, ``fashion-mnist``, ``cifar10``)."""
+    return Path(__file__).parent / "configs" / f"{name}.yaml"
+
+
+def load_config(name_or_path: str | os.PathLike) -> Config:
+    """A preset name or a config file path -> Config (files are read strictly)."""
+    if str(name_or_path) in PRESETS:
+        return Config.from_file(preset_path(str(name_or_path)))
+    return Config.from_file(name_or_path)
+
+
+def read_config_file(path: str | os.PathLike) -> Any:
+    """Parse a YAML/TOML/JSON file as plain data (never executes anything)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: cannot read config file ({e})") from None
+    suffix = p.suffix.lower()
+    try:
+        if suffix in (".yaml", ".yml"):
+            import yaml
+
+            return yaml.safe_load(text) or {}
+        if suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib  # type: ignore[no-redef]
+            return tomllib.loads(text)
+        if suffix == ".json":
+            return json.loads(text)
+    except Exception as e:  # every parser's own error type -> one clear message
+        raise ConfigError(f"{p}: not valid {suffix[1:].upper()} ({e})".replace("\n", " ")) from None
+    raise ConfigError(f"{p}: unknown config format {suffix!r} (use .yaml, .toml or .json)")
+
+
+# --------------------------------------------------------------------------- helpers
+def _field_type(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def _section_from_dict(cls: type, section: str, d: Any, source: str) -> Any:
+    if d is None:
+        d = {}
+    if not isinstance(d, dict):
+        raise ConfigError(f"{source}: section {section!r} must be a mapping, got {d!r}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in d.items():
+        if not isinstance(key, str) or key not in hints:
+            known = ", ".join(f.name for f in dataclasses.fields(cls))
+            raise ConfigError(f"{source}: unknown key '{section}.{key}' (known: {known})")
+        kwargs[key] = _coerce(value, hints[key], f"{section}.{key}", source)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, typ: Any, key: str, source: str) -> Any:
+    """Check ``value`` against ``typ`` (int, float, bool, str, tuple[int, ...]); no guessing."""
+
+    def wrong() -> ConfigError:
+        return ConfigError(
+            f"{source}: {key} must be {_type_name(typ)}, got {value!r} ({type(value).__name__})"
+        )
+
+    origin = typing.get_origin(typ)
+    if origin is tuple:
+        (elem, _) = typing.get_args(typ)
+        if not isinstance(value, (list, tuple)):
+            raise wrong()
+        return tuple(_coerce(v, elem, key, source) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        raise wrong()  # not used by any field
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise wrong()
+        return value
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong()
+        return value
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise wrong()
+        return float(value)
+    if typ is str:
+        if not isinstance(value, str):
+            raise wrong()
+        return value
+    raise wrong()
+
+
+def _type_name(typ: Any) -> str:
+    if typing.get_origin(typ) is tuple:
+        return f"a list of {_type_name(typing.get_args(typ)[0])}s"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        typ, str(typ)
+    )
+
+
+def _parse_scalar(text: str, typ: Any, key: str, source: str) -> Any:
+    """Parse a command-line override (``train.lr=1e-3``, ``model.channel_mult=1,2,2``)."""
+    try:
+        if typing.get_origin(typ) is tuple:
+            elem = typing.get_args(typ)[0]
+            parts = [p for p in text.replace("[", "").replace("]", "").split(",") if p.strip()]
+            return tuple(_parse_scalar(p.strip(), elem, key, source) for p in parts)
+        if typ is bool:
+            low = text.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if typ is int:
+            return int(text)
+        if typ is float:
+            return float(text)
+        return text
+    except ValueError:
+        raise ConfigError(f"{source}: {key} must be {_type_name(typ)}, got {text!r}") from None

@@ -1,0 +1,215 @@
+"""Checkpoints: safetensors + JSON, written atomically, never unpickled.
+
+A run directory::
+
+    config.json                    the resolved Config (rebuilding the model needs nothing else)
+    metrics.jsonl                  one JSON object per logged step
+    samples/                       EMA sample grids
+    checkpoints/step_00001000/     one complete checkpoint per folder, the newest K kept:
+        model.safetensors          network weights
+        ema.safetensors            EMA weights (what sampling uses by default)
+        optimizer.safetensors      optimizer tensors (Adam moments), + optimizer.json (hyper-params)
+        rng.safetensors            RNG states (training noise generator, torch's global CPU RNG)
+        state.json                 step, counters, format version
+
+A checkpoint folder is written under a temporary name (``.tmp-step_...``), every file fsynced,
+then renamed in one ``os.rename``: a crash at any moment leaves either the old set of
+checkpoints or the new one, never a half-written folder under a ``step_`` name. Loading reads
+only ``.safetensors`` and ``.json`` files; anything else (a ``.pt`` pickle) is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CheckpointError
+
+FORMAT_VERSION = 1
+_STEP_DIR = re.compile(r"^step_(\d{8,})$")
+CHECKPOINT_FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors",
+                    "optimizer.json", "rng.safetensors", "state.json")
+
+
+# ----------------------------------------------------------------------------- atomic writes
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file, fsync, rename: all or nothing."""
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"{path}: cannot write ({e.strerror or e})") from None
+    fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+# ----------------------------------------------------------------------------- tensors
+def _to_cpu_tensors(d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in d.items()}
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], fsync: bool = True) -> None:
+    from safetensors.torch import save
+
+    data = save(_to_cpu_tensors(tensors), metadata={"format": "ddpmlab", "version": "1"})
+    if fsync:
+        atomic_write_bytes(path, data)
+    else:
+        path.write_bytes(data)
+
+
+def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a ``.safetensors`` file; anything else is refused (nothing is ever unpickled)."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise CheckpointError(
+            f"{path}: refusing to load a {path.suffix or 'suffix-less'} file; ddpmlab reads only "
+            ".safetensors weights (pickled .pt/.pth/.ckpt files can run code when loaded)"
+        )
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    from safetensors.torch import load
+
+    try:
+        return load(path.read_bytes())
+    except Exception as e:  # safetensors raises its own SafetensorError on bad headers
+        raise CheckpointError(f"{path}: not a valid safetensors file ({e})") from None
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+
+
+# ----------------------------------------------------------------------------- optimizer
+def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer state dict into safetensors-able tensors and JSON hyper-parameters."""
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"{pid}.{k}"] = v
+            else:
+                scalars.setdefault(str(pid), {})[k] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                           meta: dict) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        pid, _, k = key.partition(".")
+        state.setdefault(int(pid), {})[k] = v
+    for pid, sc in meta.get("scalars", {}).items():
+        state.setdefault(int(pid), {}).update(sc)
+    try:
+        opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"optimizer state does not match the model ({e})") from None
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def checkpoint_dirs(run_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoint folders, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir()
+             if p.is_dir() and (m := _STEP_DIR.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    dirs = checkpoint_dirs(run_dir)
+    return dirs[-1] if dirs else None
+
+
+def save_checkpoint(run_dir: str | os.PathLike, step: int, files: dict[str, Any],
+                    keep_last: int = 2) -> Path:
+    """Write one checkpoint folder atomically; ``files`` maps file names to tensor dicts
+    (``*.safetensors``) or JSON-able objects (``*.json``). Old folders beyond ``keep_last``
+    are removed only after the new one is in place."""
+    root = Path(run_dir) / "checkpoints"
+    final = root / f"step_{step:08d}"
+    tmp = root / f".tmp-step_{step:08d}.{os.getpid()}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        for name, content in files.items():
+            if name.endswith(".safetensors"):
+                save_tensors(tmp / name, content, fsync=False)
+            else:
+                (tmp / name).write_text(json.dumps(content, indent=1), encoding="utf-8")
+            with open(tmp / name, "rb") as f:
+                os.fsync(f.fileno())
+        fsync_dir(tmp)
+        if final.exists():  # the same step saved again (e.g. a signal right after a save)
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        fsync_dir(root)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"{final}: cannot write checkpoint ({e.strerror or e}); "
+                              "the previous checkpoints are untouched") from None
+    for old in checkpoint_dirs(run_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def clean_partial(run_dir: str | os.PathLike) -> None:
+    """Remove temporary folders a crash left behind (never a complete checkpoint)."""
+    root = Path(run_dir) / "checkpoints"
+    if root.is_dir():
+        for p in root.glob(".tmp-*"):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def load_checkpoint(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
+    """Read every file of a checkpoint folder (tensors and JSON); errors name the file."""
+    ckpt_dir = Path(ckpt_dir)
+    out: dict[str, Any] = {}
+    for name in CHECKPOINT_FILES:
+        path = ckpt_dir / name
+        if not path.exists():
+            raise CheckpointError(f"{path}: missing (the checkpoint folder is incomplete)")
+        out[name] = load_tensors(path) if name.endswith(".safetensors") else read_json(path)
+    if out["state.json"].get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{ckpt_dir / 'state.json'}: unknown checkpoint format version")
+    return out

@@ -1,0 +1,469 @@
+"""The Trainer: data, model, optimizer, EMA, mixed precision, logging, checkpoints, resume, DDP.
+
+The arithmetic of a step is :func:`ddpmlab.train.step.training_loss`; this module is the
+machinery around it. Conventions that make runs reproducible:
+
+* ``train.batch_size`` is the **global** batch: per optimizer step, over every rank and every
+  accumulation micro-batch. Each rank takes its own contiguous slice of it.
+* The data order is a pure function of (seed, step): epoch ``e`` is the permutation drawn from
+  ``seed`` and ``e``; step ``s`` takes batch ``s mod (N // B)`` of epoch ``s // (N // B)``
+  (the last incomplete batch of an epoch is dropped).
+* Timesteps, noise, label drops and flips are drawn for the whole global batch from one
+  generator on every rank, then sliced, so 1 process and N processes (or 1 and k accumulation
+  steps) see the same numbers. Its state is saved in every checkpoint: a resumed run continues
+  with exactly the random numbers an uninterrupted one would have used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import schedules
+from ..config import Config
+from ..data import ImageData, load_dataset, to_model_range
+from ..errors import CheckpointError, ConfigError, DataError, DDPMLabError
+from ..nn import UNet
+from . import distributed as D
+from .checkpoint import (
+    atomic_write_text,
+    clean_partial,
+    latest_checkpoint,
+    load_checkpoint,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+    save_checkpoint,
+)
+from .ema import ema_decay_at, ema_update
+from .step import draw, training_loss
+
+RUN_MARKER = "config.json"
+
+
+class TrainingError(DDPMLabError):
+    """Training cannot go on (a non-finite loss or gradient)."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    loss: float
+    seconds: float
+    checkpoint: Path | None
+    samples: Path | None
+    stopped_by: str | None = None       # "SIGINT", "SIGTERM", "time limit" or None
+    skipped_steps: int = 0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device={name!r} is not a device (use auto, cpu, cuda, cuda:N)")\
+            from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name!r} but CUDA is not available here")
+    return dev
+
+
+def resolve_config(cfg: Config, data: ImageData) -> Config:
+    """Fill the model's data-dependent fields (channels, size, classes) from the data."""
+    c, h, w = data.shape
+    if h != w:
+        raise DataError(f"{data.source}: images are {h}x{w}; ddpmlab trains on square images "
+                        "(set data.image_size to resize and centre-crop)")
+    num_classes = cfg.model.num_classes
+    if cfg.data.conditional or num_classes > 0:
+        if data.labels is None:
+            raise DataError(f"{data.source}: conditional training needs labels, and this data "
+                            "set has none (use class subfolders or an .npz 'labels' array)")
+        if num_classes not in (0, data.num_classes):
+            raise ConfigError(f"model.num_classes={num_classes} but {data.source} has "
+                              f"{data.num_classes} classes")
+        num_classes = data.num_classes
+    model = replace(cfg.model, in_channels=c, image_size=h, num_classes=num_classes)
+    data_cfg = replace(cfg.data, conditional=num_classes > 0)
+    out = replace(cfg, model=model, data=data_cfg)
+    out.validate("resolved config")
+    return out
+
+
+def build_model(cfg: Config) -> UNet:
+    return UNet(cfg.model)
+
+
+def check_same_run(stored: Config, new: Config, path: Path) -> None:
+    """On resume, everything but the ``train`` and ``sample`` sections must match the run's."""
+    a, b = stored.to_dict(), new.to_dict()
+    for section in ("model", "diffusion", "data"):
+        for key, value in a[section].items():
+            if b[section][key] != value:
+                raise CheckpointError(
+                    f"{path}: {section}.{key}={value!r} in the run, but {b[section][key]!r} now; "
+                    "a resumed run must keep its model, diffusion and data settings"
+                )
+
+
+def lr_at(step: int, cfg) -> float:
+    """Linear warm-up to ``lr`` over ``warmup_steps``, then constant or cosine to 0."""
+    lr = cfg.lr
+    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
+        return lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_decay == "cosine":
+        span = max(1, cfg.max_steps - cfg.warmup_steps)
+        frac = min(1.0, (step - cfg.warmup_steps) / span)
+        return lr * 0.5 * (1.0 + math.cos(math.pi * frac))
+    return lr
+
+
+def _epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch) + 1)
+    return torch.randperm(n, generator=g)
+
+
+class Trainer:
+    """Train a UNet noise predictor on ``cfg.data``; write everything to ``run_dir``.
+
+    ``resume=True`` continues the newest complete checkpoint in ``run_dir`` exactly.
+    ``force=True`` allows ``run_dir`` to hold another run (its checkpoints are replaced).
+    """
+
+    def __init__(self, cfg: Config, run_dir: str | os.PathLike, *, resume: bool = False,
+                 force: bool = False, progress: bool = True, data: ImageData | None = None,
+                 log: Callable[[str], None] = print):
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.device = resolve_device(cfg.train.device)
+        self.dist = D.init(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        self.log = log if self.dist.is_main else (lambda msg: None)
+        self._check_run_dir(resume, force)
+        self.data = data if data is not None else load_dataset(cfg.data, "train")
+        cfg = resolve_config(cfg, self.data)
+        if resume:
+            stored = Config.from_file(self.run_dir / RUN_MARKER)
+            check_same_run(stored, cfg, self.run_dir / RUN_MARKER)
+        self.cfg = cfg
+        tc = cfg.train
+        if tc.batch_size % (self.dist.world_size * tc.grad_accum):
+            raise ConfigError(
+                f"train.batch_size={tc.batch_size} must be divisible by world size "
+                f"{self.dist.world_size} x train.grad_accum={tc.grad_accum}")
+        if len(self.data) < tc.batch_size:
+            raise ConfigError(f"train.batch_size={tc.batch_size} is larger than the data set "
+                              f"({len(self.data)} images in {self.data.source})")
+        self.schedule = schedules.get(cfg.diffusion.schedule, cfg.diffusion.timesteps)
+        self.sched_dev = self.schedule.to(self.device)
+
+        torch.manual_seed(tc.seed)  # network initialisation (and dropout's global RNG)
+        self.model = build_model(cfg).to(self.device)
+        if tc.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.net: Any = self.model
+        if tc.compile:
+            self.net = _try_compile(self.model, self.log)
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DDP(self.net, device_ids=ids)
+        fused = self.device.type == "cuda"
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, betas=(0.9, 0.999),
+                                     weight_decay=tc.weight_decay, fused=fused or None)
+        self.precision = _resolve_precision(tc.precision, self.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
+        self.gen = torch.Generator(device=self.device).manual_seed(tc.seed + 17)
+        self.images = self.data.images.to(self.device)
+        self.labels = None
+        if cfg.model.num_classes > 0 and self.data.labels is not None:
+            self.labels = self.data.labels.to(self.device)
+        self.step = 0
+        self.skipped = 0
+        self._perm_cache: tuple[int, torch.Tensor] | None = None
+        self._stop: str | None = None
+        if resume:
+            self._load_latest()
+        elif self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "samples").mkdir(exist_ok=True)
+            atomic_write_text(self.run_dir / RUN_MARKER, cfg.to_json())
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        D.barrier()
+
+    # ------------------------------------------------------------------ set-up helpers
+    def _check_run_dir(self, resume: bool, force: bool) -> None:
+        rd = self.run_dir
+        if resume:
+            if not (rd / RUN_MARKER).is_file():
+                raise CheckpointError(f"{rd}: not a ddpmlab run directory (no {RUN_MARKER})")
+            if latest_checkpoint(rd) is None:
+                raise CheckpointError(f"{rd}: holds no complete checkpoint to resume from")
+            return
+        if rd.exists() and not rd.is_dir():
+            raise CheckpointError(f"{rd}: exists and is not a directory")
+        if (rd / RUN_MARKER).exists() and not force:
+            raise CheckpointError(
+                f"{rd}: already holds a run; use --resume to continue it, --force to replace "
+                "it, or choose another --out")
+        if rd.is_dir() and not (rd / RUN_MARKER).exists() and any(rd.iterdir()) and not force:
+            raise CheckpointError(f"{rd}: is not empty and holds no ddpmlab run; refusing to "
+                                  "write into it (use --force, or choose another --out)")
+        if force and self.dist.is_main:
+            import shutil
+
+            shutil.rmtree(rd / "checkpoints", ignore_errors=True)
+        if self.dist.is_main:
+            try:
+                rd.mkdir(parents=True, exist_ok=True)
+                probe = rd / f".write-test-{os.getpid()}"
+                probe.write_bytes(b"")
+                probe.unlink()
+            except OSError as e:
+                raise CheckpointError(f"{rd}: cannot write there ({e.strerror or e})") from None
+
+    def _load_latest(self) -> None:
+        clean_partial(self.run_dir)
+        ckpt = latest_checkpoint(self.run_dir)
+        assert ckpt is not None
+        files = load_checkpoint(ckpt)
+        try:
+            self.model.load_state_dict(files["model.safetensors"])
+            self.ema.load_state_dict(files["ema.safetensors"])
+        except RuntimeError as e:
+            raise CheckpointError(f"{ckpt}: weights do not match the model ({e})".split("\n")[0])\
+                from None
+        optimizer_from_tensors(self.opt, files["optimizer.safetensors"], files["optimizer.json"])
+        rng = files["rng.safetensors"]
+        self.gen.set_state(rng["train_generator"])
+        torch.set_rng_state(rng["torch_cpu"])
+        if "torch_cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["torch_cuda"], self.device)
+        state = files["state.json"]
+        self.step = int(state["step"])
+        self.skipped = int(state.get("skipped_steps", 0))
+        self.log(f"resumed {self.run_dir} at step {self.step} from {ckpt.name}")
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self) -> Path | None:
+        """Write a checkpoint of the current step (rank 0 only); returns its folder."""
+        path = None
+        if self.dist.is_main:
+            opt_tensors, opt_meta = optimizer_to_tensors(self.opt)
+            rng = {"train_generator": self.gen.get_state(), "torch_cpu": torch.get_rng_state()}
+            if self.device.type == "cuda":
+                rng["torch_cuda"] = torch.cuda.get_rng_state(self.device)
+            state = {"format_version": 1, "step": self.step, "skipped_steps": self.skipped,
+                     "world_size": self.dist.world_size, "time": time.time()}
+            path = save_checkpoint(self.run_dir, self.step, {
+                "model.safetensors": self.model.state_dict(),
+                "ema.safetensors": self.ema.state_dict(),
+                "optimizer.safetensors": opt_tensors,
+                "optimizer.json": opt_meta,
+                "rng.safetensors": rng,
+                "state.json": state,
+            }, keep_last=self.cfg.train.keep_last)
+        D.barrier()
+        return path
+
+    # ------------------------------------------------------------------ one step
+    def _batch_indices(self, step: int) -> torch.Tensor:
+        n, b = len(self.data), self.cfg.train.batch_size
+        per_epoch = n // b
+        epoch, pos = divmod(step, per_epoch)
+        if self._perm_cache is None or self._perm_cache[0] != epoch:
+            self._perm_cache = (epoch, _epoch_permutation(self.cfg.train.seed, epoch, n))
+        return self._perm_cache[1][pos * b:(pos + 1) * b].to(self.device)
+
+    def _autocast(self):
+        if self.precision in ("bf16", "fp16"):
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+            return torch.autocast(self.device.type, dtype=dtype)
+        return contextlib.nullcontext()
+
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step over the global batch; returns (loss, grad_norm) tensors."""
+        cfg, tc = self.cfg, self.cfg.train
+        B, world, accum = tc.batch_size, self.dist.world_size, tc.grad_accum
+        idx = self._batch_indices(self.step)
+        shape = tuple(self.images.shape[1:])
+        rnd = draw(self.gen, B, shape, self.schedule.T, self.device, self.cfg.data.p_uncond)
+        local = B // world
+        micro = local // accum
+        for group in self.opt.param_groups:
+            group["lr"] = lr_at(self.step, tc)
+        loss_sum = torch.zeros((), device=self.device)
+        for m in range(accum):
+            start = self.dist.rank * local + m * micro
+            sl = slice(start, start + micro)
+            r = rnd.slice(sl)
+            x0 = to_model_range(self.images[idx[sl]])
+            if cfg.data.hflip:
+                x0 = torch.where(r.flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
+            if tc.channels_last:
+                x0 = x0.contiguous(memory_format=torch.channels_last)
+            y = None
+            if self.labels is not None:
+                y = torch.where(r.drop, cfg.model.num_classes, self.labels[idx[sl]])
+            sync = contextlib.nullcontext()
+            if self.dist.enabled and m < accum - 1:
+                sync = self.net.no_sync()
+            with sync:
+                with self._autocast():
+                    loss = training_loss(self.net, self.sched_dev, x0, r.t, r.eps, y,
+                                         cfg.diffusion.prediction, cfg.diffusion.loss_weighting,
+                                         cfg.diffusion.min_snr_gamma)
+                self.scaler.scale(loss / accum).backward()
+            loss_sum = loss_sum + loss.detach() / accum
+        self.scaler.unscale_(self.opt)
+        max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        return loss_sum, gnorm
+
+    def _finish_step(self, loss: torch.Tensor, gnorm: torch.Tensor) -> bool:
+        """Apply the update if the loss and gradient are finite; returns whether it did."""
+        finite = bool(torch.isfinite(loss) & torch.isfinite(gnorm))
+        if not finite:
+            self.opt.zero_grad(set_to_none=True)
+            if not self.cfg.train.skip_nonfinite:
+                raise TrainingError(
+                    f"non-finite {'loss' if not torch.isfinite(loss) else 'gradient'} at step "
+                    f"{self.step} (loss={float(loss):.4g}, grad norm={float(gnorm):.4g}); "
+                    f"training stopped and the last checkpoint in {self.run_dir} is intact. "
+                    "Lower train.lr, or set train.skip_nonfinite=true to skip such steps")
+            self.skipped += 1
+            self.scaler.update()
+            return False
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.opt.zero_grad(set_to_none=True)
+        tc = self.cfg.train
+        ema_update(self.ema, self.model, ema_decay_at(tc.ema_decay, self.step, tc.ema_warmup))
+        return True
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> TrainResult:
+        tc = self.cfg.train
+        t_start = time.perf_counter()
+        handlers = self._install_signal_handlers()
+        bar = None
+        if self.progress and self.dist.is_main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=tc.max_steps, initial=self.step, desc="training", unit="step",
+                       dynamic_ncols=True, smoothing=0.05)
+        metrics_path = self.run_dir / "metrics.jsonl"
+        window_loss = torch.zeros((), device=self.device)
+        window_n, window_t0 = 0, time.perf_counter()
+        last_loss = float("nan")
+        ckpt: Path | None = None
+        stopped_by: str | None = None
+        self.model.train()
+        try:
+            while self.step < tc.max_steps:
+                loss, gnorm = self.train_step()
+                self._finish_step(loss, gnorm)
+                window_loss += loss.detach()
+                window_n += 1
+                self.step += 1
+                if bar is not None:
+                    bar.update(1)
+                if self.step % tc.log_every == 0 or self.step == tc.max_steps:
+                    mean_loss = float(D.all_reduce_mean(window_loss / window_n))
+                    dt = time.perf_counter() - window_t0
+                    rec = {"step": self.step, "loss": mean_loss, "lr": lr_at(self.step - 1, tc),
+                           "grad_norm": float(gnorm), "steps_per_s": window_n / dt,
+                           "images_per_s": window_n * tc.batch_size / dt,
+                           "elapsed_s": time.perf_counter() - t_start,
+                           "skipped_steps": self.skipped}
+                    last_loss = mean_loss
+                    if self.dist.is_main:
+                        with open(metrics_path, "a", encoding="utf-8") as f:
+                            f.write(json.dumps(rec) + "\n")
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{mean_loss:.4f}")
+                    window_loss.zero_()
+                    window_n, window_t0 = 0, time.perf_counter()
+                if tc.sample_every and self.step % tc.sample_every == 0:
+                    self.sample_grid(self.run_dir / "samples" / f"step_{self.step:08d}.png")
+                if self.step % tc.ckpt_every == 0:
+                    ckpt = self.save()
+                if tc.time_limit_min and time.perf_counter() - t_start > tc.time_limit_min * 60:
+                    stopped_by = "time limit"
+                if self._stop is not None:
+                    stopped_by = self._stop
+                if stopped_by is not None:
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+            self._restore_signal_handlers(handlers)
+        if ckpt is None or int(ckpt.name.split("_")[1]) != self.step:
+            ckpt = self.save()
+        return TrainResult(self.run_dir, self.step, last_loss, time.perf_counter() - t_start,
+                           ckpt, None, stopped_by, self.skipped)
+
+    # ------------------------------------------------------------------ samples
+    def sample_grid(self, path: Path, n: int | None = None) -> Path | None:
+        """Draw ``n`` samples with the EMA weights (the run's sample config); rank 0 writes."""
+        if not self.dist.is_main:
+            return None
+        from ..viz import save_grid
+        from .sampling import sample_images
+
+        images = sample_images(self.ema, self.cfg, n=n or self.cfg.sample.n, seed=0,
+                               device=self.device, progress=False)
+        return save_grid(images, path, scale=2)
+
+    # ------------------------------------------------------------------ signals
+    def _install_signal_handlers(self):
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum, frame):
+            self._stop = signal.Signals(signum).name
+
+        old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in old:
+            signal.signal(s, handler)
+        return old
+
+    def _restore_signal_handlers(self, old) -> None:
+        if old:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+
+def _resolve_precision(precision: str, device: torch.device) -> str:
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if precision in ("bf16", "fp16") and device.type == "cpu":
+        if precision == "fp16":
+            raise ConfigError("train.precision=fp16 needs CUDA; use fp32 or bf16 on a CPU")
+    return precision
+
+
+def _try_compile(model: nn.Module, log: Callable[[str], None]):
+    try:
+        return torch.compile(model)
+    except Exception as e:  # pragma: no cover - depends on the platform's compiler
+        log(f"torch.compile unavailable ({e}); training without it")
+        return model

@@ -1,0 +1,408 @@
+"""Tests of ddpmlab.data: built-ins, image folders, .npz, CIFAR-10 (incl. a malicious pickle)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ddpmlab import data as D
+from ddpmlab.config import DataConfig
+from ddpmlab.errors import DataError
+
+
+def cfg(dataset: str | Path = "mnist", **kw) -> DataConfig:
+    return DataConfig(dataset=str(dataset), **kw)
+
+
+# --------------------------------------------------------------------------- value ranges
+def test_to_model_range_and_round_trip():
+    u8 = torch.arange(256, dtype=torch.uint8)
+    x = D.to_model_range(u8)
+    assert x.dtype == torch.float32
+    assert x.min().item() == -1.0 and x.max().item() == 1.0
+    assert torch.all(x[1:] > x[:-1])
+    assert torch.equal(D.to_uint8(x), u8)                      # exact inverse on 0..255
+    assert torch.equal(D.to_uint8(x.double()), u8)
+    assert torch.equal(D.to_uint8(torch.tensor([-3.0, 5.0])), torch.tensor([0, 255],
+                                                                          dtype=torch.uint8))
+    with pytest.raises(DataError, match="uint8"):
+        D.to_model_range(torch.zeros(2))
+
+
+# --------------------------------------------------------------------------- built-ins
+def test_mnist_splits_shapes_labels():
+    train, test, full = (D.load_dataset(cfg(), s) for s in ("train", "test", "all"))
+    assert (len(train), len(test), len(full)) == (4500, 500, 5000)
+    for d in (train, test, full):
+        assert d.images.dtype == torch.uint8 and d.shape == (1, 28, 28)
+        assert d.labels.dtype == torch.int64 and d.num_classes == 10
+        assert d.class_names == [str(i) for i in range(10)]
+    assert torch.bincount(train.labels).tolist() == [450] * 10
+    assert torch.bincount(test.labels).tolist() == [50] * 10
+    assert int(full.images.max()) == 255 and 0.05 < full.to_float().gt(0).float().mean() < 0.5
+    # test = the last 50 digits of each class, in file order (the file is sorted by label)
+    for k in range(10):
+        idx = torch.nonzero(full.labels == k).flatten()
+        assert torch.equal(test.images[test.labels == k], full.images[idx[-50:]])
+        assert torch.equal(train.images[train.labels == k], full.images[idx[:-50]])
+    assert "mnist:train" in D.describe(train) and "4500" in D.describe(train)
+
+
+def test_mnist_cached_and_copies():
+    D.load_dataset(cfg(), "all")
+    t = time.perf_counter()
+    a = D.load_dataset(cfg(), "all")
+    assert time.perf_counter() - t < 0.5
+    a.images.zero_()                                            # mutating a result ...
+    assert D.load_dataset(cfg(), "all").images.max() == 255     # ... never touches the cache
+
+
+def test_mnist_resize_and_rgb():
+    d = D.load_dataset(cfg(image_size=32, channels=3), "test")
+    assert d.shape == (3, 32, 32) and len(d) == 500
+    assert torch.equal(d.images[:, 0], d.images[:, 1]) and torch.equal(d.images[:, 1],
+                                                                       d.images[:, 2])
+
+
+def test_digits():
+    train, test, full = (D.load_dataset(cfg("digits"), s) for s in ("train", "test", "all"))
+    assert (len(train), len(test), len(full)) == (1617, 180, 1797)
+    assert full.shape == (1, 8, 8) and int(full.images.max()) == 255
+    assert torch.equal(test.images, full.images[::10])
+    assert full.labels[:10].tolist() == list(range(10))
+    # first row of sklearn's digits: 0,0,5,13,9,1,0,0 -> rint(v * 255 / 16)
+    assert full.images[0, 0, 0].tolist() == [0, 0, 80, 207, 143, 16, 0, 0]
+
+
+def test_digits_fallback_matches_sklearn(monkeypatch):
+    """The direct CSV read equals sklearn.datasets.load_digits (the fallback path)."""
+    fast = D._digits_all()
+    monkeypatch.setattr(D, "_digits_csv", lambda: None)
+    D._digits_all.cache_clear()
+    try:
+        slow = D._digits_all()
+    finally:
+        D._digits_all.cache_clear()
+    assert np.array_equal(fast[0], slow[0]) and np.array_equal(fast[1], slow[1])
+
+
+def test_unknown_dataset_and_split():
+    with pytest.raises(DataError, match="no-such-thing"):
+        D.load_dataset(cfg("no-such-thing"))
+    with pytest.raises(DataError, match="'valid'"):
+        D.load_dataset(cfg(), "valid")
+
+
+# --------------------------------------------------------------------------- fashion-mnist
+FASHION_DIR = Path(os.environ.get(D.FASHION_MNIST_ENV) or D.FASHION_MNIST_DIR)
+
+
+@pytest.mark.skipif(not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists()
+                    and not (FASHION_DIR / "train-images-idx3-ubyte").exists(),
+                    reason=f"Fashion-MNIST not installed in {FASHION_DIR} "
+                           "(apt-get install dataset-fashion-mnist)")
+def test_fashion_mnist_installed():
+    train, test = D.load_dataset(cfg("fashion-mnist"), "train"), D.load_dataset(
+        cfg("fashion-mnist"), "test")
+    assert (len(train), len(test)) == (60000, 10000)
+    assert train.shape == (1, 28, 28) and train.class_names[0] == "T-shirt/top"
+    assert torch.bincount(test.labels).tolist() == [1000] * 10
+
+
+def test_fashion_mnist_missing_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv(D.FASHION_MNIST_ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist") as e:
+        D.load_dataset(cfg("fashion-mnist"))
+    assert "nowhere" in str(e.value) and "folder/.npz" in str(e.value)
+
+
+def _idx(arr: np.ndarray) -> bytes:
+    head = bytes([0, 0, 8, arr.ndim]) + np.asarray(arr.shape, dtype=">u4").tobytes()
+    return head + arr.astype(np.uint8).tobytes()
+
+
+def test_fashion_mnist_idx_parser(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    tr, te = rng.integers(0, 256, (3, 28, 28)), rng.integers(0, 256, (2, 28, 28))
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx(tr)))
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx(np.array([0, 9, 4]))))
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(_idx(te))           # plain, not gzipped
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(_idx(np.array([1, 2])))
+    monkeypatch.setenv(D.FASHION_MNIST_ENV, str(tmp_path))
+    d = D.load_dataset(cfg("fashion-mnist"), "all")
+    assert len(d) == 5 and d.labels.tolist() == [0, 9, 4, 1, 2] and d.num_classes == 10
+    assert np.array_equal(d.images[:3, 0].numpy(), tr) and np.array_equal(d.images[3:, 0], te)
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in tmp_path.glob("t10k-*"):
+        (bad / f.name).write_bytes(f.read_bytes())
+    (bad / "t10k-images-idx3-ubyte").write_bytes(_idx(te)[:-10])         # truncated
+    monkeypatch.setenv(D.FASHION_MNIST_ENV, str(bad))
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte"):
+        D.load_dataset(cfg("fashion-mnist"), "test")
+
+
+# --------------------------------------------------------------------------- image folders
+def _img(path: Path, size: tuple[int, int], mode: str, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    shape = (size[1], size[0]) + ((3,) if mode == "RGB" else ())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(path)
+    return path
+
+
+def _class_folder(root: Path) -> Path:
+    _img(root / "cat" / "a.png", (20, 24), "RGB", 1)
+    _img(root / "cat" / "deeper" / "b.JPG", (30, 18), "L", 2)
+    _img(root / "dog" / "c.jpeg", (16, 16), "RGB", 3)
+    _img(root / "dog" / "d.png", (40, 17), "L", 4)
+    return root
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_folder_classes_resize_channels(tmp_path, channels):
+    d = D.load_dataset(cfg(_class_folder(tmp_path), image_size=16, channels=channels), "train")
+    assert d.images.shape == (4, channels, 16, 16) and d.images.dtype == torch.uint8
+    assert d.class_names == ["cat", "dog"] and d.labels.tolist() == [0, 0, 1, 1]
+    assert d.num_classes == 2
+    # "test" = "all" = "train" without a train/ + test/ layout
+    assert torch.equal(D.load_dataset(cfg(tmp_path, image_size=16, channels=channels),
+                                      "test").images, d.images)
+    # the 16x16 file is untouched by the resize
+    c = np.asarray(Image.open(tmp_path / "dog" / "c.jpeg").convert("RGB" if channels == 3
+                                                                     else "L"))
+    got = d.images[2].permute(1, 2, 0).numpy().squeeze()
+    assert np.abs(got.astype(int) - c).max() <= 1
+
+
+def test_folder_native_size_mismatch(tmp_path):
+    with pytest.raises(DataError, match=r"image_size") as e:
+        D.load_dataset(cfg(_class_folder(tmp_path), channels=3))
+    assert "b.JPG" in str(e.value) and "30x18" in str(e.value) and "20x24" in str(e.value)
+
+
+def test_folder_unlabelled_native(tmp_path):
+    for i in range(3):
+        _img(tmp_path / f"{i}.png", (12, 10), "L", i)
+    d = D.load_dataset(cfg(tmp_path))
+    assert d.labels is None and d.class_names == [] and d.num_classes == 0
+    assert d.shape == (1, 10, 12)
+    assert "unlabelled" in D.describe(d)
+
+
+def test_folder_mixed_gray_rgb(tmp_path):
+    _img(tmp_path / "g.png", (8, 8), "L")
+    _img(tmp_path / "c.png", (8, 8), "RGB")
+    with pytest.raises(DataError, match="data.channels to 1 or 3") as e:
+        D.load_dataset(cfg(tmp_path))
+    assert "g.png" in str(e.value) and "c.png" in str(e.value)
+    assert D.load_dataset(cfg(tmp_path, channels=1)).shape == (1, 8, 8)
+
+
+def test_folder_modes_converted(tmp_path):
+    rgba = Image.new("RGBA", (8, 8), (255, 0, 0, 0))               # fully transparent red
+    rgba.save(tmp_path / "rgba.png")
+    Image.new("P", (8, 8), 3).save(tmp_path / "pal.gif")           # default palette: grey
+    Image.new("I;16", (8, 8), 65535).save(tmp_path / "deep.png")
+    d = D.load_dataset(cfg(tmp_path, channels=3))
+    by_name = dict(zip(["deep", "pal", "rgba"], d.images, strict=True))
+    assert by_name["rgba"].eq(255).all()                            # composited onto white
+    assert by_name["deep"].eq(255).all()                            # 16-bit scaled to 8
+    with pytest.raises(DataError, match="data.channels"):
+        D.load_dataset(cfg(tmp_path))                               # grey + colour
+
+
+def test_folder_corrupt_png(tmp_path):
+    good = _img(tmp_path / "good.png", (32, 32), "RGB")
+    (tmp_path / "broken.png").write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    with pytest.raises(DataError, match="broken.png"):
+        D.load_dataset(cfg(tmp_path))
+    (tmp_path / "broken.png").write_bytes(b"not a png at all")
+    with pytest.raises(DataError, match="broken.png"):
+        D.load_dataset(cfg(tmp_path))
+
+
+def test_folder_skips_non_images_with_one_warning(tmp_path):
+    _img(tmp_path / "a.png", (8, 8), "L")
+    _img(tmp_path / "b.png", (8, 8), "L")
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "labels.csv").write_text("1,2")
+    (tmp_path / ".DS_Store").write_bytes(b"\0")                     # hidden: ignored silently
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        d = D.load_dataset(cfg(tmp_path))
+    assert len(d) == 2
+    msgs = [str(x.message) for x in w]
+    assert len(msgs) == 1 and "skipped 2 file(s)" in msgs[0]
+
+
+def test_folder_empty(tmp_path):
+    with pytest.raises(DataError, match="no images") as e:
+        D.load_dataset(cfg(tmp_path))
+    assert str(tmp_path) in str(e.value)
+    (tmp_path / "readme.txt").write_text("x")
+    with pytest.warns(UserWarning, match="skipped 1"), pytest.raises(DataError, match="no images"):
+        D.load_dataset(cfg(tmp_path))
+
+
+def test_folder_top_level_and_subfolders_is_ambiguous(tmp_path):
+    _img(tmp_path / "loose.png", (8, 8), "L")
+    _img(tmp_path / "cls" / "x.png", (8, 8), "L")
+    with pytest.raises(DataError, match="loose.png"):
+        D.load_dataset(cfg(tmp_path))
+
+
+def test_folder_train_test_layout(tmp_path):
+    _img(tmp_path / "train" / "a" / "1.png", (8, 8), "L")
+    _img(tmp_path / "train" / "a" / "2.png", (8, 8), "L")
+    _img(tmp_path / "train" / "b" / "3.png", (8, 8), "L")
+    _img(tmp_path / "test" / "b" / "4.png", (8, 8), "L")
+    sizes = {s: len(D.load_dataset(cfg(tmp_path), s)) for s in ("train", "test", "all")}
+    assert sizes == {"train": 3, "test": 1, "all": 4}
+    test = D.load_dataset(cfg(tmp_path), "test")
+    assert test.class_names == ["a", "b"] and test.labels.tolist() == [1]
+
+
+# --------------------------------------------------------------------------- .npz
+def test_npz_good(tmp_path):
+    rng = np.random.default_rng(0)
+    nhwc = rng.integers(0, 256, (5, 6, 7, 3), dtype=np.uint8)
+    np.savez(tmp_path / "c.npz", images=nhwc, labels=np.array([0, 2, 1, 2, 0]))
+    d = D.load_dataset(cfg(tmp_path / "c.npz"))
+    assert d.shape == (3, 6, 7) and d.num_classes == 3 and d.labels.dtype == torch.int64
+    assert np.array_equal(d.images.permute(0, 2, 3, 1).numpy(), nhwc)
+    np.savez(tmp_path / "g.npz", nhwc[..., 0])                          # arr_0, NHW
+    g = D.load_dataset(cfg(tmp_path / "g.npz", image_size=4, channels=3))
+    assert g.images.shape == (5, 3, 4, 4) and g.labels is None
+    np.savez(tmp_path / "n.npz", images=nhwc[..., :1], labels=np.array([0, 1, 0, 1, 1]),
+             class_names=np.array(["off", "on"]))
+    assert D.load_dataset(cfg(tmp_path / "n.npz")).class_names == ["off", "on"]
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("float", "'images' must be uint8"),
+    ("rank", "'images' must be NHWC"),
+    ("channels", "'images' must be NHWC"),
+    ("labels", "'labels' must have shape"),
+    ("float_labels", "'labels' must be integers"),
+    ("missing", "no key 'images'"),
+    ("object", "key 'images'"),
+    ("random", "not a readable .npz"),
+])
+def test_npz_bad(tmp_path, case, needle):
+    p = tmp_path / f"{case}.npz"
+    u8 = np.zeros((4, 5, 5, 3), np.uint8)
+    if case == "float":
+        np.savez(p, images=u8.astype(np.float32))
+    elif case == "rank":
+        np.savez(p, images=np.zeros((4, 5), np.uint8))
+    elif case == "channels":
+        np.savez(p, images=np.zeros((4, 5, 5, 4), np.uint8))
+    elif case == "labels":
+        np.savez(p, images=u8, labels=np.arange(3))
+    elif case == "float_labels":
+        np.savez(p, images=u8, labels=np.zeros(4))
+    elif case == "missing":
+        np.savez(p, pictures=u8)
+    elif case == "object":
+        np.savez(p, images=np.array([{"a": 1}], dtype=object))
+    else:
+        p.write_bytes(np.random.default_rng(0).bytes(300))
+    with pytest.raises(DataError, match=needle) as e:
+        D.load_dataset(cfg(p))
+    assert p.name in str(e.value)
+
+
+# --------------------------------------------------------------------------- CIFAR-10
+def _cifar_arrays(n: int, seed: int) -> tuple[np.ndarray, list[int]]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 3072), dtype=np.uint8), rng.integers(0, 10, n).tolist()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar_python_batches(tmp_path, protocol):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    parts = {"data_batch_1": _cifar_arrays(3, 1), "data_batch_2": _cifar_arrays(2, 2),
+             "test_batch": _cifar_arrays(4, 3)}
+    for name, (x, y) in parts.items():
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"batch_label": b"x", b"data": x, b"labels": y}, f, protocol=protocol)
+    names = [f"c{i}".encode() for i in range(10)]
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": names, b"num_vis": 3072}, f, protocol=protocol)
+    train = D.load_dataset(cfg(tmp_path), "train")                  # the parent folder works
+    test = D.load_dataset(cfg(folder), "test")
+    assert train.images.shape == (5, 3, 32, 32) and len(test) == 4
+    assert train.labels.tolist() == parts["data_batch_1"][1] + parts["data_batch_2"][1]
+    assert np.array_equal(train.images[0].numpy().reshape(-1), parts["data_batch_1"][0][0])
+    assert train.class_names == [f"c{i}" for i in range(10)]
+    assert len(D.load_dataset(cfg(folder, channels=1, image_size=16), "all")) == 9
+
+
+def test_cifar_binary_batches(tmp_path):
+    x, y = _cifar_arrays(3, 0)
+    rec = np.concatenate([np.array(y, np.uint8)[:, None], x], axis=1)
+    (tmp_path / "data_batch_1.bin").write_bytes(rec.tobytes())
+    (tmp_path / "test_batch.bin").write_bytes(rec[:2].tobytes())
+    train = D.load_dataset(cfg(tmp_path), "train")
+    assert train.labels.tolist() == y and train.class_names == list(D.CIFAR10_CLASSES)
+    assert np.array_equal(train.images.numpy().reshape(3, -1), x)
+    assert len(D.load_dataset(cfg(tmp_path), "all")) == 5
+    (tmp_path / "test_batch.bin").write_bytes(rec[:2].tobytes()[:-7])
+    with pytest.raises(DataError, match="test_batch.bin"):
+        D.load_dataset(cfg(tmp_path), "test")
+
+
+class _Evil:
+    def __init__(self, marker: Path, how: str):
+        self.marker, self.how = marker, how
+
+    def __reduce__(self):
+        if self.how == "system":
+            return (os.system, (f"touch {self.marker}",))
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("how", ["system", "open"])
+def test_cifar_malicious_pickle_is_refused(tmp_path, how):
+    marker = tmp_path / "PWNED"
+    x, y = _cifar_arrays(2, 0)
+    with open(tmp_path / "data_batch_1", "wb") as f:
+        pickle.dump({b"data": x, b"labels": y, b"x": _Evil(marker, how)}, f)
+    with pytest.raises(DataError, match="data_batch_1") as e:
+        D.load_dataset(cfg(tmp_path))
+    assert "refusing to unpickle" in str(e.value)
+    assert not marker.exists()
+
+
+def test_cifar_corrupt_pickle(tmp_path):
+    (tmp_path / "data_batch_1").write_bytes(b"\x80\x04garbage")
+    with pytest.raises(DataError, match="data_batch_1"):
+        D.load_dataset(cfg(tmp_path))
+    with pytest.raises(DataError, match="test_batch"):
+        D.load_dataset(cfg(tmp_path), "test")
+
+
+# --------------------------------------------------------------------------- augmentation
+def test_random_hflip():
+    x = torch.arange(2 * 4, dtype=torch.float32).view(1, 1, 2, 4).repeat(1000, 3, 1, 1)
+    out = D.random_hflip(x, torch.Generator().manual_seed(0))
+    flipped = (out == x.flip(-1)).flatten(1).all(1)
+    kept = (out == x).flatten(1).all(1)
+    assert torch.all(flipped ^ kept)                                # each sample: one or other
+    assert 430 < int(flipped.sum()) < 570
+    again = D.random_hflip(x, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)
+    other = D.random_hflip(x, torch.Generator().manual_seed(1))
+    assert not torch.equal(out, other)

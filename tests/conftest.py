@@ -1,0 +1,24 @@
+import os
+
+import pytest
+import torch
+
+# Tests run on 2 shared cores; determinism over speed.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture
+def tiny_cfg():
+    """A seconds-fast config on the built-in 8x8 digits."""
+    from ddpmlab.config import Config
+
+    return Config.from_dict({
+        "model": {"base_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1,
+                  "attention_resolutions": [4], "num_heads": 2, "norm_groups": 8},
+        "diffusion": {"timesteps": 50},
+        "data": {"dataset": "digits"},
+        "train": {"batch_size": 8, "lr": 1e-3, "warmup_steps": 2, "max_steps": 6,
+                  "ema_decay": 0.9, "log_every": 2, "ckpt_every": 3, "keep_last": 2,
+                  "device": "cpu"},
+        "sample": {"n": 4, "sampler": "ddim", "steps": 5},
+    })

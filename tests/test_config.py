@@ -1,0 +1,106 @@
+"""Config: strict loading (unknown keys, wrong types, ranges) naming the key and the file."""
+
+import json
+
+import pytest
+
+from ddpmlab.config import PRESETS, Config, load_config, preset_path
+from ddpmlab.errors import ConfigError
+
+
+def test_defaults_are_the_papers():
+    c = Config()
+    assert c.diffusion.timesteps == 1000
+    assert c.diffusion.schedule == "linear"
+    assert c.diffusion.prediction == "eps"
+    assert c.diffusion.loss_weighting == "uniform"
+    assert c.sample.variance == "small"
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_presets_load(name):
+    cfg = load_config(name)
+    assert preset_path(name).is_file()
+    assert isinstance(cfg, Config)
+
+
+def test_cifar_preset_is_the_paper_model():
+    m = load_config("cifar10").model
+    assert (m.base_channels, m.channel_mult, m.num_res_blocks) == (128, (1, 2, 2, 2), 2)
+    assert m.attention_resolutions == (16,) and m.dropout == 0.1
+
+
+def test_round_trip_json(tmp_path):
+    cfg = load_config("mnist")
+    p = tmp_path / "c.json"
+    p.write_text(cfg.to_json())
+    assert Config.from_file(p) == cfg
+
+
+def test_yaml_and_toml(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("train:\n  lr: 0.001\nmodel:\n  channel_mult: [1, 2]\n")
+    t = tmp_path / "c.toml"
+    t.write_text("[train]\nlr = 0.001\n[model]\nchannel_mult = [1, 2]\n")
+    a, b = Config.from_file(y), Config.from_file(t)
+    assert a == b and a.train.lr == 0.001 and a.model.channel_mult == (1, 2)
+
+
+def test_int_accepted_for_float():
+    assert Config.from_dict({"train": {"lr": 1}}).train.lr == 1.0
+
+
+@pytest.mark.parametrize("doc, needle", [
+    ({"train": {"lr_rate": 1}}, "train.lr_rate"),
+    ({"trian": {}}, "trian"),
+    ({"train": {"lr": "fast"}}, "train.lr"),
+    ({"train": {"batch_size": 1.5}}, "train.batch_size"),
+    ({"train": {"batch_size": True}}, "train.batch_size"),
+    ({"model": {"channel_mult": 2}}, "model.channel_mult"),
+    ({"data": {"hflip": "yes"}}, "data.hflip"),
+    ({"diffusion": {"timesteps": 0}}, "diffusion.timesteps"),
+    ({"train": {"lr": -1e-3}}, "train.lr"),
+    ({"sample": {"steps": 2000}}, "sample.steps"),
+    ({"sample": {"sampler": "euler"}}, "sample.sampler"),
+    ({"train": {"ema_decay": 1.0}}, "train.ema_decay"),
+    ({"model": {"dropout": 1.5}}, "model.dropout"),
+])
+def test_bad_values_name_key_and_file(tmp_path, doc, needle):
+    p = tmp_path / "bad.json"
+    p.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError) as e:
+        Config.from_file(p)
+    assert needle in str(e.value) and str(p) in str(e.value)
+
+
+def test_unparsable_and_missing_files(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        Config.from_file(p)
+    with pytest.raises(ConfigError, match="not found"):
+        Config.from_file(tmp_path / "nope.yaml")
+    q = tmp_path / "c.ini"
+    q.write_text("x")
+    with pytest.raises(ConfigError, match="unknown config format"):
+        Config.from_file(q)
+
+
+def test_yaml_is_data_only(tmp_path):
+    """The safe loader refuses Python object tags instead of running them."""
+    p = tmp_path / "evil.yaml"
+    p.write_text("train: !!python/object/apply:os.system ['touch pwned']\n")
+    with pytest.raises(ConfigError):
+        Config.from_file(p)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_overrides_parse_types():
+    c = Config().override({"train.lr": "5e-4", "model.channel_mult": "1,2,4",
+                           "data.hflip": "true", "sample.sampler": "ddim"})
+    assert c.train.lr == 5e-4 and c.model.channel_mult == (1, 2, 4)
+    assert c.data.hflip is True and c.sample.sampler == "ddim"
+    with pytest.raises(ConfigError, match="train.nope"):
+        Config().override({"train.nope": "1"})
+    with pytest.raises(ConfigError, match="train.max_steps"):
+        Config().override({"train.max_steps": "many"})

@@ -1,0 +1,218 @@
+"""Training: the seed's step, EMA, checkpoints, exact resume, accumulation, errors."""
+
+import json
+import pickle
+
+import pytest
+import torch
+
+from ddpmlab import schedules
+from ddpmlab.config import Config
+from ddpmlab.errors import CheckpointError, ConfigError
+from ddpmlab.nn import UNet
+from ddpmlab.train import Trainer, ema_decay_at, ema_update, load_run, training_loss
+from ddpmlab.train.checkpoint import (
+    checkpoint_dirs,
+    latest_checkpoint,
+    load_tensors,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+)
+from ddpmlab.train.loop import lr_at
+
+
+def _tensors(path):
+    return load_tensors(path)
+
+
+def _same_files(a, b):
+    for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors",
+                 "rng.safetensors"):
+        ta, tb = _tensors(a / name), _tensors(b / name)
+        assert ta.keys() == tb.keys()
+        for k in ta:
+            assert torch.equal(ta[k], tb[k]), f"{name}:{k} differs"
+
+
+def test_training_loss_is_the_seed_step():
+    """training_loss == MSE(model(q_sample(x0, t, eps), t), eps), computed by hand."""
+    sched = schedules.linear(100)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(4, 2, generator=g) * 2 - 1
+    t = torch.tensor([0, 5, 50, 99])
+    eps = torch.randn(4, 2, generator=g)
+    model = lambda x, tt: 0.5 * x  # noqa: E731
+    ab = sched.alpha_bar[t].float()[:, None]
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+    want = ((0.5 * x_t - eps) ** 2).mean()
+    got = training_loss(model, sched, x0, t, eps)
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tiny_cfg):
+    torch.manual_seed(0)
+    net = UNet(tiny_cfg.model.__class__(**{**tiny_cfg.model.__dict__, "in_channels": 1,
+                                           "image_size": 8}))
+    sched = schedules.linear(50)
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.rand(16, 1, 8, 8, generator=g) * 2 - 1
+    t = torch.randint(0, 50, (16,), generator=g)
+    eps = torch.randn(16, 1, 8, 8, generator=g)
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    first = None
+    for _ in range(40):
+        loss = training_loss(net, sched, x0, t, eps)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * first
+
+
+def test_ema_update_and_warmup():
+    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    ea = {k: v.clone() for k, v in a.state_dict().items()}
+    ema_update(a, b, 0.9)
+    for k, v in a.state_dict().items():
+        assert torch.allclose(v, 0.9 * ea[k] + 0.1 * b.state_dict()[k])
+    assert ema_decay_at(0.999, 0) == pytest.approx(0.1)
+    assert ema_decay_at(0.999, 90) == pytest.approx(0.91)
+    assert ema_decay_at(0.999, 10**6) == 0.999
+    assert ema_decay_at(0.999, 0, warmup=False) == 0.999
+    with pytest.raises(ValueError):
+        ema_update(a, torch.nn.Linear(3, 3, bias=False), 0.5)
+
+
+def test_lr_warmup_and_cosine():
+    tc = Config().override({"train.lr": "1e-3", "train.warmup_steps": "10",
+                            "train.max_steps": "110", "train.lr_decay": "cosine"}).train
+    assert lr_at(0, tc) == pytest.approx(1e-4)
+    assert lr_at(9, tc) == pytest.approx(1e-3)
+    assert lr_at(60, tc) == pytest.approx(0.5e-3)
+    assert lr_at(110, tc) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_optimizer_state_round_trip():
+    net = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    net(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    tensors, meta = optimizer_to_tensors(opt)
+    json.dumps(meta)  # the non-tensor part is plain JSON
+    opt2 = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    optimizer_from_tensors(opt2, tensors, meta)
+    s1, s2 = opt.state_dict(), opt2.state_dict()
+    for pid in s1["state"]:
+        for k, v in s1["state"][pid].items():
+            assert torch.equal(torch.as_tensor(v), torch.as_tensor(s2["state"][pid][k]))
+
+
+def test_save_load_gives_identical_outputs(tmp_path, tiny_cfg):
+    tr = Trainer(tiny_cfg, tmp_path / "run", progress=False)
+    tr.train()
+    model, cfg, ckpt = load_run(tmp_path / "run", use_ema=True)
+    raw, _, _ = load_run(tmp_path / "run", use_ema=False)
+    x = torch.randn(3, 1, 8, 8)
+    t = torch.tensor([0, 10, 49])
+    with torch.no_grad():
+        assert torch.equal(model(x, t), tr.ema(x, t))
+        assert torch.equal(raw(x, t), tr.model.eval()(x, t))
+    assert cfg == tr.cfg and ckpt.name == "step_00000006"
+    assert [p.name for p in checkpoint_dirs(tmp_path / "run")] == ["step_00000003",
+                                                                   "step_00000006"]
+    lines = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [2, 4, 6]
+
+
+def test_resume_equals_uninterrupted(tmp_path, tiny_cfg):
+    """On CPU a resumed run ends with exactly the weights of an uninterrupted one."""
+    cfg = tiny_cfg.override({"data.hflip": "true", "model.dropout": "0.1"})
+    Trainer(cfg, tmp_path / "a", progress=False).train()
+    short = cfg.override({"train.max_steps": "4"})
+    Trainer(short, tmp_path / "b", progress=False).train()
+    Trainer(cfg, tmp_path / "b", resume=True, progress=False).train()
+    _same_files(latest_checkpoint(tmp_path / "a"), latest_checkpoint(tmp_path / "b"))
+
+
+def test_grad_accumulation_matches_one_batch(tmp_path, tiny_cfg):
+    Trainer(tiny_cfg, tmp_path / "a", progress=False).train()
+    Trainer(tiny_cfg.override({"train.grad_accum": "2"}), tmp_path / "b", progress=False).train()
+    a = _tensors(latest_checkpoint(tmp_path / "a") / "model.safetensors")
+    b = _tensors(latest_checkpoint(tmp_path / "b") / "model.safetensors")
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+
+
+def test_conditional_training_uses_labels(tmp_path, tiny_cfg):
+    cfg = tiny_cfg.override({"data.conditional": "true"})
+    tr = Trainer(cfg, tmp_path / "c", progress=False)
+    assert tr.cfg.model.num_classes == 10 and tr.model.class_embed is not None
+    tr.train()
+
+
+def test_refuses_existing_run_and_bad_resume(tmp_path, tiny_cfg):
+    Trainer(tiny_cfg.override({"train.max_steps": "1"}), tmp_path / "r", progress=False).train()
+    with pytest.raises(CheckpointError, match="already holds a run"):
+        Trainer(tiny_cfg, tmp_path / "r", progress=False)
+    with pytest.raises(CheckpointError, match="not a ddpmlab run"):
+        Trainer(tiny_cfg, tmp_path / "empty", resume=True, progress=False)
+    other = tiny_cfg.override({"model.base_channels": "8"})
+    with pytest.raises(CheckpointError, match="model.base_channels"):
+        Trainer(other, tmp_path / "r", resume=True, progress=False)
+    (tmp_path / "userdir").mkdir()
+    (tmp_path / "userdir" / "thesis.txt").write_text("precious")
+    with pytest.raises(CheckpointError, match="not empty"):
+        Trainer(tiny_cfg, tmp_path / "userdir", progress=False)
+    assert (tmp_path / "userdir" / "thesis.txt").read_text() == "precious"
+    with pytest.raises(ConfigError, match="batch_size"):
+        Trainer(tiny_cfg.override({"train.batch_size": "4096"}), tmp_path / "big",
+                progress=False)
+
+
+def test_partial_checkpoint_is_ignored(tmp_path, tiny_cfg):
+    Trainer(tiny_cfg.override({"train.max_steps": "3"}), tmp_path / "r", progress=False).train()
+    junk = tmp_path / "r" / "checkpoints" / ".tmp-step_00000009.123"
+    junk.mkdir()
+    (junk / "model.safetensors").write_bytes(b"half")
+    assert latest_checkpoint(tmp_path / "r").name == "step_00000003"
+    tr = Trainer(tiny_cfg, tmp_path / "r", resume=True, progress=False)
+    assert tr.step == 3 and not junk.exists()
+
+
+def test_loader_never_unpickles(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            import os
+
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    for name in ("evil.pt", "evil.safetensors"):
+        p = tmp_path / name
+        p.write_bytes(pickle.dumps({"w": Evil()}))
+        with pytest.raises(CheckpointError):
+            load_tensors(p)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_nonfinite_loss_stops_and_keeps_checkpoint(tmp_path, tiny_cfg):
+    from ddpmlab.train import TrainingError
+
+    tr = Trainer(tiny_cfg.override({"train.max_steps": "3"}), tmp_path / "r", progress=False)
+    tr.train()
+    before = _tensors(latest_checkpoint(tmp_path / "r") / "model.safetensors")
+    tr2 = Trainer(tiny_cfg, tmp_path / "r", resume=True, progress=False)
+    with torch.no_grad():
+        tr2.model.conv_in.weight.fill_(float("nan"))
+    with pytest.raises(TrainingError, match="step 3"):
+        tr2.train()
+    after = _tensors(latest_checkpoint(tmp_path / "r") / "model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_skip_nonfinite_counts(tmp_path, tiny_cfg):
+    cfg = tiny_cfg.override({"train.skip_nonfinite": "true", "train.max_steps": "2"})
+    tr = Trainer(cfg, tmp_path / "r", progress=False)
+    with torch.no_grad():
+        tr.model.conv_in.weight.fill_(float("inf"))
+    res = tr.train()
+    assert res.skipped_steps == 2 and res.step == 2

@@ -139,14 +139,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
+    from .train import distributed as D
     from .train.loop import resolve_device
-    from .train.sampling import load_run, sample_images, save_npz
+    from .train.sampling import load_run, sample_images_sharded, save_npz
     from .viz import save_grid
 
     _positive("--n", args.n)
     _positive("--batch-size", args.batch_size)
     _positive("--steps", args.steps)
     device = resolve_device(args.device or "auto")
+    info = D.init(device.type)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
     model, cfg, ckpt = load_run(args.run, use_ema=not args.no_ema, device=device)
     T = cfg.diffusion.timesteps
     if args.steps is not None and args.steps > T:
@@ -169,10 +173,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
         else:
             y = torch.tensor([classes[k % len(classes)] for k in range(n)])
         n = len(y)
-    images = sample_images(model, cfg, n=n, seed=args.seed, device=device,
-                           sampler=args.sampler, steps=args.steps, eta=args.eta, y=y,
-                           guidance=args.guidance, batch_size=args.batch_size,
-                           progress=not args.no_progress)
+    images = sample_images_sharded(model, cfg, n=n, seed=args.seed, device=device,
+                                   sampler=args.sampler, steps=args.steps, eta=args.eta, y=y,
+                                   guidance=args.guidance, batch_size=args.batch_size,
+                                   progress=not args.no_progress and info.is_main)
+    D.cleanup()
+    if images is None:  # not rank 0: rank 0 writes the files
+        return 0
     run_dir = Path(args.run)
     tag = f"{args.sampler or cfg.sample.sampler}-{args.steps or cfg.sample.steps or T}"
     out = Path(args.out) if args.out else run_dir / "samples" / f"sample_{tag}_seed{args.seed}.png"
@@ -207,6 +214,13 @@ def cmd_figures(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
+def _add_run_argument(p: argparse.ArgumentParser) -> None:
+    # Positional or --run: under torchrun, write the run as a positional argument, since
+    # torchrun's own parser takes "--run" for its "--run-path".
+    p.add_argument("run_pos", nargs="?", metavar="RUN", help="the run directory")
+    p.add_argument("--run", help="the run directory (same as the positional RUN)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ddpmlab",
@@ -237,8 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("sample", help="draw images from a trained run")
-    s.add_argument("--run", required=True, help="the run directory")
-    s.add_argument("--n", type=int, default=64, help="number of images (default 64)")
+    _add_run_argument(s)
+    s.add_argument("-n", "--n", "--num-samples", dest="n", type=int, default=64,
+                   help="number of images (default 64)")
     s.add_argument("--sampler", choices=["ddpm", "ddim", "dpm_solver"],
                    help="default: the run's sample.sampler")
     s.add_argument("--steps", type=int, help="sampling steps, 1..T (default: the run's)")
@@ -257,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_sample)
 
     e = sub.add_parser("eval", help="FID/KID, precision/recall, memorization, bits/dim")
-    e.add_argument("--run", required=True, help="the run directory")
+    _add_run_argument(e)
     e.add_argument("--samples", help="an .npz of samples to score instead of drawing new ones")
     e.add_argument("--n", type=int, help="samples to draw (default: enough for a stable FID)")
     e.add_argument("--sampler", choices=["ddpm", "ddim", "dpm_solver"])
@@ -273,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
 
     f = sub.add_parser("figures", help="the tutorial's pictures for a run")
-    f.add_argument("--run", required=True, help="the run directory")
+    _add_run_argument(f)
     f.add_argument("--out", help="folder for the PNGs (default: RUN/figures)")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--device", help="auto | cpu | cuda | cuda:N")
@@ -284,6 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if hasattr(args, "run_pos"):
+        if args.run and args.run_pos and args.run != args.run_pos:
+            parser.error("give the run directory once (RUN or --run)")
+        args.run = args.run or args.run_pos
+        if not args.run:
+            parser.error(f"{args.command}: the run directory is required (RUN or --run)")
     try:
         return int(args.func(args) or 0)
     except DDPMLabError as e:

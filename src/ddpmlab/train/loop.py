@@ -153,7 +153,16 @@ class Trainer:
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         self.log = log if self.dist.is_main else (lambda msg: None)
-        self._check_run_dir(resume, force)
+        # Rank 0 alone inspects and prepares the run directory; every rank learns the verdict.
+        problem = None
+        if self.dist.is_main:
+            try:
+                self._check_run_dir(resume, force)
+            except DDPMLabError as e:
+                problem = e
+        problem = D.broadcast_object(problem)
+        if problem is not None:
+            raise problem
         self.data = data if data is not None else load_dataset(cfg.data, "train")
         cfg = resolve_config(cfg, self.data)
         if resume:
@@ -225,18 +234,17 @@ class Trainer:
         if rd.is_dir() and not (rd / RUN_MARKER).exists() and any(rd.iterdir()) and not force:
             raise CheckpointError(f"{rd}: is not empty and holds no ddpmlab run; refusing to "
                                   "write into it (use --force, or choose another --out)")
-        if force and self.dist.is_main:
+        if force:
             import shutil
 
             shutil.rmtree(rd / "checkpoints", ignore_errors=True)
-        if self.dist.is_main:
-            try:
-                rd.mkdir(parents=True, exist_ok=True)
-                probe = rd / f".write-test-{os.getpid()}"
-                probe.write_bytes(b"")
-                probe.unlink()
-            except OSError as e:
-                raise CheckpointError(f"{rd}: cannot write there ({e.strerror or e})") from None
+        try:
+            rd.mkdir(parents=True, exist_ok=True)
+            probe = rd / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise CheckpointError(f"{rd}: cannot write there ({e.strerror or e})") from None
 
     def _load_latest(self) -> None:
         clean_partial(self.run_dir)
@@ -373,6 +381,7 @@ class Trainer:
         window_n, window_t0 = 0, time.perf_counter()
         last_loss = float("nan")
         ckpt: Path | None = None
+        saved_at = -1
         stopped_by: str | None = None
         self.model.train()
         try:
@@ -403,7 +412,7 @@ class Trainer:
                 if tc.sample_every and self.step % tc.sample_every == 0:
                     self.sample_grid(self.run_dir / "samples" / f"step_{self.step:08d}.png")
                 if self.step % tc.ckpt_every == 0:
-                    ckpt = self.save()
+                    ckpt, saved_at = self.save(), self.step
                 if tc.time_limit_min and time.perf_counter() - t_start > tc.time_limit_min * 60:
                     stopped_by = "time limit"
                 if self._stop is not None:
@@ -414,7 +423,7 @@ class Trainer:
             if bar is not None:
                 bar.close()
             self._restore_signal_handlers(handlers)
-        if ckpt is None or int(ckpt.name.split("_")[1]) != self.step:
+        if saved_at != self.step:  # the same decision on every rank (save() has a barrier)
             ckpt = self.save()
         return TrainResult(self.run_dir, self.step, last_loss, time.perf_counter() - t_start,
                            ckpt, None, stopped_by, self.skipped)

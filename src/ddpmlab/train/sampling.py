@@ -100,6 +100,34 @@ def sample_images(model: nn.Module, cfg: Config, n: int, seed: int = 0,
     return torch.cat(out) if out else torch.empty(0, *shape)
 
 
+def sample_images_sharded(model: nn.Module, cfg: Config, n: int, seed: int = 0,
+                          device: torch.device | str = "cpu", **kwargs) -> torch.Tensor | None:
+    """:func:`sample_images` split over the ranks of a ``torchrun`` launch.
+
+    Rank r draws samples r, r + W, r + 2W, ... (W = world size) with their own per-sample
+    seeds; rank 0 gathers them back in order and returns all ``n`` (other ranks return None).
+    The result equals one process drawing the same ``n`` with the same seed.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return sample_images(model, cfg, n, seed, device, **kwargs)
+    world, rank = dist.get_world_size(), dist.get_rank()
+    mine = list(range(rank, n, world))
+    y = kwargs.pop("y", None)
+    part = sample_images(model, cfg, len(mine), seed, device, indices=mine,
+                         y=None if y is None else y[mine], **kwargs)
+    parts: list = [None] * world
+    dist.all_gather_object(parts, (mine, part))  # in-memory tensors between our own processes
+    if rank != 0:
+        return None
+    out = torch.empty(n, *part.shape[1:])
+    for idx, images in parts:
+        if idx:
+            out[torch.tensor(idx)] = images
+    return out
+
+
 def save_npz(images: torch.Tensor, path: str | os.PathLike,
              labels: torch.Tensor | None = None) -> Path:
     """uint8 ``N x H x W x C`` images under ``arr_0`` (the layout FID tools read)."""

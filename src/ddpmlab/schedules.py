@@ -6,7 +6,7 @@ Notation (Ho et al. 2020, with our index base):
 ``t``              int64 index in ``[0, T)``; index ``t`` is the paper's step ``t + 1``
 ``betas[t]``       :math:`\beta_{t+1}`, the variance of the noise added by step ``t``
 ``alphas[t]``      :math:`\alpha = 1 - \beta`
-``alpha_bar[t]``   :math:`\bar\alpha_t = \prod_{s \le t} \alpha_s`, so x_t = sqrt(abar) x0 + sqrt(1 - abar) eps
+``alpha_bar[t]``   :math:`\bar\alpha_t = \prod_{s \le t} \alpha_s`; x_t = sqrt(abar) x0 + sqrt(1-abar) eps
 ``alpha_bar_prev`` ``alpha_bar[t-1]``, with ``alpha_bar_prev[0] = 1`` (x_{-1} is x0 itself)
 ``posterior_*``    the Gaussian q(x_{t-1} | x_t, x0) (Ho et al. eq. 6-7)
 =================  =============================================================================

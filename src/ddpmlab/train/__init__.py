@@ -8,6 +8,6 @@ from .step import draw, training_loss
 
 __all__ = [
     "Trainer", "TrainResult", "TrainingError", "draw", "ema_decay_at", "ema_update",
-    "latest_checkpoint", "load_run", "load_tensors", "sample_images", "sample_images_sharded", "save_checkpoint",
-    "save_npz", "training_loss",
+    "latest_checkpoint", "load_run", "load_tensors", "sample_images", "sample_images_sharded",
+    "save_checkpoint", "save_npz", "training_loss",
 ]

@@ -11,7 +11,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from .errors import ConfigError, DDPMLabError
 
@@ -194,9 +193,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_run
+    from .evaluate import evaluate_run, format_report
+    from .train.loop import resolve_device
 
-    results = evaluate_run(args)
+    _positive("--n", args.n)
+    _positive("--bpd-timesteps", args.bpd_timesteps)
+    device = resolve_device(args.device or "auto")
+    results = evaluate_run(args.run, samples_npz=args.samples, n=args.n, sampler=args.sampler,
+                           steps=args.steps, seed=args.seed, bpd_images=args.bpd_images,
+                           bpd_timesteps=args.bpd_timesteps,
+                           inception_weights=args.inception_weights, device=device,
+                           progress=not args.no_progress)
+    print(format_report(results))
     if args.json:
         from .train.checkpoint import atomic_write_text
 
@@ -206,9 +214,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- figures
 def cmd_figures(args: argparse.Namespace) -> int:
+    from .train.loop import resolve_device
     from .viz import run_figures
 
-    for path in run_figures(args):
+    device = resolve_device(args.device or "auto")
+    for path in run_figures(args.run, args.out, seed=args.seed, device=device,
+                            chain_steps=args.chain_steps):
         print(f"ddpmlab: wrote {path}")
     return 0
 
@@ -291,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_argument(f)
     f.add_argument("--out", help="folder for the PNGs (default: RUN/figures)")
     f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--chain-steps", type=int,
+                   help="DDPM steps of the denoising chain (default: all T, as in the paper)")
     f.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     f.set_defaults(func=cmd_figures)
     return p
@@ -315,14 +328,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nddpmlab: interrupted", file=sys.stderr)
         return 130
-
-
-def _jsonable(x: Any) -> Any:  # used by eval's JSON output
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    return x
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -524,3 +524,49 @@ def class_rows_grid(images_by_class: Sequence[torch.Tensor], path: str | os.Path
     for spine in ax.spines.values():
         spine.set_visible(False)
     return _save_figure(fig, path, dpi=dpi)
+
+
+# ============================================================================ a run's figures
+def run_figures(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                seed: int = 0, device: str | torch.device = "cpu",
+                chain_steps: int | None = None) -> list[Path]:
+    """Every figure of the tutorial for a trained run, written to ``out_dir`` (default
+    ``RUN/figures``): the noising strip of real training images, the denoising chain of the
+    EMA model (ancestral DDPM over all T steps unless ``chain_steps``), the schedule plot, the
+    loss curve, and a sample grid (one row per class for a conditional run)."""
+    from .data import load_dataset, to_model_range
+    from .schedules import get
+    from .train.sampling import load_run, sample_images
+
+    run_dir = Path(run_dir)
+    model, cfg, _ = load_run(run_dir, use_ema=True, device=device)
+    out = Path(out_dir) if out_dir is not None else run_dir / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    sched = get(cfg.diffusion.schedule, cfg.diffusion.timesteps)
+    g = torch.Generator().manual_seed(seed)
+    written = []
+    data = load_dataset(cfg.data, "train")
+    pick = torch.randperm(len(data), generator=g)[:4]
+    written.append(noising_strip(to_model_range(data.images[pick]), sched,
+                                 path=out / "noising_strip.png", generator=g))
+    m = cfg.model
+    null = m.num_classes if m.num_classes > 0 else None
+    written.append(denoising_chain(
+        model, sched, (3, m.in_channels, m.image_size, m.image_size), out / "denoising_chain.png",
+        sampler="ddpm", steps=chain_steps, prediction=cfg.diffusion.prediction,
+        null_class=null, generator=g, clip_x0=cfg.sample.clip_x0, device=device))
+    written.append(schedule_plot(out / "schedule.png", T=cfg.diffusion.timesteps))
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file():
+        written.append(loss_plot(metrics, out / "loss.png"))
+    if null is not None:
+        per = 8
+        y = torch.arange(m.num_classes).repeat_interleave(per)
+        imgs = sample_images(model, cfg, n=len(y), seed=seed, device=device, y=y)
+        names = data.class_names or [str(k) for k in range(m.num_classes)]
+        written.append(class_rows_grid(list(imgs.split(per)), out / "samples_by_class.png",
+                                       names))
+    else:
+        imgs = sample_images(model, cfg, n=64, seed=seed, device=device)
+        written.append(save_grid(imgs, out / "samples.png", scale=2))
+    return written

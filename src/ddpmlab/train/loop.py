@@ -384,6 +384,9 @@ class Trainer:
         saved_at = -1
         stopped_by: str | None = None
         self.model.train()
+        # Denormal floats (tiny Adam moments and weights) slow x86 CPUs down by orders of
+        # magnitude; flush them to zero while training (restored afterwards).
+        flushing = torch.set_flush_denormal(True) if self.device.type == "cpu" else None
         try:
             while self.step < tc.max_steps:
                 loss, gnorm = self.train_step()
@@ -423,6 +426,8 @@ class Trainer:
             if bar is not None:
                 bar.close()
             self._restore_signal_handlers(handlers)
+            if flushing:
+                torch.set_flush_denormal(False)
         if saved_at != self.step:  # the same decision on every rank (save() has a barrier)
             ckpt = self.save()
         return TrainResult(self.run_dir, self.step, last_loss, time.perf_counter() - t_start,

@@ -1,10 +1,10 @@
-import os
-
 import pytest
 import torch
 
-# Tests run on 2 shared cores; determinism over speed.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One thread: the tests' tensors are small, and on a busy machine OpenMP's worker threads
+# wait for each other (200x slower per op, measured here). Subprocess tests set
+# OMP_NUM_THREADS=1 likewise.
+torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -69,7 +69,9 @@ def simple_loss(schedule: Schedule, model_output: torch.Tensor, x0: torch.Tensor
     ``eps`` is the noise that made x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps.
     """
     tgt = target(schedule, x0, t, eps, prediction)
-    mse = mean_flat((model_output.float() - tgt.float()) ** 2)
+    # at least float32 (a bf16/fp16 output under AMP), float64 when the data are float64
+    dtype = torch.promote_types(torch.promote_types(model_output.dtype, tgt.dtype), torch.float32)
+    mse = mean_flat((model_output.to(dtype) - tgt.to(dtype)) ** 2)
     w = loss_weight(schedule, t, prediction, weighting, gamma)
     return mse * w.to(mse.dtype)
 
@@ -95,13 +97,14 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor,
     lower = inv_std * (centered - 1.0 / 255.0)
     log_cdf_upper = torch.special.log_ndtr(upper)
     log_sf_lower = torch.special.log_ndtr(-lower)
-    # P(lower < Z < upper) computed on the side where it is not a difference of two numbers near 1.
-    mid = torch.where(
-        lower > 0,
-        torch.special.ndtr(-lower) - torch.special.ndtr(-upper),
-        torch.special.ndtr(upper) - torch.special.ndtr(lower),
-    )
-    log_mid = torch.log(mid.clamp(min=1e-30))
+    # log P(lower < Z < upper) = log(Phi(b) - Phi(a)) on the side where both CDFs are small
+    # (a, b = -upper, -lower when lower > 0), in log space so that far tails stay exact instead
+    # of being floored.
+    flip = lower > 0
+    a = torch.where(flip, -upper, lower)
+    b = torch.where(flip, -lower, upper)
+    log_b = torch.special.log_ndtr(b)
+    log_mid = log_b + torch.log(-torch.expm1(torch.special.log_ndtr(a) - log_b))
     return torch.where(x < -0.999, log_cdf_upper, torch.where(x > 0.999, log_sf_lower, log_mid))
 
 

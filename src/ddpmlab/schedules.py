@@ -108,6 +108,11 @@ def linear(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> S
     T = _check_T(T)
     scale = 1000.0 / T
     lo, hi = beta_start * scale, beta_end * scale
+    if hi >= 1.0:
+        raise ValueError(
+            f"the linear schedule scales beta_end by 1000/T, which gives {hi:g} >= 1 for T={T}; "
+            f"use T > {math.floor(beta_end * 1000)} or the cosine schedule"
+        )
     return from_betas(torch.linspace(lo, hi, T, dtype=torch.float64), name="linear")
 
 

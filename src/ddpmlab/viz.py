@@ -265,7 +265,8 @@ def chain_frames(model: Any, schedule: Schedule, shape: Sequence[int], sampler: 
 
     if isinstance(n_frames, bool) or not isinstance(n_frames, int) or n_frames < 2:
         raise ValueError(f"n_frames must be an integer >= 2, got {n_frames!r}")
-    n_steps = len(timestep_pairs(schedule.T, steps, sample_kwargs.get("spacing", "trailing")))
+    n_steps = len(timestep_pairs(schedule.T, steps, sample_kwargs.get("spacing", "logsnr"),
+                                 schedule.log_snr.tolist()))
     keep = sorted({int(round(v)) for v in np.linspace(0, n_steps, n_frames)})
     xs: dict[int, torch.Tensor] = {}
     hats: dict[int, torch.Tensor] = {}

@@ -60,23 +60,23 @@ def sample(
     callback: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = False,
     clip_x0: bool = False,
-    spacing: str = "trailing",
+    spacing: str = "logsnr",
     null_class: int | None = None,
     device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Draw samples x0 of ``shape`` ``(n, *dims)`` from ``model`` by the named ``sampler``.
 
     ``model(x_t, t)`` (or ``model(x_t, t, y)`` when ``y`` is given) returns the ``prediction``
     (``"eps"``, ``"x0"`` or ``"v"``); ``t`` is the int64 original index in ``[0, T)``.
-    ``steps=None`` walks all T steps; fewer steps use ``spacing`` (``"trailing"``, the default,
-    or ``"uniform"``; trailing keeps DPM-Solver's second order, see :mod:`.spacing`).
+    ``steps=None`` walks all T steps; fewer steps use ``spacing`` (``"logsnr"``, the default,
+    ``"trailing"`` or ``"uniform"``; see :mod:`.spacing`).
     ``eta`` is DDIM's stochasticity; ``variance`` is DDPM's (``"small"`` = posterior,
     ``"large"`` = beta). ``y`` (labels ``[n]`` or one int) with ``guidance`` w applies
     classifier-free guidance ``pred_u + w (pred_c - pred_u)``. ``x_T`` is the starting noise;
     otherwise it is drawn from ``generator`` (one ``torch.Generator`` or one per sample).
     ``callback(info)`` gets ``i``, ``t``, ``t_prev``, ``x`` (x_t), ``x0_hat`` and ``x_next`` at
-    every step. Runs under ``torch.inference_mode``.
+    every step. ``dtype`` defaults to ``x_T``'s, else float32. Runs under ``torch.inference_mode``.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
@@ -86,16 +86,16 @@ def sample(
         raise ValueError(f"eta must be a number >= 0, got {eta!r}")
     if not isinstance(guidance, (int, float)) or not guidance >= 0:
         raise ValueError(f"guidance must be a number >= 0, got {guidance!r}")
-    pairs = timestep_pairs(schedule.T, steps, spacing)
+    pairs = timestep_pairs(schedule.T, steps, spacing, schedule.log_snr.tolist())
     if x_T is None:
         if shape is None:
             raise ValueError("give either shape or x_T")
         shape = _check_shape(shape)
-        x = randn(shape, generator, device, dtype)
+        x = randn(shape, generator, device, dtype or torch.float32)
     else:
         if shape is not None and tuple(x_T.shape) != _check_shape(shape):
             raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape={tuple(shape)}")
-        x = x_T.to(device=device or x_T.device, dtype=dtype)
+        x = x_T.to(device=device or x_T.device, dtype=dtype or x_T.dtype)
     sched = schedule.to(x.device)
     net: Model = model
     cond_y: torch.Tensor | None = None

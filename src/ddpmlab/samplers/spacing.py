@@ -9,17 +9,31 @@ the original index: nothing is remapped or rescaled.
 * ``"trailing"``: ``round(T - k T / steps) - 1`` for k = 0..steps-1: starts at T-1 and leaves the
   last jump from ``T / steps - 1`` straight to x0 (Lin et al. 2023, "Common diffusion noise
   schedules and sample steps are flawed", table 2).
+* ``"logsnr"`` (the default of :func:`ddpmlab.sample`): equally spaced in the log-SNR
+  lambda_t = log(alpha_bar / (1 - alpha_bar)) between index T-1 and index 0, as DPM-Solver
+  recommends for pixel data (Lu et al. 2022, sec. 3.3); needs the schedule's ``log_snr``. Each
+  target lambda is mapped to the nearest index; collisions at the high-noise end (where lambda
+  moves little per index) are resolved by stepping to the next free index, so there are always
+  exactly ``steps`` distinct indices. On a tight Gaussian with the exact score it keeps the
+  spread within 3% at 10-20 DPM-Solver steps where ``trailing`` loses 35-60%
+  (``tests/test_samplers.py``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
-SPACINGS = ("uniform", "trailing")
+SPACINGS = ("logsnr", "trailing", "uniform")
 
 
-def timesteps(T: int, steps: int | None = None, spacing: str = "uniform") -> list[int]:
-    """The descending original indices visited by a ``steps``-step sampler (``None`` = all T)."""
+def timesteps(T: int, steps: int | None = None, spacing: str = "uniform",
+              log_snr: Sequence[float] | None = None) -> list[int]:
+    """The descending original indices visited by a ``steps``-step sampler (``None`` = all T).
+
+    ``log_snr`` (``[T]``, decreasing; :attr:`Schedule.log_snr`) is needed by ``"logsnr"``.
+    """
     if isinstance(T, bool) or not isinstance(T, int) or T < 1:
         raise ValueError(f"T must be an integer >= 1, got {T!r}")
     if steps is None:
@@ -32,7 +46,24 @@ def timesteps(T: int, steps: int | None = None, spacing: str = "uniform") -> lis
         raise ValueError(f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
     if steps == T:
         return list(range(T - 1, -1, -1))
-    if spacing == "uniform":
+    if spacing == "logsnr":
+        if log_snr is None:
+            raise ValueError("spacing 'logsnr' needs the schedule's log_snr")
+        lam = np.asarray(log_snr, dtype=np.float64)
+        if lam.shape != (T,):
+            raise ValueError(f"log_snr must have {T} entries, got {lam.shape}")
+        if steps == 1:
+            return [T - 1]
+        targets = np.linspace(lam[-1], lam[0], steps)            # from T-1 (noisy) to 0
+        # lambda decreases in t: interpolate t(lambda) on the reversed (increasing) arrays
+        t_float = np.interp(targets, lam[::-1], np.arange(T - 1, -1, -1, dtype=np.float64))
+        ts = np.round(t_float).astype(np.int64)
+        ts[0] = T - 1
+        for i in range(1, steps):                                 # strictly decreasing...
+            ts[i] = min(ts[i], ts[i - 1] - 1)
+        for i in range(steps - 1, -1, -1):                        # ...and never below 0
+            ts[i] = max(ts[i], steps - 1 - i)
+    elif spacing == "uniform":
         if steps == 1:
             return [T - 1]
         ts = np.round(np.linspace(T - 1, 0, steps)).astype(np.int64)
@@ -43,8 +74,8 @@ def timesteps(T: int, steps: int | None = None, spacing: str = "uniform") -> lis
     return out
 
 
-def timestep_pairs(T: int, steps: int | None = None,
-                   spacing: str = "uniform") -> list[tuple[int, int]]:
+def timestep_pairs(T: int, steps: int | None = None, spacing: str = "uniform",
+                   log_snr: Sequence[float] | None = None) -> list[tuple[int, int]]:
     """``[(t_0, t_1), (t_1, t_2), ..., (t_last, -1)]`` with t descending; -1 means x0."""
-    ts = timesteps(T, steps, spacing)
+    ts = timesteps(T, steps, spacing, log_snr)
     return list(zip(ts, ts[1:] + [-1], strict=True))

@@ -71,3 +71,43 @@ def test_python_dash_m_entry_point():
     r = subprocess.run([sys.executable, "-m", "ddpmlab", "--help"], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0 and "train" in r.stdout and "sample" in r.stdout
+
+
+def test_eval_reports_every_metric(run_dir, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "eval.json"
+    code = main(["eval", str(run_dir), "--n", "40", "--sampler", "ddim", "--steps", "3",
+                 "--bpd-images", "8", "--bpd-timesteps", "5", "--json", str(out),
+                 "--no-progress"])
+    assert code == 0
+    text = capsys.readouterr().out
+    for word in ("FID", "KID", "precision", "memorization", "bits/dim", "classifier"):
+        assert word in text, word
+    r = json.loads(out.read_text())
+    assert r["n"] == 40 and r["baseline"] is not None  # below the recommended N: baseline given
+    assert r["bits_per_dim"]["timesteps_evaluated"] == 5 and r["bits_per_dim"]["total"] > 0
+    assert (run_dir / "figures" / "vlb.png").is_file()
+    events = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert events[-1]["event"] == "eval" and "fid" in events[-1]
+
+
+def test_eval_scores_an_npz(run_dir, tmp_path, capsys):
+    npz = tmp_path / "s.npz"
+    main(["sample", str(run_dir), "--n", "12", "--steps", "2", "--npz", str(npz),
+          "--out", str(tmp_path / "g.png"), "--no-progress"])
+    assert main(["eval", str(run_dir), "--samples", str(npz), "--bpd-images", "0",
+                 "--no-progress"]) == 0
+    assert "12" in capsys.readouterr().out
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, arr_0=np.zeros((3, 8, 8, 1), np.float32))
+    assert main(["eval", str(run_dir), "--samples", str(bad)]) == 2
+    assert "bad.npz" in capsys.readouterr().err
+
+
+def test_figures_command(run_dir, tmp_path):
+    out = tmp_path / "fig"
+    assert main(["figures", str(run_dir), "--out", str(out), "--chain-steps", "5"]) == 0
+    for name in ("noising_strip.png", "denoising_chain.png", "schedule.png", "loss.png",
+                 "samples.png"):
+        Image.open(out / name).verify()

@@ -1,15 +1,18 @@
 """The ``ddpmlab`` command: train | sample | eval | figures.
 
 Each command parses its arguments, builds a config, and calls the library; nothing else lives
-here. Errors caused by the user's input (:class:`~ddpmlab.errors.DDPMLabError`) print one line
-and exit with status 2; ``--debug`` shows the traceback instead.
+here. Errors caused by the user's input (:class:`~ddpmlab.errors.DDPMLabError`) and by the
+environment (an ``OSError``: disk full, no permission) print one line and exit with status 2;
+``--debug`` shows the traceback instead. See RELIABILITY.md for every case.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import zipfile
 from pathlib import Path
 
 from .errors import ConfigError, DDPMLabError
@@ -32,6 +35,7 @@ def _overrides(pairs: list[str]) -> dict[str, str]:
 def _default_out(dataset: str) -> Path:
     """``runs/<dataset>``, or ``runs/<dataset>-2``, ... if that already holds a run."""
     name = Path(dataset).stem if ("/" in dataset or "." in dataset) else dataset
+    name = name.lstrip(".")  # "--dataset .." must not make runs/.. (the current folder)
     base = Path("runs") / (name or "run")
     cand, k = base, 2
     while cand.exists() and any(cand.iterdir()):
@@ -57,6 +61,40 @@ def _parse_classes(text: str, num_classes: int) -> list[int]:
 def _positive(name: str, value: int | None) -> None:
     if value is not None and value < 1:
         raise ConfigError(f"{name}={value} must be >= 1")
+
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _looks_like_ours(path: Path, kind: str) -> bool:
+    """Whether an existing file is what ``sample`` writes: a PNG, or an .npz holding only
+    ``arr_0`` (and ``labels``). Such a file is overwritten; anything else needs --force."""
+    try:
+        if kind == "png":
+            with open(path, "rb") as f:
+                return f.read(8) == _PNG_MAGIC
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+        return "arr_0.npy" in names and names <= {"arr_0.npy", "labels.npy"}
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def _check_output(path: Path, kind: str, force: bool) -> None:
+    """Before any work: refuse to overwrite a user's file, and make sure ``path`` is writable."""
+    what = {"png": "a PNG", "npz": "a samples .npz (arr_0 only)"}[kind]
+    if path.is_dir():
+        raise DDPMLabError(f"{path}: is a directory; give a file path")
+    if path.exists() and not force and not _looks_like_ours(path, kind):
+        raise DDPMLabError(f"{path}: exists and is not {what} written by ddpmlab; refusing to "
+                           "overwrite it (use --force, or another path)")
+    probe = path.with_name(f".write-test-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise DDPMLabError(f"{path}: cannot write there ({e.strerror or e})") from None
 
 
 # ----------------------------------------------------------------------------- train
@@ -146,6 +184,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     _positive("--n", args.n)
     _positive("--batch-size", args.batch_size)
     _positive("--steps", args.steps)
+    out = Path(args.out) if args.out else None
+    if os.environ.get("RANK", "0") == "0":  # rank 0 writes the files: check them before sampling
+        for path, kind in ((out, "png"), (Path(args.npz) if args.npz else None, "npz")):
+            if path is not None:
+                _check_output(path, kind, args.force)
     device = resolve_device(args.device or "auto")
     info = D.init(device.type)
     if info.enabled and device.type == "cuda":
@@ -181,7 +224,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         return 0
     run_dir = Path(args.run)
     tag = f"{args.sampler or cfg.sample.sampler}-{args.steps or cfg.sample.steps or T}"
-    out = Path(args.out) if args.out else run_dir / "samples" / f"sample_{tag}_seed{args.seed}.png"
+    out = out or run_dir / "samples" / f"sample_{tag}_seed{args.seed}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     save_grid(images, out, nrow=nrow, scale=2)
     print(f"ddpmlab: {n} samples from {ckpt} -> {out}")
@@ -273,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
     s.add_argument("--out", help="PNG grid path (default: RUN/samples/sample_*.png)")
     s.add_argument("--npz", help="also write uint8 NxHxWxC images (key arr_0) here")
+    s.add_argument("--force", action="store_true",
+                   help="overwrite --out/--npz even if it is not a PNG / samples .npz")
     s.add_argument("--batch-size", type=int, help="images per batch (results do not change)")
     s.add_argument("--class", dest="class_", metavar="K",
                    help="class to draw: a number, a list like 3,5, or all (one row per class)")
@@ -324,6 +369,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"ddpmlab: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as e:  # the environment (disk full, no permission, ...): one line, not a bug
+        if args.debug:
+            raise
+        print(f"ddpmlab: error: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("\nddpmlab: interrupted", file=sys.stderr)

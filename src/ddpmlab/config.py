@@ -331,7 +331,11 @@ def _coerce(value: Any, typ: Any, key: str, source: str) -> Any:
     if typ is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise wrong()
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond the float range (JSON/YAML allow any size)
+            raise ConfigError(f"{source}: {key}={str(value)[:12]}... is too large for a number")\
+                from None
     if typ is str:
         if not isinstance(value, str):
             raise wrong()

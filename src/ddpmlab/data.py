@@ -109,6 +109,7 @@ CIFAR10_CLASSES: tuple[str, ...] = (
 _DIGIT_CLASSES = [str(i) for i in range(10)]
 _MNIST_TEST_PER_CLASS = 50
 _RESIZE_CHUNK = 4096          # images per batched torch resize (bounds the float32 copy)
+_MAX_CLASSES = 100_000        # an .npz label sets the class count: bound it (and the names list)
 
 
 # =========================================================================== the container
@@ -444,6 +445,9 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
                         f"{key!r}, got {labels.shape}")
     if labels.min() < 0:
         raise DataError(f"{path}: key 'labels' holds a negative label {int(labels.min())}")
+    if labels.max() >= _MAX_CLASSES:
+        raise DataError(f"{path}: key 'labels' holds {int(labels.max())}; labels are class "
+                        f"numbers 0..K-1 with at most {_MAX_CLASSES} classes")
     if names is not None:
         if names.dtype.kind != "U" or names.ndim != 1:
             raise DataError(f"{path}: key 'class_names' must be a 1-D array of strings, "

@@ -14,7 +14,9 @@ A run directory::
 
 A checkpoint folder is written under a temporary name (``.tmp-step_...``), every file fsynced,
 then renamed in one ``os.rename``: a crash at any moment leaves either the old set of
-checkpoints or the new one, never a half-written folder under a ``step_`` name. Loading reads
+checkpoints or the new one, never a half-written folder under a ``step_`` name. Old folders are
+likewise renamed to a ``.tmp-`` name before they are deleted (never a half-deleted ``step_``
+folder); a resume removes such leftovers (:func:`clean_partial`). Loading reads
 only ``.safetensors`` and ``.json`` files; anything else (a ``.pt`` pickle) is refused.
 """
 
@@ -167,6 +169,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, files: dict[str, Any]
     root = Path(run_dir) / "checkpoints"
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp-step_{step:08d}.{os.getpid()}"
+    aside: Path | None = None
     try:
         root.mkdir(parents=True, exist_ok=True)
         if tmp.exists():
@@ -180,24 +183,50 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, files: dict[str, Any]
             with open(tmp / name, "rb") as f:
                 os.fsync(f.fileno())
         fsync_dir(tmp)
-        if final.exists():  # the same step saved again (e.g. a signal right after a save)
-            shutil.rmtree(final)
+        if final.exists():  # the same step saved again: swap by renames, never delete in place
+            aside = root / f".tmp-replaced-{final.name}.{os.getpid()}"
+            os.rename(final, aside)
         os.rename(tmp, final)
         fsync_dir(root)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if aside is not None and aside.exists() and not final.exists():
+            os.rename(aside, final)
         raise CheckpointError(f"{final}: cannot write checkpoint ({e.strerror or e}); "
                               "the previous checkpoints are untouched") from None
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
     for old in checkpoint_dirs(run_dir)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        _discard(old)
     return final
 
 
+def _discard(ckpt_dir: Path) -> None:
+    """Rename a checkpoint folder to a ``.tmp-`` name, then delete it: a crash part-way through
+    leaves a temporary folder (cleaned on resume), never a partial ``step_`` folder."""
+    aside = ckpt_dir.with_name(f".tmp-del-{ckpt_dir.name}.{os.getpid()}")
+    try:
+        os.rename(ckpt_dir, aside)
+    except OSError:
+        aside = ckpt_dir
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def clean_partial(run_dir: str | os.PathLike) -> None:
-    """Remove temporary folders a crash left behind (never a complete checkpoint)."""
+    """Remove temporary folders a crash left behind (never a complete checkpoint).
+
+    A ``.tmp-replaced-step_X`` folder is a complete checkpoint moved aside while step X was
+    saved again; if a crash came before the new ``step_X`` was in place, it is put back."""
     root = Path(run_dir) / "checkpoints"
     if root.is_dir():
-        for p in root.glob(".tmp-*"):
+        for p in sorted(root.glob(".tmp-*")):
+            m = re.match(r"^\.tmp-replaced-(step_\d{8,})\.\d+$", p.name)
+            if m and p.is_dir() and not (root / m.group(1)).exists():
+                try:
+                    os.rename(p, root / m.group(1))
+                    continue
+                except OSError:
+                    pass
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 

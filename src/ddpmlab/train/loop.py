@@ -207,12 +207,21 @@ class Trainer:
         self.skipped = 0
         self._perm_cache: tuple[int, torch.Tensor] | None = None
         self._stop: str | None = None
+        self._saved: tuple[int, Path | None] | None = None  # (step, folder) of the newest save
         if resume:
             self._load_latest()
+            if self.dist.is_main:
+                _trim_partial_line(self.run_dir / "metrics.jsonl")
         elif self.dist.is_main:
+            # Only now, with the data read and the model built, is an old run (--force) replaced:
+            # a bad input fails above and leaves it as it was.
+            if force:
+                import shutil
+
+                shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "samples").mkdir(exist_ok=True)
             atomic_write_text(self.run_dir / RUN_MARKER, cfg.to_json())
+            (self.run_dir / "samples").mkdir(exist_ok=True)
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
         D.barrier()
 
@@ -222,6 +231,7 @@ class Trainer:
         if resume:
             if not (rd / RUN_MARKER).is_file():
                 raise CheckpointError(f"{rd}: not a ddpmlab run directory (no {RUN_MARKER})")
+            clean_partial(rd)  # (may also put back a checkpoint a crash left moved aside)
             if latest_checkpoint(rd) is None:
                 raise CheckpointError(f"{rd}: holds no complete checkpoint to resume from")
             return
@@ -234,10 +244,6 @@ class Trainer:
         if rd.is_dir() and not (rd / RUN_MARKER).exists() and any(rd.iterdir()) and not force:
             raise CheckpointError(f"{rd}: is not empty and holds no ddpmlab run; refusing to "
                                   "write into it (use --force, or choose another --out)")
-        if force:
-            import shutil
-
-            shutil.rmtree(rd / "checkpoints", ignore_errors=True)
         try:
             rd.mkdir(parents=True, exist_ok=True)
             probe = rd / f".write-test-{os.getpid()}"
@@ -266,6 +272,7 @@ class Trainer:
         state = files["state.json"]
         self.step = int(state["step"])
         self.skipped = int(state.get("skipped_steps", 0))
+        self._saved = (self.step, ckpt)
         self.log(f"resumed {self.run_dir} at step {self.step} from {ckpt.name}")
 
     # ------------------------------------------------------------------ checkpoints
@@ -288,6 +295,7 @@ class Trainer:
                 "state.json": state,
             }, keep_last=self.cfg.train.keep_last)
         D.barrier()
+        self._saved = (self.step, path)
         return path
 
     # ------------------------------------------------------------------ one step
@@ -380,8 +388,8 @@ class Trainer:
         window_loss = torch.zeros((), device=self.device)
         window_n, window_t0 = 0, time.perf_counter()
         last_loss = float("nan")
-        ckpt: Path | None = None
-        saved_at = -1
+        # A run resumed at its last step (e.g. max_steps reached) already has this checkpoint.
+        saved_at, ckpt = self._saved if self._saved is not None else (-1, None)
         stopped_by: str | None = None
         self.model.train()
         # Denormal floats (tiny Adam moments and weights) slow x86 CPUs down by orders of
@@ -464,6 +472,17 @@ class Trainer:
         if old:
             for s, h in old.items():
                 signal.signal(s, h)
+
+
+def _trim_partial_line(path: Path) -> None:
+    """Cut a last line that a crash left without its newline (best effort), so the resumed run's
+    records start on a line of their own instead of being glued to a broken one."""
+    try:
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            os.truncate(path, data.rfind(b"\n") + 1)
+    except OSError:
+        pass
 
 
 def _resolve_precision(precision: str, device: torch.device) -> str:

@@ -1,0 +1,637 @@
+"""Reliability: no lost work, clear errors, nothing executed from a file (see RELIABILITY.md).
+
+Every bad input goes through the real command (``ddpmlab.cli.main``, or a ``python -m ddpmlab``
+subprocess where a signal or a SIGKILL is needed) and must give one line on stderr naming the
+file, key or value, a non-zero exit, no traceback, and leave the user's files as they were.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import json
+import os
+import pickle
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ddpmlab import cli
+from ddpmlab.cli import main
+from ddpmlab.config import _CHOICES, SECTIONS
+from ddpmlab.errors import CheckpointError, DataError
+from ddpmlab.train.checkpoint import checkpoint_dirs, latest_checkpoint, load_checkpoint, load_tensors
+
+TINY = ["model.base_channels=16", "model.channel_mult=1,2", "model.num_res_blocks=1",
+        "model.attention_resolutions=4", "model.num_heads=2", "model.norm_groups=8",
+        "diffusion.timesteps=50", "train.batch_size=8", "train.log_every=1",
+        "sample.n=4", "sample.sampler=ddim", "sample.steps=5"]
+COMMON = ["--device", "cpu", "--no-progress", "--no-samples"]
+WEIGHTS = ("model.safetensors", "ema.safetensors", "optimizer.safetensors", "rng.safetensors")
+
+
+# ----------------------------------------------------------------------------- helpers
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def assert_one_line(code: int, err: str, *needles: str) -> None:
+    """Exit 2, exactly one stderr line 'ddpmlab: error: ...' holding every needle."""
+    assert code == 2, err
+    assert "Traceback" not in err, err
+    lines = err.strip("\n").splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ddpmlab: error: "), err
+    for needle in needles:
+        assert str(needle) in lines[0], (needle, err)
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file under ``root`` (to prove nothing changed)."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def train_args(out: Path, *extra: str, dataset: str = "digits") -> list[str]:
+    """``extra`` may mix options and ``section.key=value`` overrides (those must come last)."""
+    sets = [e for e in extra if "=" in e and not e.startswith("-")]
+    opts = [e for e in extra if e not in sets]
+    return ["train", "--dataset", dataset, "--out", str(out), *COMMON, *opts, *TINY, *sets]
+
+
+def png(path: Path, size=(8, 8), mode="L", seed=0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    shape = (size[1], size[0]) if mode == "L" else (size[1], size[0], 3)
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(path)
+    return path
+
+
+class Evil:
+    """Unpickling this runs ``touch marker``: proof of code execution if the marker appears."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A tiny finished run: checkpoints at steps 1 and 2."""
+    out = tmp_path_factory.mktemp("rel") / "run"
+    assert main(train_args(out, "--max-steps", "2", "train.ckpt_every=1")) == 0
+    return out
+
+
+@pytest.fixture
+def run(trained, tmp_path) -> Path:
+    """A private copy of the tiny run, free to damage."""
+    return Path(shutil.copytree(trained, tmp_path / "run"))
+
+
+# ============================================================================ bad data
+def _corrupt_image(d: Path) -> str:
+    good = png(d / "a.png")
+    (d / "b.png").write_bytes(good.read_bytes()[:40])  # truncated
+    return "b.png"
+
+
+def _fake_image(d: Path) -> str:
+    png(d / "a.png")
+    (d / "c.jpg").write_text("this is not a JPEG")
+    return "c.jpg"
+
+
+def _empty_folder(d: Path) -> str:
+    d.mkdir(parents=True, exist_ok=True)
+    return "no images found"
+
+
+def _mixed_channels(d: Path) -> str:
+    png(d / "a.png", mode="L")
+    png(d / "b.png", mode="RGB")
+    return "mixes grayscale"
+
+
+def _npz_dtype(d: Path) -> str:
+    d.mkdir(parents=True, exist_ok=True)
+    np.savez(d / "x.npz", images=np.zeros((16, 8, 8, 1), np.float32))
+    return "'images' must be uint8"
+
+
+def _npz_shape(d: Path) -> str:
+    d.mkdir(parents=True, exist_ok=True)
+    np.savez(d / "x.npz", images=np.zeros((16, 8, 8, 4), np.uint8))
+    return "'images' must be NHWC"
+
+
+def _npz_garbage(d: Path) -> str:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "x.npz").write_bytes(b"PK\x03\x04 truncated zip")
+    return "not a readable .npz"
+
+
+def _cifar_garbage(d: Path) -> str:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "data_batch_1").write_bytes(b"\x80\x04garbage")
+    return "data_batch_1"
+
+
+@pytest.mark.parametrize("make", [_corrupt_image, _fake_image, _empty_folder, _mixed_channels,
+                                  _npz_dtype, _npz_shape, _npz_garbage, _cifar_garbage],
+                         ids=lambda f: f.__name__.strip("_"))
+def test_bad_data_is_one_line_error(tmp_path, capsys, make):
+    data = tmp_path / "data"
+    needle = make(data)
+    dataset = data / "x.npz" if (data / "x.npz").exists() else data
+    before = tree(data)
+    code, err = run_cli(capsys, *train_args(tmp_path / "out", "--max-steps", "1",
+                                            dataset=str(dataset)))
+    assert_one_line(code, err, needle)
+    assert tree(data) == before                                     # the data set is untouched
+    assert not any((tmp_path / "out").glob("*"))                    # no run was started
+
+
+def test_non_image_file_is_skipped_with_a_warning(tmp_path, capsys):
+    data = tmp_path / "data"
+    for i in range(8):
+        png(data / f"{i}.png", seed=i)
+    (data / "notes.txt").write_text("my notes")
+    with pytest.warns(UserWarning, match=r"skipped 1 file\(s\).*notes.txt"):
+        code, err = run_cli(capsys, *train_args(tmp_path / "out", "--max-steps", "1",
+                                                dataset=str(data)))
+    assert code == 0, err
+    assert (data / "notes.txt").read_text() == "my notes"
+
+
+# ============================================================================ bad config
+@pytest.mark.parametrize("text, extra, needles", [
+    ("train:\n  lr_rate: 0.1\n", [], ["train.lr_rate", "cfg.yaml"]),          # unknown key
+    ("train:\n  lr: fast\n", [], ["train.lr must be a number", "cfg.yaml"]),  # wrong type
+    ("train: [1, 2\n", [], ["cfg.yaml", "not valid YAML"]),                  # not YAML
+    ("{}\n", ["train.lr=fast"], ["train.lr must be a number", "'fast'"]),
+    ("{}\n", ["train.out_dir=/tmp/x"], ["unknown key 'train.out_dir'"]),
+    ("{}\n", ["diffusion.timesteps=0"], ["diffusion.timesteps=0", "must be >= 1"]),
+    ("{}\n", ["train.lr=-1"], ["train.lr=-1.0", "must be a finite number > 0"]),
+    ("{}\n", ["sample.steps=51", "diffusion.timesteps=50"], ["sample.steps=51", "exceeds"]),
+    ("{}\n", ["train.lr=1e999"], ["train.lr=inf"]),
+], ids=["unknown-key", "wrong-type", "not-yaml", "override-type", "override-unknown",
+        "timesteps-0", "lr-negative", "steps-gt-T", "lr-inf"])
+def test_config_errors_name_key_and_file(tmp_path, capsys, text, extra, needles):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(text)
+    code, err = run_cli(capsys, "train", "--config", cfg, "--out", tmp_path / "out", *COMMON,
+                        *extra)
+    assert_one_line(code, err, *needles)
+    assert not (tmp_path / "out").exists()                          # nothing was started
+
+
+def test_sample_steps_beyond_T(trained, capsys):
+    code, err = run_cli(capsys, "sample", trained, "--steps", "51", "--no-progress")
+    assert_one_line(code, err, "--steps=51", "diffusion.timesteps=50")
+
+
+def test_sample_argument_out_of_range(trained, capsys):
+    for argv, needle in ((["--n", "0"], "--n=0"), (["--eta", "-1"], "--eta=-1"),
+                         (["--batch-size", "0"], "--batch-size=0")):
+        code, err = run_cli(capsys, "sample", trained, *argv, "--no-progress",
+                            "--out", trained.parent / "never.png")
+        assert_one_line(code, err, needle)
+    assert not (trained.parent / "never.png").exists()
+
+
+# ============================================================================ bad run directories
+def test_checkpoint_config_mismatch_names_the_weights_file(run, capsys):
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["model"]["base_channels"] = 32
+    (run / "config.json").write_text(json.dumps(cfg))
+    before = tree(run)
+    code, err = run_cli(capsys, "sample", run, "--no-progress")
+    assert_one_line(code, err, run / "checkpoints" / "step_00000002" / "ema.safetensors",
+                    "config.json", "do not match")
+    code, err = run_cli(capsys, "train", "--resume", run, *COMMON)
+    assert_one_line(code, err, "step_00000002", "do not match")
+    assert tree(run) == before
+
+
+def _no_config(run: Path) -> None:
+    (run / "config.json").unlink()
+
+
+def _no_checkpoints(run: Path) -> None:
+    shutil.rmtree(run / "checkpoints")
+
+
+def _missing_ema(run: Path) -> None:
+    (run / "checkpoints" / "step_00000002" / "ema.safetensors").unlink()
+
+
+def _missing_optimizer(run: Path) -> None:
+    (run / "checkpoints" / "step_00000002" / "optimizer.safetensors").unlink()
+
+
+def _truncated_ema(run: Path) -> None:
+    p = run / "checkpoints" / "step_00000002" / "ema.safetensors"
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+
+
+def _truncated_state(run: Path) -> None:
+    p = run / "checkpoints" / "step_00000002" / "state.json"
+    p.write_text(p.read_text()[:10])
+
+
+@pytest.mark.parametrize("damage, sample_needle, resume_needle", [
+    (_no_config, "no config.json", "no config.json"),
+    (_no_checkpoints, "holds no complete checkpoint", "holds no complete checkpoint"),
+    (_missing_ema, "ema.safetensors: file not found", "ema.safetensors: missing"),
+    (_missing_optimizer, None, "optimizer.safetensors: missing"),
+    (_truncated_ema, "ema.safetensors: not a valid safetensors file",
+     "ema.safetensors: not a valid safetensors file"),
+    (_truncated_state, None, "state.json: not valid JSON"),
+], ids=lambda x: x.__name__.strip("_") if callable(x) else None)
+def test_damaged_run_directory(run, capsys, damage, sample_needle, resume_needle):
+    damage(run)
+    before = tree(run)
+    if sample_needle:
+        code, err = run_cli(capsys, "sample", run, "--no-progress")
+        assert_one_line(code, err, sample_needle)
+    code, err = run_cli(capsys, "train", "--resume", run, *COMMON)
+    assert_one_line(code, err, resume_needle)
+    assert tree(run) == before                                      # nothing written or removed
+
+
+def test_run_argument_is_not_a_run(tmp_path, capsys):
+    (tmp_path / "file.txt").write_text("x")
+    for path, needle in ((tmp_path / "file.txt", "no such run directory"),
+                         (tmp_path, "not a ddpmlab run directory")):
+        code, err = run_cli(capsys, "sample", path, "--no-progress")
+        assert_one_line(code, err, str(path), needle)
+
+
+def test_resume_cuts_a_partial_metrics_line(run, capsys):
+    """A crash mid-write leaves half a JSON line; the resumed run starts on a fresh line."""
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "lo')
+    code, err = run_cli(capsys, "train", "--resume", run, *COMMON, "--max-steps", "3")
+    assert code == 0, err
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+
+
+def test_resuming_a_finished_run_rewrites_nothing(run, capsys):
+    before = tree(run / "checkpoints")
+    code, err = run_cli(capsys, "train", "--resume", run, *COMMON)
+    assert code == 0, err
+    assert tree(run / "checkpoints") == before
+
+
+def test_saving_a_step_again_never_leaves_it_missing(run, monkeypatch):
+    """Re-saving step X swaps folders by renames; a failure (or a crash) in between puts the
+    old step_X back, and a resume restores one a crash left moved aside."""
+    from ddpmlab.train import checkpoint as C
+
+    ckpt = run / "checkpoints" / "step_00000002"
+    files = load_checkpoint(ckpt)
+    before = tree(ckpt)
+    real_rename = os.rename
+
+    def rename(src, dst):
+        if Path(src).name.startswith(".tmp-step_"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(src))
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(C.os, "rename", rename)
+    with pytest.raises(CheckpointError, match="previous checkpoints are untouched"):
+        C.save_checkpoint(run, 2, files)
+    monkeypatch.undo()
+    assert tree(ckpt) == before and not list((run / "checkpoints").glob(".tmp-*"))
+    os.rename(ckpt, ckpt.with_name(".tmp-replaced-step_00000002.123"))   # a crash in the window
+    C.clean_partial(run)
+    assert tree(ckpt) == before and not list((run / "checkpoints").glob(".tmp-*"))
+    C.save_checkpoint(run, 2, files)                                       # the normal swap
+    assert load_checkpoint(ckpt)["state.json"] == files["state.json"]
+
+
+# ============================================================================ output paths
+def test_refuses_an_output_that_holds_another_run(run, capsys):
+    before = tree(run)
+    code, err = run_cli(capsys, *train_args(run, "--max-steps", "1"))
+    assert_one_line(code, err, "already holds a run", "--resume", "--force")
+    assert tree(run) == before
+
+
+def test_force_with_a_bad_input_keeps_the_old_run(run, capsys):
+    """--force replaces a run only once the new one is ready to start."""
+    before = tree(run)
+    code, err = run_cli(capsys, *train_args(run, "--force", dataset=str(run / "nope")))
+    assert_one_line(code, err, "nope")
+    assert tree(run) == before
+
+
+def test_refuses_a_users_non_empty_folder(tmp_path, capsys):
+    user = tmp_path / "thesis"
+    user.mkdir()
+    (user / "chapter1.tex").write_text("precious")
+    code, err = run_cli(capsys, *train_args(user, "--max-steps", "1"))
+    assert_one_line(code, err, str(user), "not empty", "--force")
+    assert tree(user) == {"chapter1.tex": hashlib.sha256(b"precious").hexdigest()}
+
+
+def test_unwritable_train_output(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    for out in (tmp_path / "afile" / "run", Path("/proc/ddpmlab-no-such/run"), tmp_path / "afile"):
+        code, err = run_cli(capsys, *train_args(out, "--max-steps", "1"))
+        assert_one_line(code, err, str(out))
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_unwritable_sample_output_fails_before_sampling(trained, tmp_path, capsys, monkeypatch):
+    (tmp_path / "afile").write_text("x")
+    import ddpmlab.train.sampling as S
+
+    monkeypatch.setattr(S, "load_run", lambda *a, **k: pytest.fail("sampled before checking"))
+    for flag in ("--out", "--npz"):
+        out = tmp_path / "afile" / "x"
+        code, err = run_cli(capsys, "sample", trained, flag, out, "--no-progress")
+        assert_one_line(code, err, str(out), "cannot write there")
+    code, err = run_cli(capsys, "sample", trained, "--out", tmp_path, "--no-progress")
+    assert_one_line(code, err, str(tmp_path), "is a directory")
+
+
+def test_sample_does_not_overwrite_a_users_files(trained, tmp_path, capsys):
+    """Policy: --out may replace a PNG and --npz a samples .npz (arr_0 only), i.e. what an
+    earlier `sample` wrote; any other existing file is refused unless --force."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    data = tmp_path / "data.npz"
+    np.savez(data, images=np.zeros((2, 8, 8, 1), np.uint8))
+    before = tree(tmp_path)
+    base = ["sample", trained, "--n", "2", "--steps", "2", "--no-progress"]
+    code, err = run_cli(capsys, *base, "--out", notes)
+    assert_one_line(code, err, str(notes), "refusing to overwrite", "--force")
+    code, err = run_cli(capsys, *base, "--out", tmp_path / "g.png", "--npz", data)
+    assert_one_line(code, err, str(data), "refusing to overwrite")
+    assert tree(tmp_path) == before
+    # our own earlier outputs are replaced without --force
+    grid, npz = tmp_path / "g.png", tmp_path / "s.npz"
+    assert run_cli(capsys, *base, "--out", grid, "--npz", npz)[0] == 0
+    assert run_cli(capsys, *base, "--out", grid, "--npz", npz, "--seed", "1")[0] == 0
+    # --force replaces anything
+    assert run_cli(capsys, *base, "--out", notes, "--force")[0] == 0
+    assert notes.read_bytes().startswith(b"\x89PNG")
+
+
+def test_default_output_never_leaves_runs(monkeypatch, tmp_path):
+    """The run directory comes from --out, else runs/<data set name>: never outside runs/."""
+    monkeypatch.chdir(tmp_path)
+    for dataset in ("..", "/data/..", "a/../..", ".", "...", "~/x/..", "digits", "/d/faces.npz"):
+        out = cli._default_out(dataset).resolve()
+        assert out.parent == (tmp_path / "runs").resolve(), (dataset, out)
+
+
+def test_config_cannot_choose_a_write_path(tmp_path, capsys, monkeypatch):
+    """No config key names a place to write: the free-text fields are data.dataset (read only)
+    and train.device; the run directory comes from --out alone."""
+    free_text = {f"{s}.{f.name}" for s, cls in SECTIONS.items()
+                 for f in dataclasses.fields(cls) if f.type in ("str", str)}
+    assert free_text - set(_CHOICES) == {"data.dataset", "train.device"}
+    # a config whose data set sits outside the working folder: training writes only into --out
+    data = tmp_path / "elsewhere" / "imgs"
+    for i in range(8):
+        png(data / f"{i}.png", seed=i)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    (work / "cfg.yaml").write_text("data:\n  dataset: ../elsewhere/imgs\n")
+    before = tree(tmp_path)
+    code, err = run_cli(capsys, "train", "--config", "cfg.yaml", "--out", "out", "--max-steps", "1",
+                        *COMMON, *TINY)
+    assert code == 0, err
+    after = tree(tmp_path)
+    assert {k: v for k, v in after.items() if not k.startswith("work/out/")} == before
+
+
+# ============================================================================ full disk, OS errors
+def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    real_write = Path.write_bytes
+    calls = []
+
+    def write_bytes(self, data):
+        if self.parent.name.startswith(".tmp-step_00000004"):
+            calls.append(self.name)
+            if len(calls) == 2:          # model.safetensors written, then the disk is full
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+        return real_write(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+    code, err = run_cli(capsys, *train_args(out, "--max-steps", "4", "train.ckpt_every=2"))
+    assert_one_line(code, err, "No space left on device", "step_00000004",
+                    "previous checkpoints are untouched")
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000002"]
+    assert load_checkpoint(out / "checkpoints" / "step_00000002")["state.json"]["step"] == 2
+    monkeypatch.undo()                   # space freed: the run resumes from step 2
+    code, err = run_cli(capsys, "train", "--resume", out, *COMMON)
+    assert code == 0, err
+    assert latest_checkpoint(out).name == "step_00000004"
+
+
+def test_os_error_outside_checkpoints_is_one_line(tmp_path, capsys, monkeypatch):
+    real_open = open
+
+    def fake_open(file, mode="r", *args, **kwargs):
+        if str(file).endswith("metrics.jsonl") and "a" in mode:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    code, err = run_cli(capsys, *train_args(tmp_path / "run", "--max-steps", "2"))
+    assert_one_line(code, err, "No space left on device", "metrics.jsonl")
+
+
+def test_nonfinite_loss_is_one_line(tmp_path, capsys, monkeypatch):
+    import ddpmlab.train.loop as L
+
+    real = L.training_loss
+    monkeypatch.setattr(L, "training_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+    code, err = run_cli(capsys, *train_args(tmp_path / "run", "--max-steps", "3"))
+    assert_one_line(code, err, "non-finite loss at step 0", "train.skip_nonfinite")
+
+
+# ============================================================================ nothing executed
+@pytest.mark.parametrize("name", ["ema.safetensors", "model.safetensors"])
+def test_pickle_disguised_as_safetensors_never_runs(run, tmp_path, capsys, name):
+    marker = tmp_path / "PWNED"
+    (run / "checkpoints" / "step_00000002" / name).write_bytes(pickle.dumps({"w": Evil(marker)}))
+    flags = ["--no-ema"] if name == "model.safetensors" else []
+    code, err = run_cli(capsys, "sample", run, *flags, "--no-progress")
+    assert_one_line(code, err, name, "not a valid safetensors file")
+    code, err = run_cli(capsys, "train", "--resume", run, *COMMON)
+    assert_one_line(code, err, name, "not a valid safetensors file")
+    assert not marker.exists()
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_pt_files_are_never_unpickled(run, tmp_path, capsys):
+    marker = tmp_path / "PWNED"
+    evil = pickle.dumps({"w": Evil(marker)})
+    ckpt = run / "checkpoints" / "step_00000002"
+    (ckpt / "ema.safetensors").unlink()
+    (ckpt / "ema.pt").write_bytes(evil)                       # a .pt next to the weights: ignored
+    code, err = run_cli(capsys, "sample", run, "--no-progress")
+    assert_one_line(code, err, "ema.safetensors: file not found")
+    (tmp_path / "w.pt").write_bytes(evil)
+    with pytest.raises(CheckpointError, match="refusing to load a .pt file"):
+        load_tensors(tmp_path / "w.pt")                       # the checkpoint loader
+    from ddpmlab.features import load_weights_file
+
+    with pytest.raises(DataError, match="weights-only loader"):
+        load_weights_file(tmp_path / "w.pt")                  # eval --inception-weights
+    assert not marker.exists()
+
+
+# ============================================================================ signals
+def _spawn(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "ddpmlab", *map(str, args)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _logged_steps(run: Path) -> int:
+    try:
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+    except FileNotFoundError:
+        return 0
+    return len(lines)
+
+
+def test_sigint_and_sigterm_save_and_exit_cleanly(tmp_path):
+    run = tmp_path / "run"
+    fresh = ["train", "--dataset", "digits", "--out", run, "--max-steps", "100000", *COMMON,
+             *TINY, "train.ckpt_every=100000"]
+    resume = ["train", "--resume", run, *COMMON]
+    step = 0
+    for sig, expected in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        p = _spawn(fresh if sig == signal.SIGINT else resume, tmp_path)
+        logged = _logged_steps(run)
+        deadline = time.monotonic() + 120
+        while _logged_steps(run) < logged + 2 and p.poll() is None:   # training for 2+ steps
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        p.send_signal(sig)
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == expected, err
+        assert "Traceback" not in err
+        ckpt = latest_checkpoint(run)
+        step = load_checkpoint(ckpt)["state.json"]["step"]
+        assert step > 0 and ckpt.name == f"step_{step:08d}"
+        assert f"stopped by {sig.name} at step {step}; checkpoint saved to {ckpt}" in err
+        assert f"Resume with: ddpmlab train --resume {run}" in err
+    p = _spawn([*resume, "--max-steps", step + 1], tmp_path)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    assert latest_checkpoint(run).name == f"step_{step + 1:08d}"
+
+
+# ============================================================================ SIGKILL at random
+KILLS = int(os.environ.get("DDPMLAB_KILLS", "20"))
+KILL_ARGS = ["--dataset", "digits", *COMMON, "--max-steps", "30", *TINY, "train.ckpt_every=1",
+             "train.keep_last=2", "train.warmup_steps=3", "model.dropout=0.1", "data.hflip=true"]
+
+
+def _weights(run: Path) -> dict[str, dict[str, torch.Tensor]]:
+    ckpt = latest_checkpoint(run)
+    return {name: load_tensors(ckpt / name) for name in WEIGHTS}
+
+
+def _check_consistent(run: Path) -> int:
+    """After a kill: every step_ folder loads completely; returns the newest step (0: none)."""
+    if (run / "config.json").exists():
+        json.loads((run / "config.json").read_text())
+    steps = []
+    for ckpt in checkpoint_dirs(run):
+        state = load_checkpoint(ckpt)["state.json"]
+        assert ckpt.name == f"step_{state['step']:08d}"
+        steps.append(state["step"])
+    lines = (run / "metrics.jsonl").read_text().split("\n") if (run / "metrics.jsonl").exists() \
+        else []
+    for line in lines[:-1]:                       # only a last, unterminated line may be cut
+        json.loads(line)
+    return max(steps, default=0)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_loses_nothing(tmp_path):
+    """SIGKILL a tiny training run at random moments (startup, steps, checkpoint writes), then
+    resume: every checkpoint on disk is always complete, and the resumed runs end with exactly
+    the weights, EMA, optimizer and RNG state of an uninterrupted run."""
+    seed = int(os.environ.get("DDPMLAB_KILL_SEED", time.time_ns() % 2**31))
+    rng = random.Random(seed)
+    print(f"SIGKILL test seed {seed} (rerun with DDPMLAB_KILL_SEED={seed})")  # shown on failure
+    t_start = time.monotonic()
+    p = _spawn(["train", "--out", tmp_path / "reference", *KILL_ARGS], tmp_path)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    reference = _weights(tmp_path / "reference")
+
+    kills = in_training = mid_save = finished = 0
+    run = tmp_path / "k0"
+    while True:
+        resumable = run.exists() and latest_checkpoint(run) is not None
+        args = ["train", "--resume", run, *COMMON] if resumable else \
+            ["train", "--out", run, "--force", *KILL_ARGS]
+        p = _spawn(args, tmp_path)
+        t0 = time.monotonic()
+        if kills >= KILLS:                                        # let the last run finish
+            _, err = p.communicate(timeout=300)
+            assert p.returncode == 0, err
+        else:
+            start_lines = _logged_steps(run)
+            training = rng.random() < 0.8
+            if not training:                                      # anywhere, startup included
+                kill_at = t0 + rng.uniform(0.2, 3.0)
+            else:                                                 # once a step is logged
+                while p.poll() is None and _logged_steps(run) <= start_lines:
+                    time.sleep(0.02)
+                kill_at = time.monotonic() + rng.uniform(0.0, 0.8)
+            while p.poll() is None and time.monotonic() < kill_at:
+                time.sleep(0.01)
+            if p.poll() is None:
+                p.kill()                                          # SIGKILL
+            _, err = p.communicate()
+            if p.returncode == -signal.SIGKILL:
+                kills += 1
+                in_training += training or _logged_steps(run) > start_lines
+                mid_save += any(run.glob("checkpoints/.tmp-step_*"))
+                _check_consistent(run)
+                continue
+            assert p.returncode == 0, f"seed {seed}: {err}"     # it finished before the kill
+        # the run reached max_steps: it must equal the uninterrupted one, bit for bit
+        _check_consistent(run)
+        got = _weights(run)
+        for name, tensors in reference.items():
+            assert got[name].keys() == tensors.keys()
+            for k, v in tensors.items():
+                assert torch.equal(got[name][k], v), f"seed {seed}: {run.name} {name}:{k} differs"
+        finished += 1
+        if kills >= KILLS:
+            break
+        run = tmp_path / f"k{finished}"
+    seconds = time.monotonic() - t_start
+    print(f"\nSIGKILL test (seed {seed}): {kills} kills ({in_training} after training began, "
+          f"{mid_save} inside a checkpoint write), {finished} run(s) completed and equal to the "
+          f"reference, {seconds:.0f} s")
+    assert kills >= KILLS and finished >= 1 and in_training >= KILLS // 2

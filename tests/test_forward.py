@@ -22,16 +22,6 @@ import torch
 
 from ddpmlab import broadcast, forward, schedules
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small tensors on 2 shared cores: a second intra-op thread only adds contention.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 T = 1000
 SCHED = schedules.linear(T)
 BETAS = np.linspace(1e-4, 0.02, T)          # Ho et al., rebuilt by hand

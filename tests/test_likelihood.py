@@ -24,15 +24,6 @@ from ddpmlab.likelihood import _chosen_timesteps, bits_per_dim
 LN2 = math.log(2.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small tensors on 2 shared cores: a second intra-op thread only adds contention.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def images(n=2, seed=0):
     """n 1x4x4 images of 8-bit values in [-1, 1], including both edge values."""
     g = torch.Generator().manual_seed(seed)

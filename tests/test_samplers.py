@@ -39,15 +39,6 @@ T = 1000
 SCHED = schedules.linear(T)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small tensors on 2 shared cores: a second intra-op thread only adds contention.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # --------------------------------------------------------------------------- analytic models
 def gaussian_eps(sched, m: float, s: float):
     """Exact eps of data N(m, s^2 I): x_t ~ N(a m, a^2 s^2 + 1 - a^2), eps = -sqrt(1-abar) score."""

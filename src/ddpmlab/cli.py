@@ -141,11 +141,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         n_params = sum(p.numel() for p in trainer.model.parameters())
         print(f"ddpmlab: model {n_params / 1e6:.2f}M parameters on {trainer.device} "
               f"({trainer.precision}); run directory {run_dir}", flush=True)
-    try:
-        result = trainer.train()
-    finally:
-        pass
-    code = 0
+    result = trainer.train()
     if result.stopped_by in EXIT_INTERRUPTED:
         if main:
             print(f"\nddpmlab: stopped by {result.stopped_by} at step {result.step}; checkpoint "
@@ -169,7 +165,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"  sample grid   : {grid}")
         print(f"  more samples  : ddpmlab sample --run {run_dir}")
     cleanup()
-    return code
+    return 0
 
 
 # ----------------------------------------------------------------------------- sample

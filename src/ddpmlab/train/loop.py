@@ -388,12 +388,10 @@ class Trainer:
         window_loss = torch.zeros((), device=self.device)
         window_n, window_t0 = 0, time.perf_counter()
         last_loss = float("nan")
-        # A run resumed at its last step (e.g. max_steps reached) already has this checkpoint.
-        saved_at, ckpt = self._saved if self._saved is not None else (-1, None)
         stopped_by: str | None = None
         self.model.train()
-        # Denormal floats (tiny Adam moments and weights) slow x86 CPUs down by orders of
-        # magnitude; flush them to zero while training (restored afterwards).
+        # Denormal floats (tiny Adam moments and weights) can slow x86 arithmetic sharply; flush
+        # them to zero while training (restored afterwards). A precaution, not measured here.
         flushing = torch.set_flush_denormal(True) if self.device.type == "cpu" else None
         try:
             while self.step < tc.max_steps:
@@ -423,7 +421,7 @@ class Trainer:
                 if tc.sample_every and self.step % tc.sample_every == 0:
                     self.sample_grid(self.run_dir / "samples" / f"step_{self.step:08d}.png")
                 if self.step % tc.ckpt_every == 0:
-                    ckpt, saved_at = self.save(), self.step
+                    self.save()
                 if tc.time_limit_min and time.perf_counter() - t_start > tc.time_limit_min * 60:
                     stopped_by = "time limit"
                 if self._stop is not None:
@@ -436,8 +434,11 @@ class Trainer:
             self._restore_signal_handlers(handlers)
             if flushing:
                 torch.set_flush_denormal(False)
-        if saved_at != self.step:  # the same decision on every rank (save() has a barrier)
-            ckpt = self.save()
+        # A run resumed at its last step (e.g. max_steps reached) already has this checkpoint;
+        # the decision is the same on every rank (save() has a barrier).
+        if self._saved is None or self._saved[0] != self.step:
+            self.save()
+        ckpt = self._saved[1]
         return TrainResult(self.run_dir, self.step, last_loss, time.perf_counter() - t_start,
                            ckpt, None, stopped_by, self.skipped)
 

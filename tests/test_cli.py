@@ -24,10 +24,44 @@ def run_dir(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def uncond_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "uncond"
+    code = main(["train", "--dataset", "digits", "--max-steps", "2", "--out", str(out),
+                 "--unconditional", "--no-progress", "--device", "cpu", *TINY])
+    assert code == 0
+    return out
+
+
 def test_train_writes_a_run(run_dir):
     for name in ("config.json", "metrics.jsonl", "samples.png"):
         assert (run_dir / name).is_file(), name
     assert (run_dir / "checkpoints" / "step_00000003" / "ema.safetensors").is_file()
+
+
+def test_default_preset_is_conditional_with_one_row_per_class(run_dir, uncond_run):
+    import json
+
+    cfg = json.loads((run_dir / "config.json").read_text())
+    assert cfg["data"]["conditional"] == "true" and cfg["model"]["num_classes"] == 10
+    # sample.n = 4 < 10 classes: one sample per class, one row each (10 rows of 1 image of
+    # 8x8 pixels, scale 2, 2-pixel padding)
+    w, h = Image.open(run_dir / "samples.png").size
+    assert h > 5 * w
+    ucfg = json.loads((uncond_run / "config.json").read_text())
+    assert ucfg["data"]["conditional"] == "false" and ucfg["model"]["num_classes"] == 0
+    assert main(["train", "--conditional", "--unconditional", "--out", "/tmp/x"]) == 2
+
+
+def test_sample_defaults_to_a_balanced_mix_of_classes(run_dir, tmp_path):
+    npz = tmp_path / "s.npz"
+    assert main(["sample", str(run_dir), "--n", "13", "--steps", "2", "--npz", str(npz),
+                 "--out", str(tmp_path / "g.png"), "--no-progress"]) == 0
+    assert np.load(npz)["labels"].tolist() == [k % 10 for k in range(13)]
+    npz2 = tmp_path / "u.npz"
+    assert main(["sample", str(run_dir), "--n", "3", "--steps", "2", "--class", "none",
+                 "--npz", str(npz2), "--out", str(tmp_path / "u.png"), "--no-progress"]) == 0
+    assert "labels" not in np.load(npz2)
 
 
 def test_sample_writes_png_and_npz(run_dir, tmp_path, capsys):
@@ -59,11 +93,14 @@ def test_errors_are_one_line(argv, needle, capsys):
     assert needle in err and "Traceback" not in err and err.count("\n") == 1
 
 
-def test_sample_argument_errors(run_dir, capsys):
+def test_sample_argument_errors(run_dir, uncond_run, capsys):
     assert main(["sample", "--run", str(run_dir), "--steps", "51"]) == 2
     assert "--steps=51" in capsys.readouterr().err
-    assert main(["sample", "--run", str(run_dir), "--class", "3"]) == 2
-    assert "unconditional" in capsys.readouterr().err
+    assert main(["sample", "--run", str(run_dir), "--class", "10"]) == 2
+    assert "0..9" in capsys.readouterr().err
+    for cls in ("3", "none"):
+        assert main(["sample", "--run", str(uncond_run), "--class", cls]) == 2
+        assert "unconditional" in capsys.readouterr().err
     assert main(["sample", "--run", str(run_dir), "--n", "0"]) == 2
 
 
@@ -105,9 +142,11 @@ def test_eval_scores_an_npz(run_dir, tmp_path, capsys):
     assert "bad.npz" in capsys.readouterr().err
 
 
-def test_figures_command(run_dir, tmp_path):
+@pytest.mark.parametrize("which, grid", [("run_dir", "samples_by_class.png"),
+                                         ("uncond_run", "samples.png")])
+def test_figures_command(which, grid, request, tmp_path):
+    run = request.getfixturevalue(which)
     out = tmp_path / "fig"
-    assert main(["figures", str(run_dir), "--out", str(out), "--chain-steps", "5"]) == 0
-    for name in ("noising_strip.png", "denoising_chain.png", "schedule.png", "loss.png",
-                 "samples.png"):
+    assert main(["figures", str(run), "--out", str(out), "--chain-steps", "5"]) == 0
+    for name in ("noising_strip.png", "denoising_chain.png", "schedule.png", "loss.png", grid):
         Image.open(out / name).verify()

@@ -46,6 +46,16 @@ def test_yaml_and_toml(tmp_path):
     assert a == b and a.train.lr == 0.001 and a.model.channel_mult == (1, 2)
 
 
+def test_conditional_is_a_tri_state_that_reads_yaml_booleans(tmp_path):
+    y = tmp_path / "c.yaml"
+    for text, want in (("true", "true"), ("false", "false"), ("auto", "auto")):
+        y.write_text(f"data:\n  conditional: {text}\n")
+        assert Config.from_file(y).data.conditional == want
+    assert Config().data.conditional == "false"          # the library default: unconditional
+    assert load_config("mnist").data.conditional == "auto"  # the main job: labels if present
+    assert Config().override({"data.conditional": "true"}).data.conditional == "true"
+
+
 def test_int_accepted_for_float():
     assert Config.from_dict({"train": {"lr": 1}}).train.lr == 1.0
 
@@ -64,6 +74,8 @@ def test_int_accepted_for_float():
     ({"sample": {"sampler": "euler"}}, "sample.sampler"),
     ({"train": {"ema_decay": 1.0}}, "train.ema_decay"),
     ({"model": {"dropout": 1.5}}, "model.dropout"),
+    ({"data": {"conditional": "maybe"}}, "data.conditional"),
+    ({"data": {"conditional": 1}}, "data.conditional"),
 ])
 def test_bad_values_name_key_and_file(tmp_path, doc, needle):
     p = tmp_path / "bad.json"

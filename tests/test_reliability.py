@@ -177,6 +177,25 @@ def test_non_image_file_is_skipped_with_a_warning(tmp_path, capsys):
     assert (data / "notes.txt").read_text() == "my notes"
 
 
+def test_unlabelled_folder_auto_trains_unconditionally_and_conditional_refuses(tmp_path,
+                                                                               capsys):
+    import json
+
+    data = tmp_path / "data"
+    for i in range(8):
+        png(data / f"{i}.png", seed=i)
+    # the mnist preset says data.conditional=auto: a folder without class subfolders still trains
+    code, err = run_cli(capsys, *train_args(tmp_path / "out", "--max-steps", "1",
+                                            dataset=str(data)))
+    assert code == 0, err
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert cfg["data"]["conditional"] == "false" and cfg["model"]["num_classes"] == 0
+    code, err = run_cli(capsys, *train_args(tmp_path / "out2", "--max-steps", "1",
+                                            "--conditional", dataset=str(data)))
+    assert_one_line(code, err, str(data), "needs labels", "--unconditional")
+    assert not (tmp_path / "out2").exists() or not any((tmp_path / "out2").iterdir())
+
+
 # ============================================================================ bad config
 @pytest.mark.parametrize("text, extra, needles", [
     ("train:\n  lr_rate: 0.1\n", [], ["train.lr_rate", "cfg.yaml"]),          # unknown key

@@ -124,8 +124,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         ov["train.seed"] = str(args.seed)
     if args.device:
         ov["train.device"] = args.device
+    if args.conditional and args.unconditional:
+        raise ConfigError("--conditional and --unconditional: give one of them")
     if args.conditional:
         ov["data.conditional"] = "true"
+    if args.unconditional:
+        ov["data.conditional"] = "false"
     if args.time_limit is not None:
         ov["train.time_limit_min"] = str(args.time_limit)
     cfg = cfg.override(ov)
@@ -137,7 +141,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if main:
         from .data import describe
 
-        print(f"ddpmlab: training on {describe(trainer.data)}", flush=True)
+        how = (f"conditional on {cfg_classes} classes (guidance-ready)"
+               if (cfg_classes := trainer.cfg.model.num_classes) else "unconditional")
+        print(f"ddpmlab: training on {describe(trainer.data)}; {how}", flush=True)
         n_params = sum(p.numel() for p in trainer.model.parameters())
         print(f"ddpmlab: model {n_params / 1e6:.2f}M parameters on {trainer.device} "
               f"({trainer.precision}); run directory {run_dir}", flush=True)
@@ -151,8 +157,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED[result.stopped_by]
     grid = None
     if main and not args.no_samples:
+        how = (f", one row per class, guidance {cfg.sample.guidance:g}"
+               if cfg.model.num_classes else "")
         print(f"ddpmlab: drawing {cfg.sample.n} samples with the EMA weights "
-              f"({cfg.sample.sampler})...", flush=True)
+              f"({cfg.sample.sampler}{how})...", flush=True)
         grid = trainer.sample_grid(run_dir / "samples.png")
     if main:
         why = " (time limit reached)" if result.stopped_by == "time limit" else ""
@@ -174,7 +182,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     from .train import distributed as D
     from .train.loop import resolve_device
-    from .train.sampling import load_run, sample_images_sharded, save_npz
+    from .train.sampling import class_rows, default_labels, load_run, sample_images_sharded, save_npz
     from .viz import save_grid
 
     _positive("--n", args.n)
@@ -199,14 +207,22 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ConfigError(f"--guidance={args.guidance} must be >= 0")
     y = None
     n, nrow = args.n, None
-    if args.class_ is not None:
+    if args.class_ is None:
+        # A conditional run draws a balanced mix of classes (sample k: class k % classes).
+        y = default_labels(cfg, n)
+    elif args.class_.strip().lower() == "none":
+        if cfg.model.num_classes == 0:
+            raise ConfigError(f"--class none: the run {args.run} is unconditional already; "
+                              "drop --class")
+        y = None  # the null class: the model's unconditional distribution
+    else:
         if cfg.model.num_classes == 0:
             raise ConfigError(f"--class: the run {args.run} was trained unconditionally "
                               "(train with --conditional to choose classes)")
         classes = _parse_classes(args.class_, cfg.model.num_classes)
         per = max(1, n // len(classes)) if args.class_ == "all" else None
         if per is not None:
-            y = torch.tensor([c for c in classes for _ in range(per)])
+            y = class_rows(len(classes), per)  # "all": classes are 0..C-1
             nrow = per
         else:
             y = torch.tensor([classes[k % len(classes)] for k in range(n)])
@@ -293,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
     t.add_argument("--conditional", action="store_true",
                    help="train with the class labels (for --class and --guidance when sampling)")
+    t.add_argument("--unconditional", action="store_true",
+                   help="ignore the labels (the mnist preset trains with them)")
     t.add_argument("--time-limit", type=float, metavar="MIN",
                    help="stop (and save) after MIN minutes")
     t.add_argument("--no-samples", action="store_true", help="skip the final sample grid")
@@ -316,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="overwrite --out/--npz even if it is not a PNG / samples .npz")
     s.add_argument("--batch-size", type=int, help="images per batch (results do not change)")
     s.add_argument("--class", dest="class_", metavar="K",
-                   help="class to draw: a number, a list like 3,5, or all (one row per class)")
+                   help="class to draw: a number, a list like 3,5, all (one row per class), or none "
+                        "(the unconditional model); default: a balanced mix for a conditional run")
     s.add_argument("--guidance", type=float,
                    help="classifier-free guidance w: eps_u + w (eps_c - eps_u); 1 = conditional")
     s.add_argument("--device", help="auto | cpu | cuda | cuda:N")

@@ -60,7 +60,8 @@ class DataConfig:
     image_size: int = 0                    # 0: the data set's own size
     channels: int = 0                      # 0: the data set's own (1 gray, 3 RGB)
     hflip: bool = False                    # random horizontal flips in training
-    conditional: bool = False              # train with the labels (sets model.num_classes)
+    conditional: str = "false"             # train with the labels (sets model.num_classes):
+                                           # true | false | auto (when the data set has labels)
     p_uncond: float = 0.1                  # conditional training: share of labels dropped to null
 
 
@@ -120,6 +121,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "diffusion.loss_weighting": ("uniform", "min_snr"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
     "train.lr_decay": ("none", "cosine"),
+    "data.conditional": ("auto", "true", "false"),
     "sample.sampler": ("ddpm", "ddim", "dpm_solver"),
     "sample.variance": ("small", "large"),
 }
@@ -300,6 +302,8 @@ def _section_from_dict(cls: type, section: str, d: Any, source: str) -> Any:
         if not isinstance(key, str) or key not in hints:
             known = ", ".join(f.name for f in dataclasses.fields(cls))
             raise ConfigError(f"{source}: unknown key '{section}.{key}' (known: {known})")
+        if (section, key) == ("data", "conditional") and isinstance(value, bool):
+            value = "true" if value else "false"  # YAML's true/false for the tri-state
         kwargs[key] = _coerce(value, hints[key], f"{section}.{key}", source)
     return cls(**kwargs)
 

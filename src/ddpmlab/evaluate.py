@@ -549,7 +549,7 @@ def evaluate_run(run_dir: str | Path, *, samples_npz: str | Path | None = None,
     from .data import to_model_range
     from .likelihood import bits_per_dim
     from .schedules import get
-    from .train.sampling import load_run, sample_images
+    from .train.sampling import default_labels, load_run, sample_images
     from .viz import vlb_plot
 
     run_dir = Path(run_dir)
@@ -565,8 +565,9 @@ def evaluate_run(run_dir: str | Path, *, samples_npz: str | Path | None = None,
         n = n or ext.recommended_n
         from .data import to_uint8
 
+        # a conditional run is scored on a balanced mix of its classes, with its guidance
         imgs = sample_images(model, cfg, n=n, seed=seed, device=device, sampler=sampler,
-                             steps=steps, progress=progress)
+                             steps=steps, y=default_labels(cfg, n), progress=progress)
         x = to_uint8(imgs)
         source = f"{n} samples ({sampler or cfg.sample.sampler}, " \
                  f"{steps or cfg.sample.steps or cfg.diffusion.timesteps} steps, seed {seed})"

@@ -537,7 +537,7 @@ def run_figures(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = 
     loss curve, and a sample grid (one row per class for a conditional run)."""
     from .data import load_dataset, to_model_range
     from .schedules import get
-    from .train.sampling import load_run, sample_images
+    from .train.sampling import class_rows, default_labels, load_run, sample_images
 
     run_dir = Path(run_dir)
     model, cfg, _ = load_run(run_dir, use_ema=True, device=device)
@@ -552,9 +552,12 @@ def run_figures(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = 
                                  path=out / "noising_strip.png", generator=g))
     m = cfg.model
     null = m.num_classes if m.num_classes > 0 else None
+    # A conditional run's chain denoises towards classes 0, 1, 2 with the run's guidance.
+    chain_y = default_labels(cfg, 3)
     written.append(denoising_chain(
         model, sched, (3, m.in_channels, m.image_size, m.image_size), out / "denoising_chain.png",
         sampler="ddpm", steps=chain_steps, prediction=cfg.diffusion.prediction,
+        y=chain_y, guidance=cfg.sample.guidance if chain_y is not None else 1.0,
         null_class=null, generator=g, clip_x0=cfg.sample.clip_x0, device=device))
     written.append(schedule_plot(out / "schedule.png", T=cfg.diffusion.timesteps))
     metrics = run_dir / "metrics.jsonl"
@@ -562,7 +565,7 @@ def run_figures(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = 
         written.append(loss_plot(metrics, out / "loss.png"))
     if null is not None:
         per = 8
-        y = torch.arange(m.num_classes).repeat_interleave(per)
+        y = class_rows(m.num_classes, per)
         imgs = sample_images(model, cfg, n=len(y), seed=seed, device=device, y=y)
         names = data.class_names or [str(k) for k in range(m.num_classes)]
         written.append(class_rows_grid(list(imgs.split(per)), out / "samples_by_class.png",

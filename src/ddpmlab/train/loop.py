@@ -88,16 +88,18 @@ def resolve_config(cfg: Config, data: ImageData) -> Config:
         raise DataError(f"{data.source}: images are {h}x{w}; ddpmlab trains on square images "
                         "(set data.image_size to resize and centre-crop)")
     num_classes = cfg.model.num_classes
-    if cfg.data.conditional or num_classes > 0:
+    mode = cfg.data.conditional
+    if mode == "true" or num_classes > 0 or (mode == "auto" and data.labels is not None):
         if data.labels is None:
             raise DataError(f"{data.source}: conditional training needs labels, and this data "
-                            "set has none (use class subfolders or an .npz 'labels' array)")
+                            "set has none (use class subfolders or an .npz 'labels' array, or train "
+                            "unconditionally: --unconditional / data.conditional=false)")
         if num_classes not in (0, data.num_classes):
             raise ConfigError(f"model.num_classes={num_classes} but {data.source} has "
                               f"{data.num_classes} classes")
         num_classes = data.num_classes
     model = replace(cfg.model, in_channels=c, image_size=h, num_classes=num_classes)
-    data_cfg = replace(cfg.data, conditional=num_classes > 0)
+    data_cfg = replace(cfg.data, conditional="true" if num_classes > 0 else "false")
     out = replace(cfg, model=model, data=data_cfg)
     out.validate("resolved config")
     return out
@@ -448,11 +450,18 @@ class Trainer:
         if not self.dist.is_main:
             return None
         from ..viz import save_grid
-        from .sampling import sample_images
+        from .sampling import class_rows, sample_images
 
-        images = sample_images(self.ema, self.cfg, n=n or self.cfg.sample.n, seed=0,
-                               device=self.device, progress=False)
-        return save_grid(images, path, scale=2)
+        n = n or self.cfg.sample.n
+        classes = self.cfg.model.num_classes
+        y, nrow = None, None
+        if classes > 0:  # a conditional run: one row per class, drawn with the run's guidance
+            nrow = max(1, n // classes)
+            y = class_rows(classes, nrow)
+            n = len(y)
+        images = sample_images(self.ema, self.cfg, n=n, seed=0, device=self.device, y=y,
+                               progress=False)
+        return save_grid(images, path, nrow=nrow, scale=2)
 
     # ------------------------------------------------------------------ signals
     def _install_signal_handlers(self):

@@ -48,6 +48,19 @@ def load_run(run_dir: str | os.PathLike, use_ema: bool = True,
     return model.to(device).eval(), cfg, ckpt
 
 
+def default_labels(cfg: Config, n: int) -> torch.Tensor | None:
+    """The classes a conditional run draws when none is asked for: sample k gets class
+    ``k % num_classes`` (a balanced mix, fixed by the sample's number like its noise), drawn
+    with the run's guidance. None for an unconditional run."""
+    c = cfg.model.num_classes
+    return torch.arange(n) % c if c > 0 else None
+
+
+def class_rows(num_classes: int, per: int) -> torch.Tensor:
+    """Labels for a grid with one row of ``per`` samples per class: 0,0,..,1,1,.."""
+    return torch.arange(num_classes).repeat_interleave(per)
+
+
 def sample_images(model: nn.Module, cfg: Config, n: int, seed: int = 0,
                   device: torch.device | str = "cpu", *, indices: list[int] | None = None,
                   sampler: str | None = None, steps: int | None = None,

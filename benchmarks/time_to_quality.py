@@ -277,7 +277,7 @@ def sample_peer(lib: str, snap: Path, n: int, device: torch.device, batch: int,
 
 @torch.inference_mode()
 def sample_ddpmlab(ckpt: Path, n: int, device: torch.device, batch: int, sampler=None,
-                   steps=None) -> np.ndarray:
+                   steps=None, guidance=None) -> np.ndarray:
     from ddpmlab import nn as dnn
     from ddpmlab.config import Config
     from ddpmlab.train.checkpoint import load_tensors
@@ -288,7 +288,7 @@ def sample_ddpmlab(ckpt: Path, n: int, device: torch.device, batch: int, sampler
     model.load_state_dict(load_tensors(ckpt / "ema.safetensors"))
     model = model.to(device).eval()
     x = sample_images(model, cfg, n=n, seed=0, device=device, sampler=sampler, steps=steps,
-                      y=default_labels(cfg, n), batch_size=batch)
+                      y=default_labels(cfg, n), guidance=guidance, batch_size=batch)
     return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 

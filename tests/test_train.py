@@ -216,3 +216,51 @@ def test_skip_nonfinite_counts(tmp_path, tiny_cfg):
         tr.model.conv_in.weight.fill_(float("inf"))
     res = tr.train()
     assert res.skipped_steps == 2 and res.step == 2
+
+
+# ============================================================================ speed options
+def _final_weights(cfg, out):
+    tr = Trainer(cfg, out, progress=False)
+    tr.train()
+    return tr, _tensors(latest_checkpoint(out) / "model.safetensors")
+
+
+def test_channels_last_training_equals_the_plain_path(tmp_path, tiny_cfg):
+    cfg = tiny_cfg.override({"train.max_steps": "3"})
+    _, plain = _final_weights(cfg, tmp_path / "plain")
+    _, cl = _final_weights(cfg.override({"train.channels_last": "true"}), tmp_path / "cl")
+    for k in plain:
+        assert torch.allclose(plain[k], cl[k], atol=1e-5), k
+
+
+def test_compile_that_fails_at_its_first_call_falls_back_to_eager(tmp_path, tiny_cfg,
+                                                                   monkeypatch):
+    """torch.compile fails lazily (at the first call) where no compiler works: the trainer
+    must notice, say so, and train exactly as without it."""
+    cfg = tiny_cfg.override({"train.max_steps": "3"})
+    _, plain = _final_weights(cfg, tmp_path / "plain")
+
+    class Broken(torch.nn.Module):
+        def forward(self, *a, **k):
+            raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: Broken())
+    msgs = []
+    tr = Trainer(cfg.override({"train.compile": "true"}), tmp_path / "c", progress=False,
+                 log=msgs.append)
+    tr.train()
+    assert not tr.compiled and any("no C++ compiler found" in m for m in msgs)
+    fell_back = _tensors(latest_checkpoint(tmp_path / "c") / "model.safetensors")
+    for k in plain:
+        assert torch.equal(plain[k], fell_back[k]), k
+
+
+def test_compiled_training_equals_the_plain_path(tmp_path, tiny_cfg):
+    """The real thing: inductor on this CPU (skipped where torch.compile cannot build)."""
+    cfg = tiny_cfg.override({"train.max_steps": "2"})
+    _, plain = _final_weights(cfg, tmp_path / "plain")
+    tr, comp = _final_weights(cfg.override({"train.compile": "true"}), tmp_path / "comp")
+    if not tr.compiled:
+        pytest.skip("torch.compile does not work on this machine")
+    for k in plain:
+        assert torch.allclose(plain[k], comp[k], atol=1e-4, rtol=1e-4), k

@@ -157,8 +157,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED[result.stopped_by]
     grid = None
     if main and not args.no_samples:
-        how = (f", one row per class, guidance {cfg.sample.guidance:g}"
-               if cfg.model.num_classes else "")
+        rc = trainer.cfg  # resolved: the classes come from the data
+        how = (f", one row per class, guidance {rc.sample.guidance:g}"
+               if rc.model.num_classes else "")
         print(f"ddpmlab: drawing {cfg.sample.n} samples with the EMA weights "
               f"({cfg.sample.sampler}{how})...", flush=True)
         grid = trainer.sample_grid(run_dir / "samples.png")

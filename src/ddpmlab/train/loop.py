@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from .. import schedules
 from ..config import Config
@@ -188,13 +187,12 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.net: Any = self.model
+        self._compile_pending = False
+        self.compiled = False
         if tc.compile:
-            self.net = _try_compile(self.model, self.log)
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = DDP(self.net, device_ids=ids)
+            self.net = torch.compile(self.model)  # compiles at the first call: see train_step
+            self._compile_pending = True
+        self._wrap_ddp()
         fused = self.device.type == "cuda"
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, betas=(0.9, 0.999),
                                      weight_decay=tc.weight_decay, fused=fused or None)
@@ -327,6 +325,7 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = lr_at(self.step, tc)
         loss_sum = torch.zeros((), device=self.device)
+        first = True
         for m in range(accum):
             start = self.dist.rank * local + m * micro
             sl = slice(start, start + micro)
@@ -339,6 +338,9 @@ class Trainer:
             y = None
             if self.labels is not None:
                 y = torch.where(r.drop, cfg.model.num_classes, self.labels[idx[sl]])
+            if first and self._compile_pending:
+                self._settle_compile(x0, r.t, y)
+            first = False
             sync = contextlib.nullcontext()
             if self.dist.enabled and m < accum - 1:
                 sync = self.net.no_sync()
@@ -353,6 +355,43 @@ class Trainer:
         max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         return loss_sum, gnorm
+
+    def _wrap_ddp(self) -> None:
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DDP(self.net, device_ids=ids)
+
+    def _settle_compile(self, x0: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> None:
+        """``torch.compile`` compiles at the first call, so a platform without a working
+        compiler fails there, not at ``torch.compile``. Run one forward and backward of the
+        compiled network on the first micro-batch (RNG state restored, gradients dropped); on
+        any failure, say why and train eager. The same decision on every rank."""
+        self._compile_pending = False
+        compiled = self.net.module if self.dist.enabled else self.net
+        ok = True
+        try:
+            devices = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                with self._autocast():
+                    out = compiled(x0, t, y)
+                out.float().square().mean().backward()
+        except Exception as e:  # noqa: BLE001 - any backend failure means: train eager
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            self.log(f"torch.compile failed at its first call ({type(e).__name__}: {first}); "
+                     "training without it")
+            ok = False
+        finally:
+            self.opt.zero_grad(set_to_none=True)
+        if self.dist.enabled:
+            flag = torch.tensor([1.0 if ok else 0.0], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+            ok = bool(flag.item())
+        if not ok:
+            self.net = self.model
+            self._wrap_ddp()
+        self.compiled = ok
 
     def _finish_step(self, loss: torch.Tensor, gnorm: torch.Tensor) -> bool:
         """Apply the update if the loss and gradient are finite; returns whether it did."""
@@ -502,11 +541,3 @@ def _resolve_precision(precision: str, device: torch.device) -> str:
         if precision == "fp16":
             raise ConfigError("train.precision=fp16 needs CUDA; use fp32 or bf16 on a CPU")
     return precision
-
-
-def _try_compile(model: nn.Module, log: Callable[[str], None]):
-    try:
-        return torch.compile(model)
-    except Exception as e:  # pragma: no cover - depends on the platform's compiler
-        log(f"torch.compile unavailable ({e}); training without it")
-        return model

@@ -1,0 +1,195 @@
+"""Fast sampling: quality against the number of sampling steps, and the wall time to draw 1,000
+samples, for ddpmlab's default run and for the peers' own samplers on their trained snapshots.
+
+Two steps (the sampling is GPU-friendly, the scoring runs anywhere):
+
+    python benchmarks/sampler_steps.py sample runs/ttq-ddpmlab \\
+        --peer diffusers=runs/ttq-diffusers --peer lucidrains=runs/ttq-lucidrains \\
+        --out runs/steps.npz [--n 1000] [--device cuda]
+    python benchmarks/sampler_steps.py score runs/steps.npz --out-md benchmarks/sampler_steps.md \\
+        --out-json benchmarks/sampler_steps.json --plot docs/images/sampler_steps.png
+
+ddpmlab rows: DDPM (ancestral) 1000 and 200 steps, DDIM (eta 0) 10/20/50/100, DPM-Solver++(2M)
+10/20, all with the run's guidance (w = 2) on a balanced mix of digits, the same noise seeds;
+and DPM-Solver++ 20 steps at guidance 1, 3 and 4.
+Peer rows (their newest snapshot, their own samplers): diffusers ``DDPMScheduler`` 1000,
+``DDIMScheduler`` 50, ``DPMSolverMultistepScheduler`` 20; denoising-diffusion-pytorch's DDIM at
+``sampling_timesteps`` 250 (its README's) and 50. Every sampler draws the same ``--n`` images
+in batches of ``--batch``; the wall time covers the whole draw (after one untimed warm-up batch
+per library, so that CUDA start-up is not counted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from time_to_quality import log, sample_ddpmlab, sample_peer, snapshots_of  # noqa: E402
+
+DDPMLAB = [("ddpm", 1000), ("ddpm", 200), ("ddim", 100), ("ddim", 50), ("ddim", 20),
+           ("ddim", 10), ("dpm_solver", 20), ("dpm_solver", 10)]
+GUIDANCE = [1.0, 3.0, 4.0]  # besides the run's own (2): DPM-Solver++ 20 steps
+PEER = {"diffusers": [("ddpm", 1000), ("ddim", 50), ("dpm_solver", 20)],
+        "lucidrains": [("ddim", 250), ("ddim", 50)]}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def cmd_sample(a: argparse.Namespace) -> None:
+    device = torch.device(a.device)
+    arrays, meta = {}, []
+    jobs = []
+    ck = snapshots_of(Path(a.run))[-1][2]
+    from ddpmlab.config import Config
+
+    run_w = Config.from_file(Path(a.run) / "config.json").sample.guidance
+    for sampler, steps in DDPMLAB:
+        jobs.append(("ddpmlab", sampler, steps, None,
+                     lambda n, s=sampler, k=steps: sample_ddpmlab(ck, n, device, a.batch, s, k)))
+    for w in GUIDANCE:
+        jobs.append(("ddpmlab", "dpm_solver", 20, w,
+                     lambda n, w=w: sample_ddpmlab(ck, n, device, a.batch, "dpm_solver", 20, w)))
+    for spec in a.peer:
+        lib, _, path = spec.partition("=")
+        snap = snapshots_of(Path(path))[-1][2]
+        for sampler, steps in PEER[lib]:
+            jobs.append((lib, sampler, steps, None,
+                         lambda n, lib=lib, snap=snap, s=sampler, k=steps:
+                         sample_peer(lib, snap, n, device, a.batch, s, k)))
+    warmed = set()
+    for lib, sampler, steps, w, fn in jobs:
+        if lib not in warmed:  # untimed: CUDA context, kernels, imports
+            fn(min(a.batch, 16))
+            warmed.add(lib)
+        sync(device)
+        t0 = time.perf_counter()
+        arr = fn(a.n)
+        sync(device)
+        dt = time.perf_counter() - t0
+        key = f"{lib}:{sampler}:{steps}" + ("" if w is None else f":w{w:g}")
+        arrays[key] = arr
+        meta.append({"key": key, "lib": lib, "sampler": sampler, "steps": steps,
+                     "guidance": (run_w if w is None else w) if lib == "ddpmlab" else None,
+                     "own_guidance": w is None,
+                     "n": a.n,
+                     "seconds": dt, "device": str(device),
+                     "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None})
+        log(f"{key}: {a.n} samples in {dt:.2f} s")
+    np.savez(a.out, **arrays)
+    Path(a.out).with_suffix(".json").write_text(json.dumps(meta, indent=1))
+
+
+def as_requested(x_u8: torch.Tensor) -> float:
+    """Share of a conditional run's samples (sample k asked for digit k % 10) that the
+    project's MNIST classifier reads as the digit asked for."""
+    from ddpmlab.features import load_feature_net
+
+    net = load_feature_net("mnist")
+    with torch.no_grad():
+        pred = net(x_u8.float() / 127.5 - 1).argmax(1)
+    return float((pred == torch.arange(len(x_u8)) % 10).float().mean())
+
+
+def cmd_score(a: argparse.Namespace) -> None:
+    from ddpmlab.evaluate import evaluate_samples
+    from ddpmlab.features import get_feature_extractor
+
+    meta = {m["key"]: m for m in json.loads(Path(a.npz).with_suffix(".json").read_text())}
+    ext = get_feature_extractor("mnist")
+    rows = []
+    with np.load(a.npz) as f:
+        for key in f.files:
+            x = torch.from_numpy(f[key]).permute(0, 3, 1, 2).contiguous()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                r = evaluate_samples(x, "mnist", extractor=ext, seed=0)
+            m = meta[key]
+            rows.append({**m, "fid": r["fid"], "kid": r["kid_mean"],
+                         "confident": (r.get("classifier") or {}).get("confident_share"),
+                         "baseline_fid": (r.get("baseline") or {}).get("fid_mean"),
+                         "as_requested": as_requested(x) if m["lib"] == "ddpmlab" else None})
+            log(f"{key}: FID {r['fid']:.2f} in {m['seconds']:.2f} s")
+    ref = {}
+    for r in rows:  # each library's most expensive sampler is its reference quality
+        if not r["own_guidance"]:
+            continue
+        if r["lib"] not in ref or r["steps"] > ref[r["lib"]]["steps"]:
+            ref[r["lib"]] = r
+    for r in rows:
+        r["fid_vs_ref"] = r["fid"] / ref[r["lib"]]["fid"] - 1  # vs. the same library's
+    if a.out_json:
+        Path(a.out_json).write_text(json.dumps(rows, indent=1))
+    names = {"ddpm": "DDPM (ancestral)", "ddim": "DDIM (eta 0)",
+             "dpm_solver": "DPM-Solver++(2M)"}
+    dev = rows[0]["gpu"] or rows[0]["device"]
+    lines = [f"| library | sampler | steps | guidance | FID | vs. own most-step FID | confident (>= 0.9) | "
+             f"read as the digit asked for | s for {rows[0]['n']} samples ({dev}) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        conf = "" if r["confident"] is None else f"{100 * r['confident']:.1f}%"
+        req = "" if r["as_requested"] is None else f"{100 * r['as_requested']:.1f}%"
+        w = "" if r["guidance"] is None else f"{r['guidance']:g}"
+        lines.append(f"| {r['lib']} | {names[r['sampler']]} | {r['steps']} | {w} | "
+                     f"{r['fid']:.2f} | "
+                     f"{100 * r['fid_vs_ref']:+.1f}% | {conf} | {req} | {r['seconds']:.2f} |")
+    base = [r["baseline_fid"] for r in rows if r["baseline_fid"]]
+    if base:
+        lines.append(f"\nReal-vs-real FID at n = {rows[0]['n']}: {base[0]:.2f}.")
+    text = "\n".join(lines)
+    print(text)
+    if a.out_md:
+        Path(a.out_md).write_text(text + "\n")
+    if a.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
+        for (lib, sampler) in sorted({(r["lib"], r["sampler"]) for r in rows}):
+            pts = sorted((r["steps"], r["fid"]) for r in rows
+                         if r["lib"] == lib and r["sampler"] == sampler and r["own_guidance"])
+            ax.plot(*zip(*pts, strict=True), marker="o", label=f"{lib} {names[sampler]}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("sampling steps")
+        ax.set_ylabel("FID (project MNIST features)")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(a.plot)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("sample")
+    s.add_argument("run")
+    s.add_argument("--peer", action="append", default=[], metavar="LIB=DIR")
+    s.add_argument("--out", required=True)
+    s.add_argument("--n", type=int, default=1000)
+    s.add_argument("--batch", type=int, default=1000)
+    s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    c = sub.add_parser("score")
+    c.add_argument("npz")
+    c.add_argument("--out-md")
+    c.add_argument("--out-json")
+    c.add_argument("--plot")
+    a = p.parse_args()
+    {"sample": cmd_sample, "score": cmd_score}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main()

@@ -25,7 +25,6 @@ import argparse
 import json
 import sys
 import time
-import warnings
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -33,7 +32,17 @@ sys.path.insert(0, str(HERE))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from time_to_quality import log, sample_ddpmlab, sample_peer, snapshots_of  # noqa: E402
+from time_to_quality import (  # noqa: E402
+    fid_plot,
+    log,
+    sample_and_score_parsers,
+    sample_ddpmlab,
+    sample_peer,
+    score_arrays,
+    snapshots_of,
+    summary,
+    write_table,
+)
 
 DDPMLAB = [("ddpm", 1000), ("ddpm", 200), ("ddim", 100), ("ddim", 50), ("ddim", 20),
            ("ddim", 10), ("dpm_solver", 20), ("dpm_solver", 10)]
@@ -103,26 +112,10 @@ def as_requested(x_u8: torch.Tensor) -> float:
 
 
 def cmd_score(a: argparse.Namespace) -> None:
-    from ddpmlab.evaluate import evaluate_samples
-    from ddpmlab.features import get_feature_extractor
-
-    meta = {m["key"]: m for m in json.loads(Path(a.npz).with_suffix(".json").read_text())}
-    ext = get_feature_extractor("mnist")
-    rows = []
-    with np.load(a.npz) as f:
-        for key in f.files:
-            x = torch.from_numpy(f[key]).permute(0, 3, 1, 2).contiguous()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                r = evaluate_samples(x, "mnist", extractor=ext, seed=0)
-            m = meta[key]
-            rows.append({**m, "fid": r["fid"], "kid": r["kid_mean"],
-                         "confident": (r.get("classifier") or {}).get("confident_share"),
-                         "baseline_fid": (r.get("baseline") or {}).get("fid_mean"),
-                         "as_requested": as_requested(x) if m["lib"] == "ddpmlab" else None})
-            log(f"{key}: FID {r['fid']:.2f} in {m['seconds']:.2f} s")
+    rows = [{**m, **summary(r), "as_requested": as_requested(r["_x"]) if m["lib"] == "ddpmlab"
+             else None} for m, _, r in score_arrays(a.npz)]
     ref = {}
-    for r in rows:  # each library's most expensive sampler is its reference quality
+    for r in rows:  # each library's most expensive sampler (own guidance) is its reference
         if not r["own_guidance"]:
             continue
         if r["lib"] not in ref or r["steps"] > ref[r["lib"]]["steps"]:
@@ -134,59 +127,32 @@ def cmd_score(a: argparse.Namespace) -> None:
     names = {"ddpm": "DDPM (ancestral)", "ddim": "DDIM (eta 0)",
              "dpm_solver": "DPM-Solver++(2M)"}
     dev = rows[0]["gpu"] or rows[0]["device"]
-    lines = [f"| library | sampler | steps | guidance | FID | vs. own most-step FID | confident (>= 0.9) | "
-             f"read as the digit asked for | s for {rows[0]['n']} samples ({dev}) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| library | sampler | steps | guidance | FID | vs. own most-step FID | "
+             "confident (>= 0.9) | read as the digit asked for | "
+             f"s for {rows[0]['n']} samples ({dev}) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         conf = "" if r["confident"] is None else f"{100 * r['confident']:.1f}%"
         req = "" if r["as_requested"] is None else f"{100 * r['as_requested']:.1f}%"
         w = "" if r["guidance"] is None else f"{r['guidance']:g}"
         lines.append(f"| {r['lib']} | {names[r['sampler']]} | {r['steps']} | {w} | "
-                     f"{r['fid']:.2f} | "
-                     f"{100 * r['fid_vs_ref']:+.1f}% | {conf} | {req} | {r['seconds']:.2f} |")
-    base = [r["baseline_fid"] for r in rows if r["baseline_fid"]]
-    if base:
-        lines.append(f"\nReal-vs-real FID at n = {rows[0]['n']}: {base[0]:.2f}.")
-    text = "\n".join(lines)
-    print(text)
-    if a.out_md:
-        Path(a.out_md).write_text(text + "\n")
+                     f"{r['fid']:.2f} | {100 * r['fid_vs_ref']:+.1f}% | {conf} | {req} | "
+                     f"{r['seconds']:.2f} |")
+    write_table(lines, rows, a.out_md)
     if a.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
-        for (lib, sampler) in sorted({(r["lib"], r["sampler"]) for r in rows}):
-            pts = sorted((r["steps"], r["fid"]) for r in rows
-                         if r["lib"] == lib and r["sampler"] == sampler and r["own_guidance"])
-            ax.plot(*zip(*pts, strict=True), marker="o", label=f"{lib} {names[sampler]}")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("sampling steps")
-        ax.set_ylabel("FID (project MNIST features)")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(a.plot)
+        series = {}
+        for r in rows:
+            if r["own_guidance"]:
+                series.setdefault(f"{r['lib']} {names[r['sampler']]}", []).append(
+                    (r["steps"], r["fid"]))
+        fid_plot(series, a.plot, "sampling steps", xlog=True)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("sample")
+    s = sample_and_score_parsers(sub)
     s.add_argument("run")
     s.add_argument("--peer", action="append", default=[], metavar="LIB=DIR")
-    s.add_argument("--out", required=True)
-    s.add_argument("--n", type=int, default=1000)
-    s.add_argument("--batch", type=int, default=1000)
-    s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    c = sub.add_parser("score")
-    c.add_argument("npz")
-    c.add_argument("--out-md")
-    c.add_argument("--out-json")
-    c.add_argument("--plot")
     a = p.parse_args()
     {"sample": cmd_sample, "score": cmd_score}[a.cmd](a)
 

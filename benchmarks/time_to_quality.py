@@ -313,27 +313,71 @@ def cmd_sample(a: argparse.Namespace) -> None:
 
 
 # =========================================================================== score
-def cmd_score(a: argparse.Namespace) -> None:
+def score_arrays(npz: str) -> list[tuple[dict, int, dict]]:
+    """(the sample step's metadata, n, ``evaluate_samples`` result) for every array of ``npz``:
+    FID/KID/classifier on the project's MNIST features against the training digits."""
     import warnings
 
     from ddpmlab.evaluate import evaluate_samples
     from ddpmlab.features import get_feature_extractor
 
-    meta = {m["key"]: m for m in json.loads(Path(a.npz).with_suffix(".json").read_text())}
-    rows = []
+    meta = {m["key"]: m for m in json.loads(Path(npz).with_suffix(".json").read_text())}
     ext = get_feature_extractor("mnist")
-    with np.load(a.npz) as f:
+    out = []
+    with np.load(npz) as f:
         for key in f.files:
             x = torch.from_numpy(f[key]).permute(0, 3, 1, 2).contiguous()
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+                warnings.simplefilter("ignore")  # the real-vs-real baseline is reported instead
                 r = evaluate_samples(x, "mnist", extractor=ext, seed=0)
-            m = meta[key]
-            rows.append({"lib": m["lib"], "minutes": m["minutes"], "n": int(len(x)),
-                         "fid": r["fid"], "kid": r["kid_mean"],
-                         "confident": r.get("classifier", {}).get("confident_share"),
-                         "baseline_fid": (r.get("baseline") or {}).get("fid_mean")})
+            r["_x"] = x
+            out.append((meta[key], int(len(x)), r))
             log(f"{key}: FID {r['fid']:.2f}")
+    return out
+
+
+def summary(r: dict) -> dict:
+    return {"fid": r["fid"], "kid": r["kid_mean"],
+            "confident": (r.get("classifier") or {}).get("confident_share"),
+            "baseline_fid": (r.get("baseline") or {}).get("fid_mean")}
+
+
+def write_table(lines: list[str], rows: list[dict], out_md: str | None) -> None:
+    base = [r["baseline_fid"] for r in rows if r["baseline_fid"]]
+    if base:
+        lines.append(f"\nReal-vs-real FID at n = {rows[0]['n']}: {base[0]:.2f}.")
+    text = "\n".join(lines)
+    print(text)
+    if out_md:
+        Path(out_md).write_text(text + "\n")
+
+
+def fid_plot(series: dict[str, list[tuple[float, float]]], path: str, xlabel: str,
+             baseline: float | None = None, xlog: bool = False) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
+    for label, pts in series.items():
+        ax.plot(*zip(*sorted(pts), strict=True), marker="o", label=label)
+    if baseline:
+        ax.axhline(baseline, color="grey", ls=":", label="real vs real")
+    if xlog:
+        ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("FID (project MNIST features)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def cmd_score(a: argparse.Namespace) -> None:
+    rows = [{"lib": m["lib"], "minutes": m["minutes"], "n": n, **summary(r)}
+            for m, n, r in score_arrays(a.npz)]
     rows.sort(key=lambda r: (r["lib"], r["minutes"]))
     if a.out_json:
         Path(a.out_json).write_text(json.dumps(rows, indent=1))
@@ -342,32 +386,27 @@ def cmd_score(a: argparse.Namespace) -> None:
         conf = "" if r["confident"] is None else f"{100 * r['confident']:.1f}%"
         lines.append(f"| {r['lib']} | {r['minutes']:.1f} | {r['fid']:.2f} | {r['kid']:.4f} | "
                      f"{conf} |")
-    base = [r["baseline_fid"] for r in rows if r["baseline_fid"]]
-    if base:
-        lines.append(f"\nReal-vs-real FID at n = {rows[0]['n']}: {base[0]:.2f}.")
-    text = "\n".join(lines)
-    print(text)
-    if a.out_md:
-        Path(a.out_md).write_text(text + "\n")
+    write_table(lines, rows, a.out_md)
     if a.plot:
-        import matplotlib
+        series = {lib: [(r["minutes"], r["fid"]) for r in rows if r["lib"] == lib]
+                  for lib in sorted({r["lib"] for r in rows})}
+        fid_plot(series, a.plot, "training wall-clock minutes (2 CPU cores)",
+                 baseline=rows[0]["baseline_fid"])
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
-        for lib in sorted({r["lib"] for r in rows}):
-            pts = [(r["minutes"], r["fid"]) for r in rows if r["lib"] == lib]
-            ax.plot(*zip(*pts, strict=True), marker="o", label=lib)
-        if base:
-            ax.axhline(base[0], color="grey", ls=":", label="real vs real")
-        ax.set_yscale("log")
-        ax.set_xlabel("training wall-clock minutes (2 CPU cores)")
-        ax.set_ylabel("FID (project MNIST features)")
-        ax.legend()
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(a.plot)
+def sample_and_score_parsers(sub) -> argparse.ArgumentParser:
+    """The ``sample`` and ``score`` subcommands both scripts share; returns ``sample``'s."""
+    s = sub.add_parser("sample")
+    s.add_argument("--out", required=True)
+    s.add_argument("--n", type=int, default=1000)
+    s.add_argument("--batch", type=int, default=1000)
+    s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    c = sub.add_parser("score")
+    c.add_argument("npz")
+    c.add_argument("--out-md")
+    c.add_argument("--out-json")
+    c.add_argument("--plot")
+    return s
 
 
 def main() -> None:
@@ -380,17 +419,7 @@ def main() -> None:
     t.add_argument("--every", type=float, default=2.0)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=0)
-    s = sub.add_parser("sample")
-    s.add_argument("runs", nargs="+")
-    s.add_argument("--out", required=True)
-    s.add_argument("--n", type=int, default=1000)
-    s.add_argument("--batch", type=int, default=1000)
-    s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    c = sub.add_parser("score")
-    c.add_argument("npz")
-    c.add_argument("--out-md")
-    c.add_argument("--out-json")
-    c.add_argument("--plot")
+    sample_and_score_parsers(sub).add_argument("runs", nargs="+")
     a = p.parse_args()
     {"train": cmd_train, "sample": cmd_sample, "score": cmd_score}[a.cmd](a)
 

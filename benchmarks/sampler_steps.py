@@ -103,11 +103,12 @@ def cmd_sample(a: argparse.Namespace) -> None:
 def as_requested(x_u8: torch.Tensor) -> float:
     """Share of a conditional run's samples (sample k asked for digit k % 10) that the
     project's MNIST classifier reads as the digit asked for."""
+    from ddpmlab.data import to_model_range
     from ddpmlab.features import load_feature_net
 
     net = load_feature_net("mnist")
     with torch.no_grad():
-        pred = net(x_u8.float() / 127.5 - 1).argmax(1)
+        pred = net(to_model_range(x_u8)).argmax(1)
     return float((pred == torch.arange(len(x_u8)) % 10).float().mean())
 
 

@@ -58,6 +58,13 @@ import torch  # noqa: E402
 PEERS = ("diffusers", "lucidrains")
 
 
+def nhwc_uint8(x: torch.Tensor) -> np.ndarray:
+    """Samples in [-1, 1], ``[N, C, H, W]`` -> uint8 ``N x H x W x C`` (what ``.npz`` holds)."""
+    from ddpmlab.data import to_uint8
+
+    return to_uint8(x).permute(0, 2, 3, 1).numpy()
+
+
 def log(msg: str) -> None:
     print(f"[ttq {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -272,24 +279,18 @@ def sample_peer(lib: str, snap: Path, n: int, device: torch.device, batch: int,
             outs.append(diff.sample(batch_size=m) * 2 - 1)  # [0, 1] -> [-1, 1]
     pad = (S - 28) // 2
     x = torch.cat(outs).float().cpu()[:, :, pad:S - pad, pad:S - pad]
-    return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return nhwc_uint8(x)
 
 
 @torch.inference_mode()
 def sample_ddpmlab(ckpt: Path, n: int, device: torch.device, batch: int, sampler=None,
                    steps=None, guidance=None) -> np.ndarray:
-    from ddpmlab import nn as dnn
-    from ddpmlab.config import Config
-    from ddpmlab.train.checkpoint import load_tensors
-    from ddpmlab.train.sampling import default_labels, sample_images
+    from ddpmlab.train.sampling import default_labels, load_run, sample_images
 
-    cfg = Config.from_file(ckpt.parent.parent / "config.json")
-    model = dnn.UNet(cfg.model)
-    model.load_state_dict(load_tensors(ckpt / "ema.safetensors"))
-    model = model.to(device).eval()
+    model, cfg, _ = load_run(ckpt.parent.parent, device=device, checkpoint=ckpt)  # EMA weights
     x = sample_images(model, cfg, n=n, seed=0, device=device, sampler=sampler, steps=steps,
                       y=default_labels(cfg, n), guidance=guidance, batch_size=batch)
-    return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return nhwc_uint8(x)
 
 
 def cmd_sample(a: argparse.Namespace) -> None:

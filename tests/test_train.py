@@ -122,6 +122,15 @@ def test_save_load_gives_identical_outputs(tmp_path, tiny_cfg):
                                                                    "step_00000006"]
     lines = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [2, 4, 6]
+    # an older checkpoint by name: its own weights, not the newest's
+    older = checkpoint_dirs(tmp_path / "run")[0]
+    old_model, _, old_ckpt = load_run(tmp_path / "run", checkpoint=older)
+    assert old_ckpt == older
+    want = _tensors(older / "ema.safetensors")
+    for k, v in old_model.state_dict().items():
+        assert torch.equal(v, want[k]), k
+    with pytest.raises(CheckpointError, match="step_00000099"):
+        load_run(tmp_path / "run", checkpoint=tmp_path / "run" / "checkpoints" / "step_00000099")
 
 
 def test_resume_equals_uninterrupted(tmp_path, tiny_cfg):

@@ -325,7 +325,6 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = lr_at(self.step, tc)
         loss_sum = torch.zeros((), device=self.device)
-        first = True
         for m in range(accum):
             start = self.dist.rank * local + m * micro
             sl = slice(start, start + micro)
@@ -338,9 +337,8 @@ class Trainer:
             y = None
             if self.labels is not None:
                 y = torch.where(r.drop, cfg.model.num_classes, self.labels[idx[sl]])
-            if first and self._compile_pending:
+            if m == 0 and self._compile_pending:
                 self._settle_compile(x0, r.t, y)
-            first = False
             sync = contextlib.nullcontext()
             if self.dist.enabled and m < accum - 1:
                 sync = self.net.no_sync()

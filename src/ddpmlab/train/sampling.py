@@ -23,8 +23,10 @@ from .checkpoint import atomic_write_bytes, latest_checkpoint, load_tensors
 
 
 def load_run(run_dir: str | os.PathLike, use_ema: bool = True,
-             device: torch.device | str = "cpu") -> tuple[nn.Module, Config, Path]:
-    """Rebuild a run's network from ``config.json`` and its newest checkpoint's weights."""
+             device: torch.device | str = "cpu",
+             checkpoint: str | os.PathLike | None = None) -> tuple[nn.Module, Config, Path]:
+    """Rebuild a run's network from ``config.json`` and the weights of ``checkpoint`` (a
+    ``step_*`` folder of the run; default: its newest checkpoint)."""
     from ..nn import UNet
 
     run_dir = Path(run_dir)
@@ -34,9 +36,11 @@ def load_run(run_dir: str | os.PathLike, use_ema: bool = True,
     if not cfg_path.is_file():
         raise CheckpointError(f"{run_dir}: not a ddpmlab run directory (no config.json)")
     cfg = Config.from_file(cfg_path)
-    ckpt = latest_checkpoint(run_dir)
+    ckpt = latest_checkpoint(run_dir) if checkpoint is None else Path(checkpoint)
     if ckpt is None:
         raise CheckpointError(f"{run_dir}: holds no complete checkpoint (train it first)")
+    if not ckpt.is_dir():
+        raise CheckpointError(f"{ckpt}: no such checkpoint folder")
     weights = ckpt / ("ema.safetensors" if use_ema else "model.safetensors")
     state = load_tensors(weights)
     model = UNet(cfg.model)

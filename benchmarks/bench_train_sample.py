@@ -448,8 +448,14 @@ def worker(spec_path: str) -> None:
             job.notes.append(msg)
             job.model = job.net
             spec["compile"] = False
+    # This shared machine's speed drifts by 10-15% over minutes, so on the CPU the matmul peak
+    # is measured again right before and right after the timed steps; "% peak" uses their mean.
+    local_peaks = [] if cuda else [matmul_peak(spec["peak_n"], reps=3)]
     tr = time_budgeted(lambda: job.train_step(x0), warmup=warm, reps=reps, budget_s=budget,
                        min_reps=min_reps, device=dev)
+    if not cuda:
+        local_peaks.append(matmul_peak(spec["peak_n"], reps=3))
+        tr["peak_around"] = local_peaks
     train_mem = (torch.cuda.max_memory_allocated() / 2**20) if cuda else peak_rss_mib()
     img_s = B / tr["median_s"]
     log(f"{tag} training: {tr['median_s']:.3f} s/step at batch {B} = {img_s:.1f} img/s "
@@ -577,7 +583,7 @@ def main() -> None:
         for spec in plan:
             spec = dict(spec, **defaults(a, setting), device=a.device, threads=a.threads,
                         channels_last=a.channels_last, bf16=a.bf16,
-                        compile=a.compile and spec["lib"] == "ddpmlab",
+                        compile=a.compile and spec["lib"] == "ddpmlab", peak_n=n,
                         out=str(tmp / f"{setting}_{spec['lib']}.json"))
             sp = tmp / f"{setting}_{spec['lib']}.spec.json"
             sp.write_text(json.dumps(spec))
@@ -589,7 +595,9 @@ def main() -> None:
                                     params=spec["params"], model=spec["model"]))
                 continue
             r = json.loads(Path(spec["out"]).read_text())
-            r["train"]["frac_peak"] = r["train"]["gflops_counted"] * 1e9 / ref_peak
+            around = r["train"].get("peak_around")
+            train_peak = sum(around) / len(around) if around and not a.bf16 else ref_peak
+            r["train"]["frac_peak"] = r["train"]["gflops_counted"] * 1e9 / train_peak
             r["sample"]["frac_peak"] = r["sample"]["gflops"] * 1e9 / ref_peak
             results.append(r)
             log(f"[{setting}/{spec['lib']}] done in {time.perf_counter() - t0:.1f}s "
@@ -630,6 +638,11 @@ def compute_ratios(results: list[dict]) -> list[dict]:
             fwd_flops_ratio=me["fwd_flops_per_img"] / r["fwd_flops_per_img"],
         ))
     return out
+
+
+def _around(tr: dict) -> str:
+    around = tr.get("peak_around")
+    return f" (of {sum(around) / len(around) / 1e9:.0f})" if around else ""
 
 
 def _cfg_text(r: dict) -> str:
@@ -686,7 +699,7 @@ def markdown(o: dict) -> str:
                 f"{r['channels']}x{r['size']}x{r['size']} | {r['params'] / 1e6:.2f}M | "
                 f"{r['fwd_flops_per_img'] / 1e9:.3f} | {r['step_flops_per_img'] / 1e9:.3f} | "
                 f"{tr['img_s']:.1f} ({tr['n']}) | {tr['gflops_counted']:.1f} | "
-                f"{100 * tr['frac_peak']:.1f} | {sa['s_per_step']:.4f} ({sa['n']}) | "
+                f"{100 * tr['frac_peak']:.1f}{_around(tr)} | {sa['s_per_step']:.4f} ({sa['n']}) | "
                 f"{100 * sa['frac_peak']:.1f} | {mem['train_peak']:.0f} / "
                 f"{mem['sample_peak']:.0f} |"
                 + (f" {mem['rss_after_import']:.0f} |" if "rss_after_import" in mem else ""))
@@ -717,7 +730,10 @@ def markdown(o: dict) -> str:
         "variance, x0 clipped). FLOPs: `torch.utils.flop_counter.FlopCounterMode` at batch 2 "
         "per image, attention counted through SDPA's math backend; the step count is forward + "
         "backward (the optimizer's elementwise work is not counted); GFLOP/s = counted step "
-        "FLOPs x img/s; % peak against the fp32 matmul peak measured in the same run. Memory: "
+        "FLOPs x img/s; % peak against the fp32 matmul peak measured in the same run (training, on "
+        "the CPU: against the mean of two peak measurements made in the worker right before and "
+        "right after its timed steps, shown in brackets in GFLOP/s, because this machine's speed "
+        "drifts by 10-15% over minutes). Memory: "
         "each (setting, library) runs in a fresh subprocess; CPU figures are that process's peak "
         "resident set size (Linux VmHWM, reset through /proc/self/clear_refs before the "
         "sampling phase and again before the training phase; ru_maxrss is not used because a "

@@ -104,3 +104,48 @@ def test_trainer_on_cuda_bf16_compile_and_channels_last(tmp_path, tiny_cfg):
         # noise: Adam moves each weight by at most ~lr per step whatever the gradient's scale,
         # so bf16 gradients leave the weights within a few 1e-3 of the fp32 run
         assert (runs["fast"][k].float() - v.float()).abs().max() < 5e-3, k
+
+
+def _fused_adamw_available(device) -> bool:
+    try:
+        torch.optim.AdamW([torch.zeros(1, device=device, requires_grad=True)], fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    return True
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_adamw_matches_the_default_loop(device, tiny_cfg):
+    """The trainer's optimizer (fused AdamW where this torch has the kernel) takes the same
+    steps as the default per-tensor AdamW, weight decay, warm-up-like lr changes and all."""
+    from ddpmlab.train.loop import make_optimizer
+
+    if not _fused_adamw_available(device):
+        pytest.skip(f"this torch has no fused AdamW on {device}")
+    tc = tiny_cfg.override({"train.weight_decay": "0.01"}).train
+    torch.manual_seed(0)
+    ps = [torch.randn(n, device=device) for n in (3, 1000, 4097)]
+    fast = [p.clone().requires_grad_() for p in ps]
+    plain = [p.clone().requires_grad_() for p in ps]
+    opt_fast = make_optimizer(fast, tc)
+    assert opt_fast.defaults["fused"]
+    opt_plain = torch.optim.AdamW(plain, lr=tc.lr, betas=(0.9, 0.999),
+                                  weight_decay=tc.weight_decay, foreach=False)
+    for step in range(20):
+        for o in (opt_fast, opt_plain):
+            for g in o.param_groups:
+                g["lr"] = tc.lr * min(1.0, (step + 1) / 5)
+        for a, b in zip(fast, plain):
+            g = torch.randn_like(a) * 10 ** (step % 3 - 1)   # gradients of changing scale
+            a.grad, b.grad = g.clone(), g.clone()
+        opt_fast.step()
+        opt_plain.step()
+    for a, b, p0 in zip(fast, plain, ps):
+        moved = (b - p0).abs().max()
+        assert moved > 2 * tc.lr                            # the steps did something
+        assert (a - b).abs().max() < 1e-5 * moved.clamp_min(1.0), (a - b).abs().max()
+
+
+def test_trainer_uses_the_fused_optimizer_where_available(tmp_path, tiny_cfg):
+    tr = Trainer(tiny_cfg, tmp_path / "run", progress=False)
+    assert bool(tr.opt.defaults.get("fused")) == _fused_adamw_available("cpu")

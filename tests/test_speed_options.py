@@ -135,12 +135,12 @@ def test_fused_adamw_matches_the_default_loop(device, tiny_cfg):
         for o in (opt_fast, opt_plain):
             for g in o.param_groups:
                 g["lr"] = tc.lr * min(1.0, (step + 1) / 5)
-        for a, b in zip(fast, plain):
+        for a, b in zip(fast, plain, strict=True):
             g = torch.randn_like(a) * 10 ** (step % 3 - 1)   # gradients of changing scale
             a.grad, b.grad = g.clone(), g.clone()
         opt_fast.step()
         opt_plain.step()
-    for a, b, p0 in zip(fast, plain, ps):
+    for a, b, p0 in zip(fast, plain, ps, strict=True):
         moved = (b - p0).abs().max()
         assert moved > 2 * tc.lr                            # the steps did something
         assert (a - b).abs().max() < 1e-5 * moved.clamp_min(1.0), (a - b).abs().max()

@@ -107,6 +107,45 @@ def test_optimizer_state_round_trip():
             assert torch.equal(torch.as_tensor(v), torch.as_tensor(s2["state"][pid][k]))
 
 
+def test_optimizer_state_resumes_with_this_process_kernel(tiny_cfg):
+    """A checkpoint written by the default per-tensor AdamW (older ddpmlab on the CPU) resumes
+    into the trainer's fused one, and the other way round: the kernel choice is not restored
+    from the file, the moments and step count are, and both continue with the same update."""
+    from ddpmlab.train.loop import make_optimizer
+
+    tc = tiny_cfg.train
+    torch.manual_seed(0)
+    w0 = torch.randn(257)
+    grads = [torch.randn(257) for _ in range(6)]
+
+    def run(first, second):
+        w = w0.clone().requires_grad_()
+        opt = first([w])
+        for g in grads[:3]:
+            w.grad = g.clone()
+            opt.step()
+        tensors, meta = optimizer_to_tensors(opt)
+        opt2 = second([w])
+        optimizer_from_tensors(opt2, tensors, meta)
+        for k in ("fused", "foreach"):
+            assert opt2.param_groups[0].get(k) == second([w.detach().clone().requires_grad_()]) \
+                .param_groups[0].get(k)
+        for g in grads[3:]:
+            w.grad = g.clone()
+            opt2.step()
+        return w.detach()
+
+    def plain(ps):
+        return torch.optim.AdamW(ps, lr=tc.lr, weight_decay=tc.weight_decay, foreach=False)
+
+    def fast(ps):
+        return make_optimizer(ps, tc)
+
+    ref = run(plain, plain)
+    for first, second in ((plain, fast), (fast, plain)):
+        assert (run(first, second) - ref).abs().max() < 1e-6
+
+
 def test_save_load_gives_identical_outputs(tmp_path, tiny_cfg):
     tr = Trainer(tiny_cfg, tmp_path / "run", progress=False)
     tr.train()

@@ -131,6 +131,9 @@ def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Te
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
+_IMPLEMENTATION_KEYS = ("fused", "foreach", "capturable", "differentiable")
+
+
 def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
                            meta: dict) -> None:
     state: dict[int, dict[str, Any]] = {}
@@ -139,8 +142,16 @@ def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.
         state.setdefault(int(pid), {})[k] = v
     for pid, sc in meta.get("scalars", {}).items():
         state.setdefault(int(pid), {}).update(sc)
+    # Which kernel runs the update (fused, foreach, ...) is this process's choice, not part of
+    # the optimization state: a run saved on a GPU, or by an older ddpmlab, resumes with the
+    # implementation chosen here (the same update).
+    groups = meta["param_groups"]
+    if isinstance(groups, list) and len(groups) == len(opt.param_groups):
+        pairs = zip(groups, opt.param_groups, strict=True)
+        groups = [{**g, **{k: cur[k] for k in _IMPLEMENTATION_KEYS if k in cur}}
+                  if isinstance(g, dict) else g for g, cur in pairs]
     try:
-        opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        opt.load_state_dict({"state": state, "param_groups": groups})
     except (KeyError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"optimizer state does not match the model ({e})") from None
 

@@ -1,5 +1,6 @@
 """End to end through the CLI: train -> sample, and clear one-line errors."""
 
+import os
 import subprocess
 import sys
 
@@ -150,3 +151,38 @@ def test_figures_command(which, grid, request, tmp_path):
     assert main(["figures", str(run), "--out", str(out), "--chain-steps", "5"]) == 0
     for name in ("noising_strip.png", "denoising_chain.png", "schedule.png", "loss.png", grid):
         Image.open(out / name).verify()
+
+
+def _mallopt_available() -> bool:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt  # noqa: B018 - the lookup is the check
+    except (OSError, AttributeError):
+        return False
+    return sys.platform.startswith("linux")
+
+
+@pytest.mark.parametrize("setting", ["", "default"])
+def test_allocator_tuning_is_the_commands_own_and_can_be_turned_off(setting):
+    code = "from ddpmlab.cli import tune_allocator; print(tune_allocator())"
+    env = {**os.environ, "DDPMLAB_MALLOC": setting}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(setting == "" and _mallopt_available())
+
+
+def test_allocator_tuning_leaves_samples_unchanged(run_dir, tmp_path):
+    """`ddpmlab sample` as a command (allocator tuned) and with DDPMLAB_MALLOC=default draw
+    byte-identical samples: the setting changes where memory comes from, nothing else."""
+    outs = []
+    for setting in ("", "default"):
+        npz = tmp_path / f"s{setting or 'tuned'}.npz"
+        r = subprocess.run([sys.executable, "-m", "ddpmlab", "sample", str(run_dir), "-n", "6",
+                            "--npz", str(npz), "--out", str(npz.with_suffix(".png")),
+                            "--no-progress"], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "DDPMLAB_MALLOC": setting})
+        assert r.returncode == 0, r.stderr
+        outs.append(npz.read_bytes())
+    assert outs[0] == outs[1]

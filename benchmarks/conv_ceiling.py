@@ -12,28 +12,33 @@ in the memory format given, and compares:
 
 If the ceiling is below a target, no change outside the convolution kernels can reach it.
 
-    .venv/bin/python benchmarks/conv_ceiling.py --config mnist --batch 32
-    .venv/bin/python benchmarks/conv_ceiling.py --config cifar10 --batch 32 --channels-last \\
+    .venv/bin/python -m benchmarks.conv_ceiling --config mnist --batch 32
+    .venv/bin/python -m benchmarks.conv_ceiling --config cifar10 --batch 32 --channels-last \\
         --out-md /tmp/ceiling.md
 
 The matmul peak (4096^3, best of 3) is measured before and after the kernels and the step; the
-shares use their mean. Run it on a quiet machine; it prints a Markdown table.
+shares use their mean. Run it on a quiet machine; it prints a Markdown table and writes it with
+the JSON to benchmarks/results/conv_ceiling_CONFIG[_cl].{md,json}.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import sys
 from collections import OrderedDict
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import count_flops_math_sdpa, machine, matmul_peak, time_budgeted  # noqa: E402
+from benchmarks.harness import (
+    count_flops,
+    machine,
+    matmul_peak,
+    result_path,
+    time_calls,
+    write_json,
+    write_text,
+)
 
 conv_backward = torch.ops.aten.convolution_backward
 
@@ -74,20 +79,22 @@ def time_kernels(key: tuple, fmt, reps: int) -> dict:
         kern["bwd_in"] = lambda: conv_backward(g, x, w, *args, [True, False, False])
     out = {"flops": flops}
     for name, fn in kern.items():
-        out[name] = time_budgeted(fn, warmup=2, reps=reps, budget_s=2.0, min_reps=3)["median_s"]
+        out[name] = time_calls(fn, warmup=2, reps=reps, budget_s=2.0, min_reps=3)["median_s"]
     return out
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.conv_ceiling",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--config", default="mnist", help="preset whose model is measured (mnist)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--reps", type=int, default=7, help="timed calls per kernel (median)")
     p.add_argument("--steps", type=int, default=5, help="timed training steps (median)")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out-md", default=None)
-    p.add_argument("--out-json", default=None)
+    p.add_argument("--out-md", default=None,
+                   help="default: benchmarks/results/conv_ceiling_CONFIG[_cl].md (_cl: --channels-last)")
+    p.add_argument("--out-json", default=None, help="default: the same name, .json")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -98,13 +105,15 @@ def main(argv=None) -> None:
     from ddpmlab.train import training_loss
 
     cfg = load_config(a.config)
-    classes = {"mnist": 10, "fashion-mnist": 10}.get(a.config, 0)   # the presets' labelled data
+    # The presets' model sections already hold their data's channels and size; the classes are
+    # those of the labelled presets' data (ddpmlab.train.loop.resolve_config would need the data
+    # set itself, and CIFAR-10 is not built in).
+    classes = {"mnist": 10, "fashion-mnist": 10}.get(a.config, 0)
     if cfg.data.conditional in ("true", "auto") and classes:
         mcfg = dataclasses.replace(cfg.model, num_classes=classes)
     else:
         mcfg, classes = cfg.model, 0
-    shape = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28)}.get(a.config, (3, 32, 32))
-    mcfg = dataclasses.replace(mcfg, in_channels=shape[0], image_size=shape[1])
+    shape = (mcfg.in_channels, mcfg.image_size, mcfg.image_size)
     fmt = torch.channels_last if a.channels_last else torch.contiguous_format
     torch.manual_seed(0)
     net = UNet(mcfg).to(memory_format=fmt)
@@ -127,12 +136,12 @@ def main(argv=None) -> None:
 
     peaks = [matmul_peak(4096, reps=3)]
     convs = record_convs(net, lambda: loss_of(x0))
-    step_flops = count_flops_math_sdpa(lambda: step(x0[:2])) / 2 * B
+    step_flops = count_flops(lambda: step(x0[:2])) / 2 * B
     rows = []
     for key, count in convs.items():
         r = time_kernels(key, fmt, a.reps)
         rows.append({"key": key, "count": count, **r})
-    st = time_budgeted(step, warmup=2, reps=a.steps, budget_s=60.0, min_reps=3)["median_s"]
+    st = time_calls(step, warmup=2, reps=a.steps, budget_s=60.0, min_reps=3)["median_s"]
     peaks.append(matmul_peak(4096, reps=3))
     peak = sum(peaks) / len(peaks)
 
@@ -178,10 +187,9 @@ def main(argv=None) -> None:
              f"**{100 * res['ceiling']:.1f}%** |\n")
     md = "\n".join(L)
     print(md)
-    if a.out_md:
-        Path(a.out_md).write_text(md + "\n")
-    if a.out_json:
-        Path(a.out_json).write_text(json.dumps(res, indent=2))
+    name = f"conv_ceiling_{a.config}{'_cl' if a.channels_last else ''}"
+    write_text(a.out_md or result_path(f"{name}.md"), md)
+    write_json(a.out_json or result_path(f"{name}.json"), res)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# One GPU session's checks, in order of importance, each writing into $OUT (default gpu_out):
+# One GPU session's checks, in order of importance, each writing into $OUT (default
+# benchmarks/results/gpu_check). It runs from the repository root (it changes there first, so a
+# relative OUT or RUNS is taken from there):
 #   1. tests/test_speed_options.py: bf16 autocast, channels_last and torch.compile give the plain results;
 #   2. samples for the sampler-steps table and the time-to-quality curve (from slim copies of
 #      the CPU-trained runs under $RUNS: see benchmarks/README.md);
@@ -8,7 +10,8 @@
 #      configuration: bf16 eager, then bf16 + channels_last + torch.compile (ddpmlab).
 # Needs torch with CUDA; the peers (diffusers, denoising-diffusion-pytorch) on PYTHONPATH.
 set -uo pipefail
-OUT=${OUT:-gpu_out}
+cd "$(dirname "$0")/.."   # the repository root: python -m benchmarks.X runs from here
+OUT=${OUT:-benchmarks/results/gpu_check}
 RUNS=${RUNS:-runs}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD/src:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 TQDM_DISABLE=1
@@ -22,10 +25,10 @@ LOG="$OUT/log.txt"
 } 2>&1 | tee "$LOG"
 
 echo "== samples" | tee -a "$LOG"
-python3 benchmarks/sampler_steps.py sample "$RUNS/ttq-ddpmlab" \
+python3 -m benchmarks.sampler_steps sample "$RUNS/ttq-ddpmlab" \
   --peer diffusers="$RUNS/ttq-diffusers" --peer lucidrains="$RUNS/ttq-lucidrains" \
   --out "$OUT/steps.npz" 2>&1 | grep -v "it/s" | tee -a "$LOG"
-python3 benchmarks/time_to_quality.py sample "$RUNS/ttq-ddpmlab" "$RUNS/ttq-diffusers" \
+python3 -m benchmarks.time_to_quality sample "$RUNS/ttq-ddpmlab" "$RUNS/ttq-diffusers" \
   "$RUNS/ttq-lucidrains" --out "$OUT/ttq.npz" 2>&1 | grep -v "it/s" | tee -a "$LOG"
 
 echo "== torchrun with NCCL (1 process on 1 GPU): the distributed training path" | tee -a "$LOG"
@@ -35,9 +38,11 @@ timeout 150 torchrun --standalone --nproc_per_node=1 -m ddpmlab train --dataset 
   | tail -8 | tee -a "$LOG"
 
 echo "== CIFAR-10 35.7M, bf16 eager" | tee -a "$LOG"
-python3 benchmarks/bench_train_sample.py --device cuda --bf16 --settings cifar \
-  --only ddpmlab,diffusers --out-json "$OUT/cifar_bf16.json" 2>&1 | tail -30 | tee -a "$LOG"
+python3 -m benchmarks.train_sample --device cuda --bf16 --settings cifar \
+  --only ddpmlab,diffusers --out-json "$OUT/cifar_bf16.json" --out-md "$OUT/cifar_bf16.md" 2>&1 \
+  | tail -30 | tee -a "$LOG"
 echo "== CIFAR-10 35.7M, bf16 + channels_last + torch.compile (ddpmlab)" | tee -a "$LOG"
-python3 benchmarks/bench_train_sample.py --device cuda --bf16 --channels-last --compile \
-  --settings cifar --only ddpmlab,diffusers --out-json "$OUT/cifar_fast.json" 2>&1 \
+python3 -m benchmarks.train_sample --device cuda --bf16 --channels-last --compile \
+  --settings cifar --only ddpmlab,diffusers --out-json "$OUT/cifar_fast.json" \
+  --out-md "$OUT/cifar_fast.md" 2>&1 \
   | tail -30 | tee -a "$LOG"

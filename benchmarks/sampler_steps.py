@@ -1,13 +1,16 @@
 """Fast sampling: quality against the number of sampling steps, and the wall time to draw 1,000
 samples, for ddpmlab's default run and for the peers' own samplers on their trained snapshots.
 
-Two steps (the sampling is GPU-friendly, the scoring runs anywhere):
+Two steps, from the repository root (the sampling is GPU-friendly, the scoring runs anywhere):
 
-    python benchmarks/sampler_steps.py sample runs/ttq-ddpmlab \\
+    python -m benchmarks.sampler_steps sample runs/ttq-ddpmlab \\
         --peer diffusers=runs/ttq-diffusers --peer lucidrains=runs/ttq-lucidrains \\
-        --out runs/steps.npz [--n 1000] [--device cuda]
-    python benchmarks/sampler_steps.py score runs/steps.npz --out-md benchmarks/sampler_steps.md \\
-        --out-json benchmarks/sampler_steps.json --plot docs/images/sampler_steps.png
+        [--out runs/steps.npz] [--n 1000] [--device cuda]
+    python -m benchmarks.sampler_steps score [runs/steps.npz] --plot docs/images/sampler_steps.png
+
+``sample`` writes benchmarks/results/sampler_steps_samples.npz (git-ignored) and its timings,
+sampler_steps_samples.json, beside it unless ``--out`` names another .npz; ``score`` reads that
+and writes benchmarks/results/sampler_steps.{md,json} (``--out-md``, ``--out-json``).
 
 ddpmlab rows: DDPM (ancestral) 1000 and 200 steps, DDIM (eta 0) 10/20/50/100, DPM-Solver++(2M)
 10/20, all with the run's guidance (w = 2) on a balanced mix of digits, the same noise seeds;
@@ -22,22 +25,17 @@ per library, so that CUDA start-up is not counted).
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from time_to_quality import (  # noqa: E402
+from benchmarks.harness import log, time_calls, write_json
+from benchmarks.time_to_quality import (
     fid_plot,
-    log,
     sample_and_score_parsers,
     sample_ddpmlab,
     sample_peer,
+    save_samples,
     score_arrays,
     snapshots_of,
     summary,
@@ -49,11 +47,6 @@ DDPMLAB = [("ddpm", 1000), ("ddpm", 200), ("ddim", 100), ("ddim", 50), ("ddim", 
 GUIDANCE = [1.0, 3.0, 4.0]  # besides the run's own (2): DPM-Solver++ 20 steps
 PEER = {"diffusers": [("ddpm", 1000), ("ddim", 50), ("dpm_solver", 20)],
         "lucidrains": [("ddim", 250), ("ddim", 50)]}
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def cmd_sample(a: argparse.Namespace) -> None:
@@ -82,13 +75,12 @@ def cmd_sample(a: argparse.Namespace) -> None:
         if lib not in warmed:  # untimed: CUDA context, kernels, imports
             fn(min(a.batch, 16))
             warmed.add(lib)
-        sync(device)
-        t0 = time.perf_counter()
-        arr = fn(a.n)
-        sync(device)
-        dt = time.perf_counter() - t0
         key = f"{lib}:{sampler}:{steps}" + ("" if w is None else f":w{w:g}")
-        arrays[key] = arr
+
+        def draw(fn=fn, key=key):
+            arrays[key] = fn(a.n)
+
+        dt = time_calls(draw, warmup=0, reps=1, device=device)["median_s"]
         meta.append({"key": key, "lib": lib, "sampler": sampler, "steps": steps,
                      "guidance": (run_w if w is None else w) if lib == "ddpmlab" else None,
                      "own_guidance": w is None,
@@ -96,20 +88,22 @@ def cmd_sample(a: argparse.Namespace) -> None:
                      "seconds": dt, "device": str(device),
                      "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None})
         log(f"{key}: {a.n} samples in {dt:.2f} s")
-    np.savez(a.out, **arrays)
-    Path(a.out).with_suffix(".json").write_text(json.dumps(meta, indent=1))
+    save_samples(a.out, arrays, meta)
 
 
 def as_requested(x_u8: torch.Tensor) -> float:
-    """Share of a conditional run's samples (sample k asked for digit k % 10) that the
-    project's MNIST classifier reads as the digit asked for."""
+    """Share of a conditional MNIST run's samples that the project's MNIST classifier reads as
+    the digit asked for (``sample_ddpmlab`` asks for the run's ``default_labels``)."""
+    from ddpmlab.config import Config, ModelConfig
     from ddpmlab.data import to_model_range
     from ddpmlab.features import load_feature_net
+    from ddpmlab.runs import default_labels
 
+    asked = default_labels(Config(model=ModelConfig(num_classes=10)), len(x_u8))
     net = load_feature_net("mnist")
     with torch.no_grad():
         pred = net(to_model_range(x_u8)).argmax(1)
-    return float((pred == torch.arange(len(x_u8)) % 10).float().mean())
+    return float((pred == asked).float().mean())
 
 
 def cmd_score(a: argparse.Namespace) -> None:
@@ -123,8 +117,7 @@ def cmd_score(a: argparse.Namespace) -> None:
             ref[r["lib"]] = r
     for r in rows:
         r["fid_vs_ref"] = r["fid"] / ref[r["lib"]]["fid"] - 1  # vs. the same library's
-    if a.out_json:
-        Path(a.out_json).write_text(json.dumps(rows, indent=1))
+    write_json(a.out_json, rows, indent=1)
     names = {"ddpm": "DDPM (ancestral)", "ddim": "DDIM (eta 0)",
              "dpm_solver": "DPM-Solver++(2M)"}
     dev = rows[0]["gpu"] or rows[0]["device"]
@@ -149,9 +142,10 @@ def cmd_score(a: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.sampler_steps",
+                                description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    s = sample_and_score_parsers(sub)
+    s = sample_and_score_parsers(sub, "sampler_steps")
     s.add_argument("run")
     s.add_argument("--peer", action="append", default=[], metavar="LIB=DIR")
     a = p.parse_args()

@@ -14,7 +14,7 @@ machines:
    training digits, as a table (Markdown + JSON) and a plot.
 
 Peers and their settings (each library's own recommendation; model size matched to ddpmlab's
-main-job UNet by parameter count, as in ``bench_train_sample.py --settings mnist``, because
+main-job UNet by parameter count, as in ``train_sample --settings mnist``, because
 their recommended 35M+ models would take hours per epoch on two cores):
 
 * ``diffusers``: ``UNet2DModel`` + ``DDPMScheduler(1000, "linear")``, epsilon prediction,
@@ -27,17 +27,20 @@ their recommended 35M+ models would take hours per epoch on two cores):
   batch 32, 2 accumulation steps, Adam lr 8e-5, betas (0.9, 0.99), grad clip 1.0, EMA 0.995
   updated every 10 steps. Sampled with the README's ``sampling_timesteps=250`` (DDIM).
 
-Commands (the peers need ``.venv-bench``, see benchmarks/README.md; run each training alone on
-a quiet machine: two jobs at once halve each other's speed):
+Commands, from the repository root (the peers need ``.venv-bench``, see benchmarks/README.md;
+run each training alone on a quiet machine: two jobs at once halve each other's speed):
 
     ddpmlab train --out runs/ttq-ddpmlab train.ckpt_every=113 train.keep_last=20
-    .venv-bench/bin/python benchmarks/time_to_quality.py train --lib diffusers --out runs/ttq-diffusers
-    .venv-bench/bin/python benchmarks/time_to_quality.py train --lib lucidrains --out runs/ttq-lucidrains
-    .venv-bench/bin/python benchmarks/time_to_quality.py sample runs/ttq-ddpmlab runs/ttq-diffusers \\
-        runs/ttq-lucidrains --out runs/ttq-samples.npz [--device cuda]
-    .venv-bench/bin/python benchmarks/time_to_quality.py score runs/ttq-samples.npz \\
-        --out-md benchmarks/time_to_quality.md --out-json benchmarks/time_to_quality.json \\
-        --plot docs/images/time_to_quality.png
+    .venv-bench/bin/python -m benchmarks.time_to_quality train --lib diffusers --out runs/ttq-diffusers
+    .venv-bench/bin/python -m benchmarks.time_to_quality train --lib lucidrains --out runs/ttq-lucidrains
+    .venv-bench/bin/python -m benchmarks.time_to_quality sample runs/ttq-ddpmlab runs/ttq-diffusers \\
+        runs/ttq-lucidrains [--device cuda]
+    .venv-bench/bin/python -m benchmarks.time_to_quality score --plot docs/images/time_to_quality.png
+
+``sample`` writes benchmarks/results/time_to_quality_samples.npz (git-ignored) and its timings,
+time_to_quality_samples.json, beside it; ``score`` reads them and writes
+benchmarks/results/time_to_quality.{md,json}. ``--out`` / ``NPZ`` / ``--out-md`` /
+``--out-json`` name other files.
 """
 
 from __future__ import annotations
@@ -45,15 +48,21 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from benchmarks.harness import (
+    build_peer_net,
+    log,
+    plan_setting,
+    result_path,
+    time_calls,
+    write_json,
+    write_text,
+)
 
 PEERS = ("diffusers", "lucidrains")
 
@@ -65,10 +74,6 @@ def nhwc_uint8(x: torch.Tensor) -> np.ndarray:
     return to_uint8(x).permute(0, 2, 3, 1).numpy()
 
 
-def log(msg: str) -> None:
-    print(f"[ttq {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
 def mnist_train() -> torch.Tensor:
     """The built-in MNIST training digits, [N, 1, 28, 28] floats in [-1, 1]."""
     from ddpmlab.config import DataConfig
@@ -78,9 +83,7 @@ def mnist_train() -> torch.Tensor:
 
 
 def peer_spec(lib: str) -> dict:
-    """The peer model matched to ddpmlab's main-job UNet (bench_train_sample's plan)."""
-    from bench_train_sample import plan_setting
-
+    """The peer model matched to ddpmlab's main-job UNet (train_sample's ``mnist`` setting)."""
     (spec,) = plan_setting("mnist", [lib], quick=False)
     return spec
 
@@ -110,8 +113,7 @@ class Snapshots:
         d.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in state_fn().items()}
         save_file(state, str(d / "ema.safetensors"))
-        (d / "meta.json").write_text(json.dumps(
-            {**self.meta, "minutes": mins, "step": step}, indent=1))
+        write_json(d / "meta.json", {**self.meta, "minutes": mins, "step": step}, indent=1)
         log(f"snapshot at {mins:.2f} min, step {step} -> {d}")
         done = self.next >= self.minutes - 1e-9
         self.next += self.every
@@ -121,7 +123,6 @@ class Snapshots:
 
 def train_diffusers(spec: dict, x: torch.Tensor, snaps: Snapshots, seed: int) -> None:
     import torch.nn.functional as F
-    from bench_train_sample import build_peer_net
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
@@ -164,7 +165,6 @@ def train_diffusers(spec: dict, x: torch.Tensor, snaps: Snapshots, seed: int) ->
 
 
 def train_lucidrains(spec: dict, x: torch.Tensor, snaps: Snapshots, seed: int) -> None:
-    from bench_train_sample import build_peer_net
     from denoising_diffusion_pytorch import GaussianDiffusion
     from ema_pytorch import EMA
 
@@ -208,7 +208,7 @@ def cmd_train(a: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     meta = {"lib": a.lib, "spec": spec, "threads": torch.get_num_threads(),
             "torch": torch.__version__}
-    (out / "spec.json").write_text(json.dumps(meta, indent=1))
+    write_json(out / "spec.json", meta, indent=1)
     log(f"{a.lib}: {spec['params']:,} parameters, {len(x)} digits at {tuple(x.shape[1:])}, "
         f"{a.minutes} min, snapshots every {a.every} min")
     snaps = Snapshots(out, a.every, a.minutes, meta)
@@ -238,7 +238,6 @@ def snapshots_of(run: Path) -> list[tuple[str, float, Path]]:
 @torch.inference_mode()
 def sample_peer(lib: str, snap: Path, n: int, device: torch.device, batch: int,
                 sampler: str = "default", steps: int | None = None) -> np.ndarray:
-    from bench_train_sample import build_peer_net
     from safetensors.torch import load_file
 
     spec = json.loads((snap / "meta.json").read_text())["spec"]
@@ -285,7 +284,8 @@ def sample_peer(lib: str, snap: Path, n: int, device: torch.device, batch: int,
 @torch.inference_mode()
 def sample_ddpmlab(ckpt: Path, n: int, device: torch.device, batch: int, sampler=None,
                    steps=None, guidance=None) -> np.ndarray:
-    from ddpmlab.train.sampling import default_labels, load_run, sample_images
+    from ddpmlab import load_run, sample_images
+    from ddpmlab.runs import default_labels
 
     model, cfg, _ = load_run(ckpt.parent.parent, device=device, checkpoint=ckpt)  # EMA weights
     x = sample_images(model, cfg, n=n, seed=0, device=device, sampler=sampler, steps=steps,
@@ -299,18 +299,26 @@ def cmd_sample(a: argparse.Namespace) -> None:
     for run in a.runs:
         for lib, minutes, snap in snapshots_of(Path(run)):
             key = f"{lib}@{minutes:.2f}"
-            t0 = time.perf_counter()
-            if lib == "ddpmlab":
-                arr = sample_ddpmlab(snap, a.n, device, a.batch)
-            else:
-                arr = sample_peer(lib, snap, a.n, device, a.batch)
-            dt = time.perf_counter() - t0
-            arrays[key] = arr
+
+            def draw(lib=lib, snap=snap, key=key):
+                arrays[key] = (sample_ddpmlab(snap, a.n, device, a.batch) if lib == "ddpmlab"
+                               else sample_peer(lib, snap, a.n, device, a.batch))
+
+            dt = time_calls(draw, warmup=0, reps=1, device=device)["median_s"]
             meta.append({"key": key, "lib": lib, "minutes": minutes, "snapshot": str(snap),
                          "sample_s": dt, "device": str(device)})
             log(f"{key}: {a.n} samples in {dt:.1f} s")
-    np.savez(a.out, **arrays)
-    Path(a.out).with_suffix(".json").write_text(json.dumps(meta, indent=1))
+    save_samples(a.out, arrays, meta)
+
+
+def save_samples(npz, arrays: dict[str, np.ndarray], meta: list[dict]) -> None:
+    """The ``sample`` step's output: the arrays in ``npz``, their metadata (timings) beside it
+    as ``.json`` (what ``score_arrays`` reads)."""
+    npz = Path(npz)
+    npz.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(npz, **arrays)
+    log(f"wrote {npz}")
+    write_json(npz.with_suffix(".json"), meta, indent=1)
 
 
 # =========================================================================== score
@@ -343,14 +351,13 @@ def summary(r: dict) -> dict:
             "baseline_fid": (r.get("baseline") or {}).get("fid_mean")}
 
 
-def write_table(lines: list[str], rows: list[dict], out_md: str | None) -> None:
+def write_table(lines: list[str], rows: list[dict], out_md) -> None:
     base = [r["baseline_fid"] for r in rows if r["baseline_fid"]]
     if base:
         lines.append(f"\nReal-vs-real FID at n = {rows[0]['n']}: {base[0]:.2f}.")
     text = "\n".join(lines)
     print(text)
-    if out_md:
-        Path(out_md).write_text(text + "\n")
+    write_text(out_md, text)
 
 
 def fid_plot(series: dict[str, list[tuple[float, float]]], path: str, xlabel: str,
@@ -374,14 +381,14 @@ def fid_plot(series: dict[str, list[tuple[float, float]]], path: str, xlabel: st
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
+    log(f"wrote {path}")
 
 
 def cmd_score(a: argparse.Namespace) -> None:
     rows = [{"lib": m["lib"], "minutes": m["minutes"], "n": n, **summary(r)}
             for m, n, r in score_arrays(a.npz)]
     rows.sort(key=lambda r: (r["lib"], r["minutes"]))
-    if a.out_json:
-        Path(a.out_json).write_text(json.dumps(rows, indent=1))
+    write_json(a.out_json, rows, indent=1)
     lines = ["| library | minutes | FID | KID | confident (>= 0.9) |", "|---|---|---|---|---|"]
     for r in rows:
         conf = "" if r["confident"] is None else f"{100 * r['confident']:.1f}%"
@@ -395,32 +402,35 @@ def cmd_score(a: argparse.Namespace) -> None:
                  baseline=rows[0]["baseline_fid"])
 
 
-def sample_and_score_parsers(sub) -> argparse.ArgumentParser:
-    """The ``sample`` and ``score`` subcommands both scripts share; returns ``sample``'s."""
-    s = sub.add_parser("sample")
-    s.add_argument("--out", required=True)
+def sample_and_score_parsers(sub, name: str) -> argparse.ArgumentParser:
+    """The ``sample`` and ``score`` subcommands both scripts share, their outputs by default in
+    benchmarks/results/ under ``name``; returns ``sample``'s parser."""
+    npz = str(result_path(f"{name}_samples.npz"))
+    s = sub.add_parser("sample", help=f"draw the samples into an .npz (default {npz})")
+    s.add_argument("--out", default=npz, help="the .npz; its timings go beside it as .json")
     s.add_argument("--n", type=int, default=1000)
     s.add_argument("--batch", type=int, default=1000)
     s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    c = sub.add_parser("score")
-    c.add_argument("npz")
-    c.add_argument("--out-md")
-    c.add_argument("--out-json")
-    c.add_argument("--plot")
+    c = sub.add_parser("score", help="FID of every array of the .npz: table, JSON, plot")
+    c.add_argument("npz", nargs="?", default=npz, help=f"the sample step's .npz (default {npz})")
+    c.add_argument("--out-md", default=str(result_path(f"{name}.md")))
+    c.add_argument("--out-json", default=str(result_path(f"{name}.json")))
+    c.add_argument("--plot", help="also draw FID against the x axis into this image file")
     return s
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.time_to_quality",
+                                description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train")
+    t = sub.add_parser("train", help="train a peer for --minutes, EMA snapshots every --every")
     t.add_argument("--lib", choices=PEERS, required=True)
-    t.add_argument("--out", required=True)
+    t.add_argument("--out", required=True, help="the run folder (e.g. runs/ttq-diffusers)")
     t.add_argument("--minutes", type=float, default=10.0)
     t.add_argument("--every", type=float, default=2.0)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=0)
-    sample_and_score_parsers(sub).add_argument("runs", nargs="+")
+    sample_and_score_parsers(sub, "time_to_quality").add_argument("runs", nargs="+")
     a = p.parse_args()
     {"train": cmd_train, "sample": cmd_sample, "score": cmd_score}[a.cmd](a)
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from ddpmlab.config import DataConfig  # noqa: E402
 from ddpmlab.data import load_dataset  # noqa: E402
 from ddpmlab.features import FEATNET_FORMAT, FeatureNet  # noqa: E402
-from ddpmlab.train.checkpoint import atomic_write_bytes  # noqa: E402
+from ddpmlab.io import atomic_write_bytes  # noqa: E402
 
 # data set -> (architecture, epochs, max shift in px)
 DEFAULTS = {"mnist": ("featnet28", 20, 2), "fashion-mnist": ("featnet28", 2, 2),

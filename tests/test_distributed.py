@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from ddpmlab.cli import main
-from ddpmlab.train import latest_checkpoint, load_tensors
+from ddpmlab.io import load_tensors
+from ddpmlab.train import latest_checkpoint
 
 TINY = ["model.base_channels=16", "model.channel_mult=1,2", "model.num_res_blocks=1",
         "model.attention_resolutions=4", "model.num_heads=2", "model.norm_groups=8",

@@ -243,7 +243,7 @@ def test_shipped_feature_net_accuracy(mnist):
     acc = (pred == test.labels).double().mean().item()
     assert acc == pytest.approx(reported, abs=1.5e-3)
     assert net.features(to_model_range(test.images[:4])).shape == (4, 128)
-    for path in (Path(FT.__file__).parent / "assets").glob("featnet_*.safetensors"):
+    for path in (Path(FT.__file__).parents[1] / "assets").glob("featnet_*.safetensors"):
         assert path.stat().st_size < 2_000_000
 
 

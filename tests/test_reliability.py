@@ -379,7 +379,7 @@ def test_unwritable_train_output(tmp_path, capsys):
 
 def test_unwritable_sample_output_fails_before_sampling(trained, tmp_path, capsys, monkeypatch):
     (tmp_path / "afile").write_text("x")
-    import ddpmlab.train.sampling as S
+    import ddpmlab.runs as S
 
     monkeypatch.setattr(S, "load_run", lambda *a, **k: pytest.fail("sampled before checking"))
     for flag in ("--out", "--npz"):

@@ -23,7 +23,7 @@ from ddpmlab import schedules
 from ddpmlab.forward import q_posterior
 from ddpmlab.parametrization import x0_from_eps
 from ddpmlab.samplers import (
-    DPMSolverState,
+    StepContext,
     classifier_free_guidance,
     ddim_step,
     ddpm_step,
@@ -40,12 +40,23 @@ SCHED = schedules.linear(T)
 
 
 # --------------------------------------------------------------------------- analytic models
+def abar_of(sched, t: torch.Tensor) -> torch.Tensor:
+    """abar at the indices a sampler passes: the table for int64 t; for a fractional (float) t
+    the convention of ddpmlab's continuous view, written here independently with numpy's
+    piecewise-linear interpolation of log sigma, sigma = sqrt((1 - abar) / abar)."""
+    if not t.is_floating_point():
+        return sched.alpha_bar[t]
+    ab = sched.alpha_bar.numpy()
+    log_sigma = 0.5 * (np.log1p(-ab) - np.log(ab))
+    ls = np.interp(t.double().cpu().numpy(), np.arange(len(ab)), log_sigma)
+    return torch.from_numpy(1.0 / (1.0 + np.exp(2.0 * ls)))
+
+
 def gaussian_eps(sched, m: float, s: float):
     """Exact eps of data N(m, s^2 I): x_t ~ N(a m, a^2 s^2 + 1 - a^2), eps = -sqrt(1-abar) score."""
-    abar = sched.alpha_bar
 
     def model(x, t):
-        a2 = abar[t].reshape(-1, *[1] * (x.ndim - 1)).to(x.dtype)
+        a2 = abar_of(sched, t).reshape(-1, *[1] * (x.ndim - 1)).to(x.dtype)
         return (1 - a2).sqrt() * (x - a2.sqrt() * m) / (a2 * s * s + 1 - a2)
 
     return model
@@ -63,11 +74,10 @@ class Mixture:
         """Exact eps at index t: the noised mixture has means a mu_k and variances
         a^2 s_k^2 + 1 - a^2; score = -sum_k r_k(x) (x - a mu_k) / var_k, eps = -sqrt(1-abar) score.
         Laid out [K, N] so every op is contiguous (fast on one core)."""
-        abar = sched.alpha_bar
         logw, mu0, mu1, s2 = self.w.log()[:, None], self.mu[:, :1], self.mu[:, 1:], self.s[:, None] ** 2
 
         def model(x, t):
-            a2 = abar[t][None, :]                                      # [1, N]
+            a2 = abar_of(sched, t)[None, :]                            # [1, N]
             a = a2.sqrt()
             var = a2 * s2 + (1 - a2)                                   # [K, N]
             d0 = x[:, 0][None, :] - mu0 * a
@@ -305,8 +315,8 @@ def test_ddim_eta1_is_ancestral_with_posterior_variance_per_step(steps):
     worst = 0.0
     for t, tp in timestep_pairs(T, steps, "trailing"):
         z = torch.randn(32, 2, generator=g, dtype=F64)
-        a, x0a = ddim_step(model, SCHED, x, t, tp, eta=1.0, noise=z)
-        b, x0b = ddpm_step(model, SCHED, x, t, tp, variance="small", noise=z)
+        a, x0a = ddim_step(StepContext(model, SCHED, eta=1.0, noise=z), x, t, tp, {})
+        b, x0b = ddpm_step(StepContext(model, SCHED, variance="small", noise=z), x, t, tp, {})
         assert torch.equal(x0a, x0b)
         worst = max(worst, (a - b).abs().max().item())
         x = b
@@ -343,8 +353,8 @@ def test_dpm_solver_first_order_is_ddim_eta0(steps, spacing):
     x_d = x_p = torch.randn(32, 2, generator=torch.Generator().manual_seed(2), dtype=F64)
     worst = 0.0
     for t, tp in timestep_pairs(T, steps, spacing):
-        x_d, _ = ddim_step(model, SCHED, x_d, t, tp, eta=0.0)
-        x_p, _ = dpm_solver_step(model, SCHED, x_p, t, tp, DPMSolverState())
+        x_d, _ = ddim_step(StepContext(model, SCHED, eta=0.0), x_d, t, tp, {})
+        x_p, _ = dpm_solver_step(StepContext(model, SCHED), x_p, t, tp, {})
         worst = max(worst, (x_d - x_p).abs().max().item())
     assert worst < 1e-10
 
@@ -357,9 +367,10 @@ def test_dpm_solver_second_step_is_the_2m_formula_by_hand():
     abar = np.cumprod(1 - np.linspace(1e-4, 0.02, T))
     al, sg = np.sqrt(abar), np.sqrt(1 - abar)
     lam = np.log(al / sg)
-    st = DPMSolverState()
-    x1, _ = dpm_solver_step(model, SCHED, x, t0, t1, st)
-    x2, _ = dpm_solver_step(model, SCHED, x1, t1, t2, st)
+    st: dict = {}
+    ctx = StepContext(model, SCHED)
+    x1, _ = dpm_solver_step(ctx, x, t0, t1, st)
+    x2, _ = dpm_solver_step(ctx, x1, t1, t2, st)
 
     def x0_hat(xx, t):
         return (xx.numpy() - sg[t] * model(xx, torch.full((8,), t)).numpy()) / al[t]
@@ -373,7 +384,7 @@ def test_dpm_solver_second_step_is_the_2m_formula_by_hand():
     d = (1 + 1 / (2 * r)) * x0_hat(x1, t1) - 1 / (2 * r) * d0
     want2 = sg[t2] / sg[t1] * x1.numpy() - al[t2] * np.expm1(-h2) * d
     np.testing.assert_allclose(x2.numpy(), want2, rtol=1e-12, atol=1e-12)
-    ddim2, _ = ddim_step(model, SCHED, x1, t1, t2)
+    ddim2, _ = ddim_step(ctx, x1, t1, t2, {})
     assert (x2 - ddim2).abs().max().item() > 1e-6         # not the first-order update
 
 
@@ -719,17 +730,17 @@ def test_every_sampler_recovers_the_exact_score_mixture(name):
 
 
 # --------------------------------------------------------------------------- broken samplers
-def _no_noise_step(model, schedule, x, t, t_prev, generator=None, **kw):
+def _no_noise_step(ctx, x, t, t_prev, state):
     """Ancestral sampling that forgets the noise: the mean of every step."""
-    return ddpm_step(model, schedule, x, t, t_prev, noise=torch.zeros_like(x), **kw)
+    return ddpm_step(dataclasses.replace(ctx, noise=torch.zeros_like(x)), x, t, t_prev, state)
 
 
-def _final_noise_step(model, schedule, x, t, t_prev, generator=None, **kw):
+def _final_noise_step(ctx, x, t, t_prev, state):
     """labml's bug, amplified: noise at the last step, with the largest beta's std (0.14)."""
-    x_next, x0_hat = ddpm_step(model, schedule, x, t, t_prev, generator=generator, **kw)
+    x_next, x0_hat = ddpm_step(ctx, x, t, t_prev, state)
     if t_prev < 0:
-        z = torch.randn(x.shape, generator=generator, dtype=x.dtype)
-        x_next = x_next + schedule.betas[-1].sqrt().item() * z
+        z = torch.randn(x.shape, generator=ctx.generator, dtype=x.dtype)
+        x_next = x_next + ctx.schedule.betas[-1].sqrt().item() * z
     return x_next, x0_hat
 
 
@@ -750,9 +761,11 @@ def test_broken_samplers_fail_the_same_check(name, monkeypatch):
     spec = BROKEN[name]
     steps = spec.get("steps", 100)
     if "step" in spec:
-        monkeypatch.setattr(samplers_mod, "ddpm_step", spec["step"])
+        spec["step"].info = samplers_mod.ddpm_step.info
+        monkeypatch.setitem(samplers_mod.SAMPLERS, "ddpm", spec["step"])
     x = sample(MIX.eps(SCHED), spec.get("schedule", SCHED), shape=(MIX_N, 2), sampler="ddpm",
                steps=steps, generator=torch.Generator().manual_seed(0), dtype=F64)
     ok, why = mixture_check(x, deltas_for("ddpm", steps))
     assert not ok
     assert why
+

@@ -10,7 +10,8 @@ from .forward import q_mean_var, q_posterior, q_sample, q_step
 from .likelihood import BitsPerDim, bits_per_dim
 from .losses import normal_kl, simple_loss
 from .reverse import p_mean_var
-from .samplers import classifier_free_guidance, sample
+from .runs import load_run, sample_images
+from .samplers import SAMPLERS, classifier_free_guidance, sample
 from .schedules import Schedule
 
 __version__ = "0.1.0"
@@ -18,7 +19,8 @@ __version__ = "0.1.0"
 __all__ = [
     "BitsPerDim", "CheckpointError", "Config", "ConfigError", "DataConfig", "DataError",
     "DDPMLabError", "DiffusionConfig", "ModelConfig", "SampleConfig", "Schedule", "TrainConfig",
-    "bits_per_dim", "classifier_free_guidance", "forward", "likelihood", "losses", "normal_kl",
+    "SAMPLERS", "bits_per_dim", "classifier_free_guidance", "forward", "likelihood", "load_run",
+    "losses", "normal_kl",
     "p_mean_var", "parametrization", "q_mean_var", "q_posterior", "q_sample", "q_step",
-    "reverse", "sample", "samplers", "schedules", "simple_loss",
+    "reverse", "sample", "sample_images", "samplers", "schedules", "simple_loss",
 ]

@@ -26,6 +26,9 @@ def gather(table: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tenso
     The lookup happens in float64 on the table's device; only the gathered values are cast.
     """
     t = torch.as_tensor(t, device=table.device)
+    if t.is_floating_point():
+        raise ValueError("gather takes integer indices; a fractional index t has no table entry "
+                         "(use ddpmlab.forward.alpha_bar_at, which interpolates log sigma)")
     if t.ndim == 0:
         t = t.expand(x.shape[0])
     return expand_like(table[t.long()], x)

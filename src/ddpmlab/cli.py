@@ -1,4 +1,4 @@
-"""The ``ddpmlab`` command: train | sample | eval | figures.
+"""The ``ddpmlab`` command: train | sample | eval | figures | samplers.
 
 Each command parses its arguments, builds a config, and calls the library; nothing else lives
 here. Errors caused by the user's input (:class:`~ddpmlab.errors.DDPMLabError`) and by the
@@ -16,6 +16,7 @@ import zipfile
 from pathlib import Path
 
 from .errors import ConfigError, DDPMLabError
+from .samplers import SAMPLERS, SPACINGS
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = {"SIGINT": 130, "SIGTERM": 143}
@@ -99,8 +100,9 @@ def _check_output(path: Path, kind: str, force: bool) -> None:
 
 # ----------------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import Config, load_config
-    from .train import Trainer
+    from .config import load_config
+    from .layout import RunDir
+    from .runs import sample_grid, train_run
     from .train.distributed import cleanup
 
     ov = _overrides(args.set)
@@ -108,10 +110,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
         if args.out and Path(args.out) != run_dir:
             raise ConfigError("--resume DIR continues DIR; do not also give a different --out")
-        cfg_path = run_dir / "config.json"
-        if not cfg_path.is_file():
+        if not RunDir(run_dir).is_run():
             raise DDPMLabError(f"{run_dir}: not a ddpmlab run directory (no config.json)")
-        cfg = Config.from_file(cfg_path)
+        cfg = RunDir(run_dir).read_config()
         if args.config:
             raise ConfigError("--resume takes the run's own config.json; drop --config")
     else:
@@ -135,8 +136,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = cfg.override(ov)
     run_dir = Path(args.resume) if args.resume else Path(args.out or _default_out(
         cfg.data.dataset))
-    trainer = Trainer(cfg, run_dir, resume=bool(args.resume), force=args.force,
-                      progress=not args.no_progress)
+    trainer = train_run(cfg, run_dir, resume=bool(args.resume), force=args.force,
+                        progress=not args.no_progress)
     main = trainer.dist.is_main
     if main:
         from .data import describe
@@ -162,14 +163,14 @@ def cmd_train(args: argparse.Namespace) -> int:
                if rc.model.num_classes else "")
         print(f"ddpmlab: drawing {cfg.sample.n} samples with the EMA weights "
               f"({cfg.sample.sampler}{how})...", flush=True)
-        grid = trainer.sample_grid(run_dir / "samples.png")
+        grid = sample_grid(trainer.ema, rc, trainer.run.grid, device=trainer.device)
     if main:
         why = " (time limit reached)" if result.stopped_by == "time limit" else ""
         print(f"ddpmlab: trained {result.step} steps in {result.seconds / 60:.1f} min{why}, "
               f"final loss {result.loss:.4f}")
         print(f"  run directory : {run_dir}")
         print(f"  checkpoint    : {result.checkpoint}")
-        print(f"  metrics       : {run_dir / 'metrics.jsonl'}")
+        print(f"  metrics       : {trainer.run.metrics}")
         if grid is not None:
             print(f"  sample grid   : {grid}")
         print(f"  more samples  : ddpmlab sample --run {run_dir}")
@@ -181,9 +182,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
+    from .device import resolve_device
+    from .runs import class_rows, default_labels, load_run, sample_images_sharded, save_npz
     from .train import distributed as D
-    from .train.loop import resolve_device
-    from .train.sampling import class_rows, default_labels, load_run, sample_images_sharded, save_npz
     from .viz import save_grid
 
     _positive("--n", args.n)
@@ -230,17 +231,22 @@ def cmd_sample(args: argparse.Namespace) -> int:
         n = len(y)
     images = sample_images_sharded(model, cfg, n=n, seed=args.seed, device=device,
                                    sampler=args.sampler, steps=args.steps, eta=args.eta, y=y,
+                                   spacing=args.spacing,
                                    guidance=args.guidance, batch_size=args.batch_size,
                                    progress=not args.no_progress and info.is_main)
     D.cleanup()
     if images is None:  # not rank 0: rank 0 writes the files
         return 0
     run_dir = Path(args.run)
-    tag = f"{args.sampler or cfg.sample.sampler}-{args.steps or cfg.sample.steps or T}"
+    name = args.sampler or cfg.sample.sampler
+    n_steps = args.steps or cfg.sample.steps or T
+    tag = f"{name}-{n_steps}"
     out = out or run_dir / "samples" / f"sample_{tag}_seed{args.seed}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     save_grid(images, out, nrow=nrow, scale=2)
-    print(f"ddpmlab: {n} samples from {ckpt} -> {out}")
+    nfe = SAMPLERS[name].info.nfe(n_steps)
+    print(f"ddpmlab: {n} samples ({name}, {n_steps} steps = {nfe} network evaluations each) "
+          f"from {ckpt} -> {out}")
     if args.npz:
         npz = save_npz(images, args.npz, labels=y)
         print(f"ddpmlab: uint8 NxHxWxC array (key arr_0) -> {npz}")
@@ -249,20 +255,21 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_run, format_report
-    from .train.loop import resolve_device
+    from .device import resolve_device
+    from .evaluate import format_report
+    from .runs import score_run
 
     _positive("--n", args.n)
     _positive("--bpd-timesteps", args.bpd_timesteps)
     device = resolve_device(args.device or "auto")
-    results = evaluate_run(args.run, samples_npz=args.samples, n=args.n, sampler=args.sampler,
+    results = score_run(args.run, samples_npz=args.samples, n=args.n, sampler=args.sampler,
                            steps=args.steps, seed=args.seed, bpd_images=args.bpd_images,
                            bpd_timesteps=args.bpd_timesteps,
                            inception_weights=args.inception_weights, device=device,
                            progress=not args.no_progress)
     print(format_report(results))
     if args.json:
-        from .train.checkpoint import atomic_write_text
+        from .io import atomic_write_text
 
         atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")
     return 0
@@ -270,13 +277,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- figures
 def cmd_figures(args: argparse.Namespace) -> int:
-    from .train.loop import resolve_device
-    from .viz import run_figures
+    from .device import resolve_device
+    from .runs import run_figures
 
     device = resolve_device(args.device or "auto")
     for path in run_figures(args.run, args.out, seed=args.seed, device=device,
                             chain_steps=args.chain_steps):
         print(f"ddpmlab: wrote {path}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- samplers
+def cmd_samplers(args: argparse.Namespace) -> int:
+    rows = [("name", "order", "NFE (n steps)", "stochastic", "eta", "spacing", "what")]
+    for name, step in SAMPLERS.items():
+        i = step.info
+        nfe = "n" if i.nfe_per_step == 1 and i.final_nfe == 1 else \
+            f"{i.nfe_per_step}n - {i.nfe_per_step - i.final_nfe}"
+        rows.append((name, str(i.order), nfe, i.stochastic, "-" if i.eta is None else f"{i.eta:g}",
+                     i.spacing, i.about))
+    widths = [max(len(r[k]) for r in rows) for k in range(6)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[6])
     return 0
 
 
@@ -323,10 +345,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_argument(s)
     s.add_argument("-n", "--n", "--num-samples", dest="n", type=int, default=64,
                    help="number of images (default 64)")
-    s.add_argument("--sampler", choices=["ddpm", "ddim", "dpm_solver"],
-                   help="default: the run's sample.sampler")
+    s.add_argument("--sampler", choices=list(SAMPLERS),
+                   help="default: the run's sample.sampler (`ddpmlab samplers` lists them)")
     s.add_argument("--steps", type=int, help="sampling steps, 1..T (default: the run's)")
-    s.add_argument("--eta", type=float, help="DDIM noise, >= 0 (0: deterministic)")
+    s.add_argument("--eta", type=float, help="share of ancestral noise, >= 0 (default: the "
+                   "sampler's own: DDIM 0, ancestral/SDE samplers 1)")
+    s.add_argument("--spacing", choices=list(SPACINGS),
+                   help="where the steps fall (default: the sampler's own)")
     s.add_argument("--seed", type=int, default=0, help="sample k depends on (seed, k) only")
     s.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
     s.add_argument("--out", help="PNG grid path (default: RUN/samples/sample_*.png)")
@@ -347,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_argument(e)
     e.add_argument("--samples", help="an .npz of samples to score instead of drawing new ones")
     e.add_argument("--n", type=int, help="samples to draw (default: enough for a stable FID)")
-    e.add_argument("--sampler", choices=["ddpm", "ddim", "dpm_solver"])
+    e.add_argument("--sampler", choices=list(SAMPLERS))
     e.add_argument("--steps", type=int)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--bpd-images", type=int, default=256, help="held-out images for bits/dim")
@@ -367,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DDPM steps of the denoising chain (default: all T, as in the paper)")
     f.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     f.set_defaults(func=cmd_figures)
+
+    ls = sub.add_parser("samplers", help="list the samplers with their order and cost")
+    ls.set_defaults(func=cmd_samplers)
     return p
 
 

@@ -22,7 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .device import PRECISIONS
 from .errors import ConfigError
+from .losses import WEIGHTINGS
+from .parametrization import PREDICTIONS
+from .reverse import VARIANCES
+from .samplers import SAMPLERS, SPACINGS
+from .schedules import SCHEDULES
 
 
 @dataclass(frozen=True)
@@ -40,13 +46,18 @@ class ModelConfig:
     norm_groups: int = 32                        # GroupNorm groups (capped by channels)
     num_classes: int = 0                         # 0: unconditional; k: k classes + 1 null class
 
+    @property
+    def null_class(self) -> int | None:
+        """The label of the null (unconditional) class, ``num_classes``; None when unconditional."""
+        return self.num_classes if self.num_classes > 0 else None
+
 
 @dataclass(frozen=True)
 class DiffusionConfig:
     """The noising process and the training objective."""
 
     timesteps: int = 1000                  # T
-    schedule: str = "linear"               # linear | cosine | sigmoid
+    schedule: str = "linear"               # a name of schedules.SCHEDULES (linear | cosine | sigmoid)
     prediction: str = "eps"                # what the network predicts: eps | x0 | v
     loss_weighting: str = "uniform"        # uniform | min_snr
     min_snr_gamma: float = 5.0             # gamma of min-SNR weighting (Hang et al. 2023)
@@ -84,7 +95,7 @@ class TrainConfig:
     compile: bool = False                  # torch.compile the network
     channels_last: bool = False
     seed: int = 0
-    log_every: int = 50                    # steps between metrics.jsonl lines
+    log_every: int = 50                    # steps between lines of the run's metrics
     sample_every: int = 0                  # steps between EMA sample grids (0: only at the end)
     ckpt_every: int = 1000                 # steps between checkpoints
     keep_last: int = 2                     # checkpoints kept on disk
@@ -96,9 +107,11 @@ class TrainConfig:
 class SampleConfig:
     """How samples are drawn (the end-of-training grid and ``ddpmlab sample``)."""
 
-    sampler: str = "ddpm"                  # ddpm | ddim | dpm_solver
+    sampler: str = "ddpm"                  # a name of samplers.SAMPLERS (`ddpmlab samplers`)
     steps: int = 0                         # 0: all T steps
-    eta: float = 0.0                       # DDIM stochasticity
+    eta: float | None = None               # share of ancestral noise; null: the sampler's own
+                                           # (DDIM 0, the ancestral and SDE samplers 1)
+    spacing: str = "auto"                  # auto (the sampler's own) | a name of samplers.SPACINGS
     variance: str = "small"                # DDPM: small (posterior) | large (beta)
     clip_x0: bool = True                   # clip the x0 estimate to [-1, 1]
     guidance: float = 1.0                  # classifier-free guidance weight w
@@ -115,15 +128,20 @@ SECTIONS: dict[str, type] = {
     "sample": SampleConfig,
 }
 
+LR_DECAYS = ("none", "cosine")             # owned here: the trainer reads train.lr_decay
+CONDITIONAL = ("auto", "true", "false")     # data.conditional's tri-state
+
+# Every key with a fixed set of choices, read from the choice's owner (never a copy of it).
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "diffusion.schedule": ("linear", "cosine", "sigmoid"),
-    "diffusion.prediction": ("eps", "x0", "v"),
-    "diffusion.loss_weighting": ("uniform", "min_snr"),
-    "train.precision": ("auto", "fp32", "bf16", "fp16"),
-    "train.lr_decay": ("none", "cosine"),
-    "data.conditional": ("auto", "true", "false"),
-    "sample.sampler": ("ddpm", "ddim", "dpm_solver"),
-    "sample.variance": ("small", "large"),
+    "diffusion.schedule": tuple(SCHEDULES),
+    "diffusion.prediction": tuple(PREDICTIONS),
+    "diffusion.loss_weighting": tuple(WEIGHTINGS),
+    "train.precision": tuple(PRECISIONS),
+    "train.lr_decay": LR_DECAYS,
+    "data.conditional": CONDITIONAL,
+    "sample.sampler": tuple(SAMPLERS),
+    "sample.variance": tuple(VARIANCES),
+    "sample.spacing": ("auto", *SPACINGS),
 }
 
 
@@ -220,7 +238,8 @@ class Config:
             "data.channels": data.channels, "train.warmup_steps": tr.warmup_steps,
             "train.weight_decay": tr.weight_decay, "train.grad_clip": tr.grad_clip,
             "train.sample_every": tr.sample_every, "train.time_limit_min": tr.time_limit_min,
-            "sample.steps": s.steps, "sample.eta": s.eta, "sample.guidance": s.guidance,
+            "sample.steps": s.steps, "sample.eta": 0.0 if s.eta is None else s.eta,
+            "sample.guidance": s.guidance,
             "diffusion.min_snr_gamma": dif.min_snr_gamma,
         }
         for key, value in nonneg.items():
@@ -322,8 +341,13 @@ def _coerce(value: Any, typ: Any, key: str, source: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise wrong()
         return tuple(_coerce(v, elem, key, source) for v in value)
-    if origin in (typing.Union, types.UnionType):
-        raise wrong()  # not used by any field
+    if origin in (typing.Union, types.UnionType):   # only "X | None" is used
+        inner = [a for a in typing.get_args(typ) if a is not type(None)]
+        if value is None:
+            return None
+        if len(inner) != 1:
+            raise wrong()
+        return _coerce(value, inner[0], key, source)
     if typ is bool:
         if not isinstance(value, bool):
             raise wrong()
@@ -348,6 +372,9 @@ def _coerce(value: Any, typ: Any, key: str, source: str) -> Any:
 
 
 def _type_name(typ: Any) -> str:
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(typ) if a is not type(None)]
+        return f"{_type_name(inner[0])} or null"
     if typing.get_origin(typ) is tuple:
         return f"a list of {_type_name(typing.get_args(typ)[0])}s"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
@@ -358,6 +385,11 @@ def _type_name(typ: Any) -> str:
 def _parse_scalar(text: str, typ: Any, key: str, source: str) -> Any:
     """Parse a command-line override (``train.lr=1e-3``, ``model.channel_mult=1,2,2``)."""
     try:
+        if typing.get_origin(typ) in (typing.Union, types.UnionType):
+            if text.strip().lower() in ("none", "null", ""):
+                return None
+            inner = [a for a in typing.get_args(typ) if a is not type(None)]
+            return _parse_scalar(text, inner[0], key, source)
         if typing.get_origin(typ) is tuple:
             elem = typing.get_args(typ)[0]
             parts = [p for p in text.replace("[", "").replace("]", "").split(",") if p.strip()]

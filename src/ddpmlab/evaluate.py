@@ -384,6 +384,8 @@ def evaluate_samples(
     inception_weights: str | Path | None = None,
     features: str = "auto",
     extractor: FeatureExtractor | None = None,
+    reference: ImageData | None = None,
+    heldout: ImageData | None = None,
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
     pr_k: int = 3,
@@ -400,7 +402,9 @@ def evaluate_samples(
     ``samples_u8``: uint8 ``[N, C, H, W]`` (tensor or array), the same C, H, W as the data
     (``data`` is a name/path or the run's ``DataConfig``, so resizing options are honoured).
     The reference set is ``split`` (the images the model learned; up to ``max_real``), the
-    held-out set ``heldout_split`` (memorization scale, classifier reference).
+    held-out set ``heldout_split`` (memorization scale, classifier reference). A caller that
+    has already read them passes them as ``reference`` / ``heldout`` (and a built ``extractor``)
+    so nothing is read or built twice.
 
     Keys: ``n``, ``n_real``, ``features`` (network, dim), ``fid``, ``kid_mean``, ``kid_std``,
     ``precision``, ``recall`` (k=``pr_k``, on up to ``pr_max`` points per side),
@@ -419,11 +423,13 @@ def evaluate_samples(
     n = int(x.shape[0])
     if n < 4:
         raise DataError(f"need at least 4 samples to evaluate, got {n}")
-    ref = load_dataset(cfg, split)
+    ref = reference if reference is not None else load_dataset(cfg, split)
     if tuple(x.shape[1:]) != ref.shape:
         raise DataError(f"samples are {'x'.join(map(str, x.shape[1:]))} but {ref.source} images "
                         f"are {'x'.join(map(str, ref.shape))} (set data.image_size/channels)")
-    held: ImageData | None = load_dataset(cfg, heldout_split) if heldout_split else None
+    held: ImageData | None = heldout
+    if held is None and heldout_split:
+        held = load_dataset(cfg, heldout_split)
     if held is not None and len(held) == len(ref) and torch.equal(held.images, ref.images):
         held = None  # no separate held-out split (a folder or .npz): leave-one-out instead
 
@@ -527,90 +533,8 @@ def save_memorization_figure(samples, train_images, pairs, path: str | Path,
     return path
 
 
-# =========================================================================== a whole run
-def evaluate_run(run_dir: str | Path, *, samples_npz: str | Path | None = None,
-                 n: int | None = None, sampler: str | None = None, steps: int | None = None,
-                 seed: int = 0, bpd_images: int = 256, bpd_timesteps: int | None = 100,
-                 inception_weights: str | Path | None = None,
-                 device: str | torch.device = "cpu", progress: bool = True) -> dict:
-    """Everything ``ddpmlab eval`` reports for a run, as one JSON-ready dict.
-
-    Samples come from ``samples_npz`` (uint8 ``N x H x W x C`` under ``arr_0``) or are drawn
-    with the run's EMA weights (``n`` defaults to the feature network's recommended N). The
-    bits/dim is the ELBO of ``bpd_images`` held-out images (the ``test`` split) estimated from
-    ``bpd_timesteps`` timesteps (None: all T; see :mod:`ddpmlab.likelihood`). Also writes
-    ``RUN/figures/vlb.png`` (L_t against t) and ``RUN/figures/memorization.png`` (the closest
-    samples beside their nearest training images), and appends an ``{"event": "eval"}`` line
-    to the run's ``metrics.jsonl``.
-    """
-    import json
-    import time
-
-    from .data import to_model_range
-    from .likelihood import bits_per_dim
-    from .schedules import get
-    from .train.sampling import default_labels, load_run, sample_images
-    from .viz import vlb_plot
-
-    run_dir = Path(run_dir)
-    model, cfg, ckpt = load_run(run_dir, use_ema=True, device=device)
-    if samples_npz is not None:
-        x = _load_samples_npz(Path(samples_npz))
-        source = str(samples_npz)
-    else:
-        data_name = cfg.data.dataset.strip().lower()
-        shape = (cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size)
-        ext = get_feature_extractor(data_name if data_name in BUILTINS else shape,
-                                    inception_weights)
-        n = n or ext.recommended_n
-        from .data import to_uint8
-
-        # a conditional run is scored on a balanced mix of its classes, with its guidance
-        imgs = sample_images(model, cfg, n=n, seed=seed, device=device, sampler=sampler,
-                             steps=steps, y=default_labels(cfg, n), progress=progress)
-        x = to_uint8(imgs)
-        source = f"{n} samples ({sampler or cfg.sample.sampler}, " \
-                 f"{steps or cfg.sample.steps or cfg.diffusion.timesteps} steps, seed {seed})"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the baseline is reported beside the numbers instead
-        out = evaluate_samples(x, cfg.data, inception_weights=inception_weights, device=device,
-                               seed=seed)
-    out["samples"] = source
-    out["checkpoint"] = str(ckpt)
-    figures = run_dir / "figures"
-    figures.mkdir(exist_ok=True)
-    worst = [(w["sample"], w["train"], w["ratio"]) for w in out["memorization"]["worst"]]
-    if worst:
-        train = load_dataset(cfg.data, "train").images
-        out["memorization"]["figure"] = str(save_memorization_figure(
-            x, train, worst, figures / "memorization.png"))
-    if bpd_images > 0:
-        held = load_dataset(cfg.data, "test")
-        g = torch.Generator().manual_seed(seed)
-        pick = torch.randperm(len(held), generator=g)[:bpd_images]
-        x0 = to_model_range(held.images[pick]).to(device)
-        sched = get(cfg.diffusion.schedule, cfg.diffusion.timesteps)
-        bpd = bits_per_dim(model, sched, x0, prediction=cfg.diffusion.prediction,
-                           variance=cfg.sample.variance, n_timesteps=bpd_timesteps,
-                           generator=g, progress=progress)
-        out["bits_per_dim"] = {
-            "total": bpd.total, "prior": bpd.prior, "decoder": bpd.decoder,
-            "diffusion": bpd.diffusion, "images": int(len(pick)), "split": held.source,
-            "timesteps_evaluated": int(len(bpd.timesteps)),
-            "terms": {int(t): float(bpd.terms[t]) for t in bpd.timesteps.tolist()},
-            "figure": str(vlb_plot(bpd.terms, figures / "vlb.png", total=bpd.total)),
-        }
-    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-        summary = {k: out[k] for k in ("fid", "kid_mean", "precision", "recall") if k in out}
-        summary["memorization_share"] = out["memorization"]["share"]
-        if "bits_per_dim" in out:
-            summary["bits_per_dim"] = out["bits_per_dim"]["total"]
-        f.write(json.dumps({"event": "eval", "time": time.time(), "n": out["n"],
-                            **summary}) + "\n")
-    return out
-
-
-def _load_samples_npz(path: Path) -> torch.Tensor:
+# =========================================================================== files
+def load_samples_npz(path: Path) -> torch.Tensor:
     """uint8 ``N x H x W x C`` (key ``arr_0``) -> ``[N, C, H, W]``; errors name the file."""
     try:
         with np.load(path, allow_pickle=False) as f:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from .broadcast import expand_like, gather
-from .schedules import Schedule
+from .schedules import Schedule, sigma_at
 
 
 def q_mean_var(
@@ -90,8 +90,15 @@ def q_posterior(
 
 
 def alpha_bar_at(schedule: Schedule, t: torch.Tensor) -> torch.Tensor:
-    """alpha_bar[t] in float64 for indices ``t >= -1``, with alpha_bar[-1] = 1 (x0 itself)."""
-    t = torch.as_tensor(t, device=schedule.alpha_bar.device).long()
+    """alpha_bar[t] in float64 for indices ``t >= -1``, with alpha_bar[-1] = 1 (x0 itself).
+
+    A floating-point ``t`` may be fractional: abar(t) = 1 / (1 + sigma(t)^2) with log sigma
+    interpolated linearly between neighbouring indices (:func:`ddpmlab.schedules.sigma_at`).
+    Integer ``t`` reads the table."""
+    t = torch.as_tensor(t, device=schedule.alpha_bar.device)
+    if t.is_floating_point():
+        return 1.0 / (1.0 + sigma_at(schedule, t) ** 2)
+    t = t.long()
     padded = torch.cat([schedule.alpha_bar.new_ones(1), schedule.alpha_bar])
     return padded[t + 1]
 

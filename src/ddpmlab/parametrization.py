@@ -14,13 +14,19 @@ from __future__ import annotations
 
 import torch
 
-from .broadcast import gather
+from .broadcast import expand_like, gather
+from .forward import alpha_bar_at
 from .schedules import Schedule
 
 PREDICTIONS = ("eps", "x0", "v")
 
 
 def _coefs(schedule: Schedule, t: torch.Tensor, x: torch.Tensor):
+    """(sqrt(abar_t), sqrt(1 - abar_t)) against ``x``; a floating ``t`` may be fractional
+    (abar interpolated in log sigma, :func:`ddpmlab.forward.alpha_bar_at`)."""
+    if torch.is_tensor(t) and t.is_floating_point():
+        abar = alpha_bar_at(schedule, t)
+        return expand_like(abar.sqrt(), x), expand_like((1.0 - abar).sqrt(), x)
     return gather(schedule.sqrt_alpha_bar, t, x), gather(schedule.sqrt_one_minus_alpha_bar, t, x)
 
 

@@ -26,7 +26,7 @@ from .parametrization import to_x0_eps
 from .schedules import Schedule
 
 Model = Callable[..., torch.Tensor]
-VARIANCES = ("small", "large")
+VARIANCES = ("small", "large")   # the owner of the fixed reverse-variance choices
 
 
 class PMeanVar(NamedTuple):
@@ -78,6 +78,13 @@ def p_mean_var(
     x0_hat, _ = to_x0_eps(schedule, x_t, t, out, prediction)
     if clip_x0:
         x0_hat = x0_hat.clamp(-1.0, 1.0)
+    return p_from_x0(schedule, x_t, x0_hat, t, t_prev, variance)
+
+
+def p_from_x0(schedule: Schedule, x_t: torch.Tensor, x0_hat: torch.Tensor, t: torch.Tensor,
+              t_prev: torch.Tensor | None = None, variance: str = "small") -> PMeanVar:
+    """p(x_{t_prev} | x_t) once the x0 estimate is known: the posterior q(x_{t_prev} | x_t, x0)
+    with x0 replaced by ``x0_hat`` and the named fixed ``variance`` (see :func:`p_mean_var`)."""
     if t_prev is None:
         mean, var, log_var = q_posterior(schedule, x0_hat, x_t, t)
         if variance == "large":

@@ -22,8 +22,6 @@ from dataclasses import dataclass
 
 import torch
 
-SCHEDULES = ("linear", "cosine", "sigmoid")
-
 
 @dataclass(frozen=True)
 class Schedule:
@@ -54,11 +52,64 @@ class Schedule:
     def snr(self) -> torch.Tensor:
         return self.alpha_bar / (1.0 - self.alpha_bar)
 
+    @property
+    def sigmas(self) -> torch.Tensor:
+        """sigma_t = sqrt((1 - abar_t) / abar_t), increasing in t: the noise level of the
+        variance-exploding view x_t / sqrt(abar_t) = x0 + sigma_t eps (Karras et al. 2022)."""
+        return ((1.0 - self.alpha_bar) / self.alpha_bar).sqrt()
+
     def to(self, device: torch.device | str) -> Schedule:
         """The same schedule with every column on ``device`` (still float64)."""
         moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v)
                  for k, v in self.__dict__.items()}
         return Schedule(**moved)
+
+
+def sigma_at(schedule: Schedule, t: torch.Tensor) -> torch.Tensor:
+    """sigma at (possibly fractional) indices ``t`` in ``[-1, T - 1]``, float64.
+
+    The continuous view of a discrete schedule (k-diffusion's convention): between two trained
+    indices, **log sigma is linear in t**, so for t = i + w (0 <= w <= 1)
+    ``log sigma(t) = (1 - w) log sigma_i + w log sigma_{i+1}``; integer t gives the table value
+    exactly, and t = -1 (x0 itself) gives sigma = 0. Indices in (-1, 0) or outside the range
+    are refused. abar(t) = 1 / (1 + sigma(t)^2).
+    """
+    t = torch.as_tensor(t, dtype=torch.float64, device=schedule.alpha_bar.device)
+    T = schedule.T
+    if torch.isnan(t).any() or (t > T - 1).any() or (t < -1).any() or ((t > -1) & (t < 0)).any():
+        raise ValueError(f"fractional indices must lie in [0, {T - 1}] (or be -1 for x0), got "
+                         f"{t.min().item():g}..{t.max().item():g}")
+    log_s = torch.log(schedule.sigmas)
+    tc = t.clamp(min=0)
+    lo = tc.floor().long().clamp(max=T - 1)
+    hi = (lo + 1).clamp(max=T - 1)
+    w = tc - lo.to(torch.float64)
+    out = torch.exp((1.0 - w) * log_s[lo] + w * log_s[hi])
+    return torch.where(t < 0, torch.zeros_like(out), out)
+
+
+def index_of_sigma(schedule: Schedule, sigma: torch.Tensor) -> torch.Tensor:
+    """The fractional index t with :func:`sigma_at` (t) = sigma (its inverse, float64):
+    sigma = 0 gives -1; sigma must lie in [sigma_0, sigma_{T-1}] otherwise."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float64, device=schedule.alpha_bar.device)
+    log_s = torch.log(schedule.sigmas)
+    s = sigma.reshape(-1)
+    zero = s == 0
+    ls = torch.log(torch.where(zero, torch.ones_like(s), s))
+    lo_ok = ls >= log_s[0] - 1e-12
+    hi_ok = ls <= log_s[-1] + 1e-12
+    if not bool((zero | (lo_ok & hi_ok)).all()):
+        raise ValueError(f"sigma must be 0 or lie in [{schedule.sigmas[0].item():.4g}, "
+                         f"{schedule.sigmas[-1].item():.4g}], got {s.tolist()[:4]}")
+    ls = ls.clamp(log_s[0], log_s[-1])
+    hi = torch.searchsorted(log_s, ls).clamp(1, max(schedule.T - 1, 1))
+    lo = hi - 1
+    if schedule.T == 1:
+        t = torch.zeros_like(ls)
+    else:
+        w = (ls - log_s[lo]) / (log_s[hi] - log_s[lo])
+        t = lo.to(torch.float64) + w
+    return torch.where(zero, torch.full_like(t, -1.0), t).reshape(sigma.shape)
 
 
 def from_betas(betas: torch.Tensor, name: str = "custom") -> Schedule:
@@ -150,9 +201,12 @@ def sigmoid(T: int = 1000, start: float = -3.0, end: float = 3.0, tau: float = 1
     return from_betas(betas, name="sigmoid")
 
 
+# The owner of the schedule choices: name -> builder(T) (config, CLI and figures read it).
+SCHEDULES = {"linear": linear, "cosine": cosine, "sigmoid": sigmoid}
+
+
 def get(name: str, T: int = 1000) -> Schedule:
-    """A named schedule: ``"linear"``, ``"cosine"`` or ``"sigmoid"``."""
-    builders = {"linear": linear, "cosine": cosine, "sigmoid": sigmoid}
-    if name not in builders:
+    """A named schedule of :data:`SCHEDULES`: ``"linear"``, ``"cosine"`` or ``"sigmoid"``."""
+    if name not in SCHEDULES:
         raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
-    return builders[name](T)
+    return SCHEDULES[name](T)

@@ -1,14 +1,14 @@
 """Pictures: sample grids and the tutorial's figures for the user's own data and model.
 
 Images come in as float tensors in [-1, 1] (``[N, C, H, W]``, C = 1 or 3) or uint8; every file
-is a PNG written atomically (:func:`ddpmlab.train.checkpoint.atomic_write_bytes`), its folder
+is a PNG written atomically (:func:`ddpmlab.io.atomic_write_bytes`), its folder
 created when missing. The figures (one function each, all returning the written ``Path``):
 
 * :func:`noising_strip`    the forward process: x0, then x_t = sqrt(abar_t) x0 + sqrt(1-abar_t) eps
                            at chosen t with one eps per image, the two coefficients under each t;
 * :func:`denoising_chain`  the reverse process: x_t and the model's x0 estimate from x_T to x0;
 * :func:`schedule_plot`    sqrt(abar), sqrt(1 - abar) and log-SNR against t for named schedules;
-* :func:`loss_plot`        the training loss of a run's ``metrics.jsonl`` against step;
+* :func:`loss_plot`        the training loss of a run's metrics (JSON lines) against step;
 * :func:`vlb_plot`         the per-timestep ELBO terms L_t (bits/dim) of a likelihood evaluation;
 * :func:`class_rows_grid`  one row of samples per class, the class name at the left.
 
@@ -30,8 +30,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import schedules as S
 from .errors import DataError
 from .forward import q_sample
+from .io import atomic_write_bytes
+from .layout import RunDir
+from .samplers import sample
 from .schedules import Schedule
 
 DEFAULT_STRIP_TS = (0, 50, 100, 200, 400, 600, 800, 999)   # for T = 1000; scaled to other T
@@ -67,8 +71,6 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2,
 
 
 def _write(path: str | os.PathLike, data: bytes) -> Path:
-    from .train.checkpoint import atomic_write_bytes
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, data)
@@ -261,19 +263,17 @@ def chain_frames(model: Any, schedule: Schedule, shape: Sequence[int], sampler: 
     model's x0 estimate at that step; the last state is the output (title ``output``), paired
     with the last step's estimate. ``sample_kwargs`` go to :func:`ddpmlab.sample`.
     """
-    from .samplers import sample, timestep_pairs
-
     if isinstance(n_frames, bool) or not isinstance(n_frames, int) or n_frames < 2:
         raise ValueError(f"n_frames must be an integer >= 2, got {n_frames!r}")
-    n_steps = len(timestep_pairs(schedule.T, steps, sample_kwargs.get("spacing", "logsnr"),
-                                 schedule.log_snr.tolist()))
-    keep = sorted({int(round(v)) for v in np.linspace(0, n_steps, n_frames)})
+    keep: list[int] = []
     xs: dict[int, torch.Tensor] = {}
     hats: dict[int, torch.Tensor] = {}
     ts: dict[int, int] = {}
 
     def callback(info: dict[str, Any]) -> None:
-        i = int(info["i"])
+        i, n_steps = int(info["i"]), int(info["steps"])   # the sampler says how many steps
+        if not keep:
+            keep.extend(sorted({int(round(v)) for v in np.linspace(0, n_steps, n_frames)}))
         if i in keep:
             xs[i] = info["x"].detach().float().cpu().clone()
             hats[i] = info["x0_hat"].detach().float().cpu().clone()
@@ -284,6 +284,7 @@ def chain_frames(model: Any, schedule: Schedule, shape: Sequence[int], sampler: 
     out = sample(model, schedule, shape=tuple(shape), sampler=sampler, steps=steps,
                  prediction=prediction, y=y, guidance=guidance, null_class=null_class,
                  generator=generator, callback=callback, clip_x0=clip_x0, **sample_kwargs)
+    n_steps = keep[-1]
     xs[n_steps] = out.detach().float().cpu()
     titles = [f"t={ts[j]}" if j < n_steps else "output" for j in keep]
     return (titles, torch.stack([xs[j] for j in keep], dim=1),
@@ -333,8 +334,6 @@ def schedule_plot(path: str | os.PathLike, T: int = 1000,
     coefficient) against t, and a last panel with every schedule's log-SNR
     log(abar / (1 - abar)) against t. Names are built with ``T`` steps; Schedule objects are
     drawn as they are."""
-    from . import schedules as S
-
     built = [S.get(s, T) if isinstance(s, str) else s for s in schedules]
     if not built or not all(isinstance(s, Schedule) for s in built):
         raise ValueError(f"schedules must be names ({', '.join(S.SCHEDULES)}) or Schedule "
@@ -368,17 +367,17 @@ def schedule_plot(path: str | os.PathLike, T: int = 1000,
 
 
 # ============================================================================ 4. loss
-def read_losses(metrics_jsonl_path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """``(steps, losses)`` from a run's ``metrics.jsonl``, sorted by step.
+def read_losses(metrics_path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """``(steps, losses)`` from a run's metrics file (JSON lines), sorted by step.
 
-    ``metrics_jsonl_path`` may also be the run directory holding it. Lines without a numeric
+    ``metrics_path`` may also be the run directory holding it. Lines without a numeric
     ``step`` and ``loss`` (eval events, blank or truncated lines) are skipped; when a step
     appears twice (a resumed run logs again after its checkpoint) the later line wins. Raises
     :class:`DataError` naming the file when it is missing or has no loss.
     """
-    p = Path(metrics_jsonl_path)
+    p = Path(metrics_path)
     if p.is_dir():
-        p = p / "metrics.jsonl"
+        p = RunDir(p).metrics
     try:
         text = p.read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
@@ -421,12 +420,12 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
     return np.exp(out) if use_log else out
 
 
-def loss_plot(metrics_jsonl_path: str | os.PathLike, path: str | os.PathLike) -> Path:
+def loss_plot(metrics_path: str | os.PathLike, path: str | os.PathLike) -> Path:
     """The training loss against step (log y): the logged values and a smoothed curve (centred
     geometric moving mean over about 1/20 of the points). Non-finite or non-positive values are
     left out of the picture."""
-    src = Path(metrics_jsonl_path)
-    src = src / "metrics.jsonl" if src.is_dir() else src
+    src = Path(metrics_path)
+    src = RunDir(src).metrics if src.is_dir() else src
     steps, losses = read_losses(src)
     ok = np.isfinite(losses) & (losses > 0)
     if not ok.any():
@@ -525,52 +524,3 @@ def class_rows_grid(images_by_class: Sequence[torch.Tensor], path: str | os.Path
     for spine in ax.spines.values():
         spine.set_visible(False)
     return _save_figure(fig, path, dpi=dpi)
-
-
-# ============================================================================ a run's figures
-def run_figures(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-                seed: int = 0, device: str | torch.device = "cpu",
-                chain_steps: int | None = None) -> list[Path]:
-    """Every figure of the tutorial for a trained run, written to ``out_dir`` (default
-    ``RUN/figures``): the noising strip of real training images, the denoising chain of the
-    EMA model (ancestral DDPM over all T steps unless ``chain_steps``), the schedule plot, the
-    loss curve, and a sample grid (one row per class for a conditional run)."""
-    from .data import load_dataset, to_model_range
-    from .schedules import get
-    from .train.sampling import class_rows, default_labels, load_run, sample_images
-
-    run_dir = Path(run_dir)
-    model, cfg, _ = load_run(run_dir, use_ema=True, device=device)
-    out = Path(out_dir) if out_dir is not None else run_dir / "figures"
-    out.mkdir(parents=True, exist_ok=True)
-    sched = get(cfg.diffusion.schedule, cfg.diffusion.timesteps)
-    g = torch.Generator().manual_seed(seed)
-    written = []
-    data = load_dataset(cfg.data, "train")
-    pick = torch.randperm(len(data), generator=g)[:4]
-    written.append(noising_strip(to_model_range(data.images[pick]), sched,
-                                 path=out / "noising_strip.png", generator=g))
-    m = cfg.model
-    null = m.num_classes if m.num_classes > 0 else None
-    # A conditional run's chain denoises towards classes 0, 1, 2 with the run's guidance.
-    chain_y = default_labels(cfg, 3)
-    written.append(denoising_chain(
-        model, sched, (3, m.in_channels, m.image_size, m.image_size), out / "denoising_chain.png",
-        sampler="ddpm", steps=chain_steps, prediction=cfg.diffusion.prediction,
-        y=chain_y, guidance=cfg.sample.guidance if chain_y is not None else 1.0,
-        null_class=null, generator=g, clip_x0=cfg.sample.clip_x0, device=device))
-    written.append(schedule_plot(out / "schedule.png", T=cfg.diffusion.timesteps))
-    metrics = run_dir / "metrics.jsonl"
-    if metrics.is_file():
-        written.append(loss_plot(metrics, out / "loss.png"))
-    if null is not None:
-        per = 8
-        y = class_rows(m.num_classes, per)
-        imgs = sample_images(model, cfg, n=len(y), seed=seed, device=device, y=y)
-        names = data.class_names or [str(k) for k in range(m.num_classes)]
-        written.append(class_rows_grid(list(imgs.split(per)), out / "samples_by_class.png",
-                                       names))
-    else:
-        imgs = sample_images(model, cfg, n=64, seed=seed, device=device)
-        written.append(save_grid(imgs, out / "samples.png", scale=2))
-    return written

@@ -1,7 +1,8 @@
 """[seed 5] Sampling: from pure noise x_T ~ N(0, I) at t = T down to x0.
 
-One entry point, :func:`sample`, over three samplers that are plain functions of
-``(model, schedule, x, t, t_prev)``:
+One entry point, :func:`sample`, over the samplers of :data:`SAMPLERS`, each a step function
+``step(ctx, x, t, t_prev, state) -> (x_next, x0_hat)`` in a file of its own (:mod:`.base`
+states the contract):
 
 * ``"ddpm"``: ancestral sampling (Ho et al. Algorithm 2), variance ``"small"`` or ``"large"``;
 * ``"ddim"``: DDIM with ``eta`` (0 = deterministic);
@@ -9,6 +10,7 @@ One entry point, :func:`sample`, over three samplers that are plain functions of
 
 Every sampler walks explicit (t, t_prev) pairs (:mod:`.spacing`), passes the original index to
 the model, adds no noise at the final step, and works for any shape ``[N, *]`` and any callable.
+Adding a sampler is one new file with its step function and one line in :data:`SAMPLERS`.
 """
 
 from __future__ import annotations
@@ -22,18 +24,24 @@ from ..parametrization import check_prediction
 from ..reverse import Model, check_variance
 from ..schedules import Schedule
 from .ancestral import ddpm_step
+from .base import Prediction, SamplerInfo, Step, StepContext
 from .ddim import ddim_step
-from .dpm_solver import DPMSolverState, dpm_solver_step
+from .dpm_solver import dpm_solver_step
 from .guidance import classifier_free_guidance
 from .noise import Generators, per_sample_generators, randn
 from .spacing import SPACINGS, timestep_pairs, timesteps
 
-SAMPLERS = ("ddpm", "ddim", "dpm_solver")
+# The owner of the sampler choices: name -> step function (config, CLI and docs read it).
+SAMPLERS: dict[str, Step] = {
+    "ddpm": ddpm_step,
+    "ddim": ddim_step,
+    "dpm_solver": dpm_solver_step,
+}
 
 __all__ = [
-    "SAMPLERS", "SPACINGS", "sample", "ddpm_step", "ddim_step", "dpm_solver_step",
-    "DPMSolverState", "classifier_free_guidance", "timestep_pairs", "timesteps",
-    "per_sample_generators", "randn",
+    "SAMPLERS", "SPACINGS", "Prediction", "SamplerInfo", "Step", "StepContext", "sample",
+    "ddpm_step", "ddim_step", "dpm_solver_step", "classifier_free_guidance", "timestep_pairs",
+    "timesteps", "per_sample_generators", "randn",
 ]
 
 
@@ -50,7 +58,7 @@ def sample(
     shape: Sequence[int] | None = None,
     sampler: str = "ddpm",
     steps: int | None = None,
-    eta: float = 0.0,
+    eta: float | None = None,
     variance: str = "small",
     prediction: str = "eps",
     y: torch.Tensor | int | None = None,
@@ -60,32 +68,42 @@ def sample(
     callback: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = False,
     clip_x0: bool = False,
-    spacing: str = "logsnr",
+    spacing: str | None = None,
     null_class: int | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    options: dict[str, Any] | None = None,
 ) -> torch.Tensor:
     """Draw samples x0 of ``shape`` ``(n, *dims)`` from ``model`` by the named ``sampler``.
 
     ``model(x_t, t)`` (or ``model(x_t, t, y)`` when ``y`` is given) returns the ``prediction``
-    (``"eps"``, ``"x0"`` or ``"v"``); ``t`` is the int64 original index in ``[0, T)``.
-    ``steps=None`` walks all T steps; fewer steps use ``spacing`` (``"logsnr"``, the default,
-    ``"trailing"`` or ``"uniform"``; see :mod:`.spacing`).
-    ``eta`` is DDIM's stochasticity; ``variance`` is DDPM's (``"small"`` = posterior,
-    ``"large"`` = beta). ``y`` (labels ``[n]`` or one int) with ``guidance`` w applies
-    classifier-free guidance ``pred_u + w (pred_c - pred_u)``. ``x_T`` is the starting noise;
-    otherwise it is drawn from ``generator`` (one ``torch.Generator`` or one per sample).
-    ``callback(info)`` gets ``i``, ``t``, ``t_prev``, ``x`` (x_t), ``x0_hat`` and ``x_next`` at
-    every step. ``dtype`` defaults to ``x_T``'s, else float32. Runs under ``torch.inference_mode``.
+    (``"eps"``, ``"x0"`` or ``"v"``); ``t`` is the original index in ``[0, T)``: int64, or
+    float64 for a fractional spacing (``"karras"``), where abar comes from log sigma
+    interpolated linearly between the neighbouring indices. ``steps=None`` walks all T steps;
+    fewer steps use ``spacing`` (``"logsnr"``, ``"trailing"``, ``"uniform"`` or ``"karras"``;
+    None: the sampler's default, ``ddpmlab samplers`` lists them; see :mod:`.spacing`).
+    ``eta`` is the share of ancestral noise of DDIM (default 0) and of the ancestral and SDE
+    samplers (default 1); None: the sampler's default. ``variance`` is DDPM's (``"small"`` =
+    posterior, ``"large"`` = beta). ``options`` are sampler-specific settings (Heun:
+    ``churn``, ``s_tmin``, ``s_tmax``, ``s_noise``, EDM Algorithm 2). ``y`` (labels ``[n]``
+    or one int) with ``guidance`` w applies classifier-free guidance
+    ``pred_u + w (pred_c - pred_u)``. ``x_T`` is the starting noise; otherwise it is drawn
+    from ``generator`` (one ``torch.Generator`` or one per sample). ``callback(info)`` gets
+    ``i``, ``t``, ``t_prev``, ``steps`` (how many steps the call walks), ``nfe`` (network
+    evaluations so far), ``x`` (x_t), ``x0_hat`` and ``x_next`` at every step. ``dtype``
+    defaults to ``x_T``'s, else float32. Runs under ``torch.inference_mode``.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     check_prediction(prediction)
     check_variance(variance)
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta >= 0:
+    if eta is not None and (isinstance(eta, bool) or not isinstance(eta, (int, float))
+                            or not eta >= 0 or eta == float("inf")):
         raise ValueError(f"eta must be a number >= 0, got {eta!r}")
     if not isinstance(guidance, (int, float)) or not guidance >= 0:
         raise ValueError(f"guidance must be a number >= 0, got {guidance!r}")
+    step = SAMPLERS[sampler]
+    spacing = spacing or step.info.spacing
     pairs = timestep_pairs(schedule.T, steps, spacing, schedule.log_snr.tolist())
     if x_T is None:
         if shape is None:
@@ -109,25 +127,34 @@ def sample(
             cond_y = yt
         else:
             net = classifier_free_guidance(model, yt, float(guidance), null_class)
-    state = DPMSolverState()
-    iterator: Any = pairs
+    nfe = [0]
+
+    def counted(*args: Any) -> torch.Tensor:
+        nfe[0] += 1
+        return net(*args)
+
+    ctx = StepContext(counted, sched, prediction=prediction, clip_x0=clip_x0, y=cond_y,
+                      generator=generator, eta=None if eta is None else float(eta),
+                      variance=variance, steps=len(pairs), options=dict(options or {}))
+    state: dict[str, Any] = {}
+    bar: Any = None
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(pairs, desc=f"sampling ({sampler})", unit="step", leave=False)
-    common = dict(prediction=prediction, clip_x0=clip_x0, y=cond_y)
-    with torch.inference_mode():
-        for i, (t, t_prev) in enumerate(iterator):
-            if sampler == "ddpm":
-                x_next, x0_hat = ddpm_step(net, sched, x, t, t_prev, variance=variance,
-                                           generator=generator, **common)
-            elif sampler == "ddim":
-                x_next, x0_hat = ddim_step(net, sched, x, t, t_prev, eta=float(eta),
-                                           generator=generator, **common)
-            else:
-                x_next, x0_hat = dpm_solver_step(net, sched, x, t, t_prev, state, **common)
-            if callback is not None:
-                callback({"i": i, "t": t, "t_prev": t_prev, "x": x, "x0_hat": x0_hat,
-                          "x_next": x_next})
-            x = x_next
+        bar = tqdm(total=step.info.nfe(len(pairs)), desc=f"sampling ({sampler})", unit="NFE",
+                   leave=False)
+    try:
+        with torch.inference_mode():
+            for i, (t, t_prev) in enumerate(pairs):
+                before = nfe[0]
+                x_next, x0_hat = step(ctx, x, t, t_prev, state)
+                if bar is not None:
+                    bar.update(nfe[0] - before)
+                if callback is not None:
+                    callback({"i": i, "t": t, "t_prev": t_prev, "steps": len(pairs),
+                              "nfe": nfe[0], "x": x, "x0_hat": x0_hat, "x_next": x_next})
+                x = x_next
+    finally:
+        if bar is not None:
+            bar.close()
     return x

@@ -2,30 +2,27 @@
 
 x_{t-1} = mu_theta(x_t, t) + sigma_t z, z ~ N(0, I), for t = T..1, with **no noise at the last
 step** (z = 0 when t = 1, i.e. index 0 / t_prev = -1). With fewer than T steps each jump
-t -> t_prev uses the skipped chain's posterior (see :func:`ddpmlab.forward.pair_coefs`).
+t -> t_prev uses the skipped chain's posterior (see :func:`ddpmlab.forward.pair_coefs`). The
+variance is ``ctx.variance``: ``"small"`` (the posterior's beta_tilde) or ``"large"`` (beta).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..reverse import Model, p_mean_var
-from ..schedules import Schedule
-from .noise import Generators, randn
+from ..reverse import p_from_x0
+from .base import StepContext, describe
 
 
-def ddpm_step(model: Model, schedule: Schedule, x: torch.Tensor, t: int, t_prev: int, *,
-              prediction: str = "eps", variance: str = "small", clip_x0: bool = False,
-              y: torch.Tensor | None = None, generator: Generators = None,
-              noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+@describe(order=1, nfe_per_step=1, stochastic="yes",
+          about="ancestral DDPM (Ho et al. 2020, Alg. 2); posterior ('small') or beta variance")
+def ddpm_step(ctx: StepContext, x: torch.Tensor, t: int, t_prev: int,
+              state: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """One ancestral step; returns (x_{t_prev}, x0_hat)."""
-    n = x.shape[0]
-    tt = torch.full((n,), t, dtype=torch.long, device=x.device)
-    tp = None if t_prev == t - 1 else torch.full((n,), t_prev, dtype=torch.long, device=x.device)
-    mean, _, log_var, x0_hat = p_mean_var(model, schedule, x, tt, prediction=prediction,
-                                          variance=variance, clip_x0=clip_x0, y=y, t_prev=tp)
+    pred = ctx.predict(x, t)
+    consecutive = isinstance(t, int) and isinstance(t_prev, int) and t_prev == t - 1
+    tp = None if consecutive else ctx.index(t_prev, x)
+    mean, _, log_var, x0_hat = p_from_x0(ctx.schedule, x, pred.x0, pred.t, tp, ctx.variance)
     if t_prev < 0:  # the last step: the mean, no noise
         return mean, x0_hat
-    if noise is None:
-        noise = randn(x.shape, generator, x.device, x.dtype)
-    return mean + torch.exp(0.5 * log_var) * noise, x0_hat
+    return mean + torch.exp(0.5 * log_var) * ctx.noise_like(x), x0_hat

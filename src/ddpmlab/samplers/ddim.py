@@ -5,7 +5,7 @@ sigma = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev).
 
 eta = 0 is deterministic; eta = 1 over all T steps is exactly ancestral sampling with the
 posterior ("small") variance. When x0_hat is clipped, eps_hat is recomputed from it so the two
-stay consistent (improved-diffusion's convention). At t_prev = -1 (abar_prev = 1) the step returns
+stay consistent (:meth:`StepContext.predict`). At t_prev = -1 (abar_prev = 1) the step returns
 x0_hat: no noise at the last step.
 """
 
@@ -15,33 +15,23 @@ import torch
 
 from ..broadcast import expand_like
 from ..forward import pair_coefs
-from ..parametrization import eps_from_x0, to_x0_eps
-from ..reverse import Model, call_model
-from ..schedules import Schedule
-from .noise import Generators, randn
+from .base import StepContext, describe
 
 
-def ddim_step(model: Model, schedule: Schedule, x: torch.Tensor, t: int, t_prev: int, *,
-              eta: float = 0.0, prediction: str = "eps", clip_x0: bool = False,
-              y: torch.Tensor | None = None, generator: Generators = None,
-              noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One DDIM step; returns (x_{t_prev}, x0_hat)."""
-    n = x.shape[0]
-    tt = torch.full((n,), t, dtype=torch.long, device=x.device)
-    tp = torch.full((n,), t_prev, dtype=torch.long, device=x.device)
-    out = call_model(model, x, tt, y)
-    x0_hat, eps_hat = to_x0_eps(schedule, x, tt, out, prediction)
-    if clip_x0:
-        x0_hat = x0_hat.clamp(-1.0, 1.0)
-        eps_hat = eps_from_x0(schedule, x, tt, x0_hat)
+@describe(order=1, nfe_per_step=1, stochastic="if eta > 0", eta=0.0,
+          about="DDIM (Song et al. 2021, eq. 12); eta = 0 deterministic, eta = 1 ancestral")
+def ddim_step(ctx: StepContext, x: torch.Tensor, t: int, t_prev: int,
+              state: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """One DDIM step with ``ctx.eta``; returns (x_{t_prev}, x0_hat)."""
+    pred = ctx.predict(x, t)
+    x0_hat, eps_hat = pred.x0, pred.eps
     if t_prev < 0:
         return x0_hat, x0_hat
-    c = pair_coefs(schedule, tt, tp)
+    c = pair_coefs(ctx.schedule, pred.t, ctx.index(t_prev, x))
+    eta = ctx.eta_or(0.0)
     sigma2 = eta**2 * c["posterior_var"]
     x_prev = (expand_like(c["abar_prev"].sqrt(), x) * x0_hat
               + expand_like((1.0 - c["abar_prev"] - sigma2).clamp(min=0).sqrt(), x) * eps_hat)
     if eta > 0:
-        if noise is None:
-            noise = randn(x.shape, generator, x.device, x.dtype)
-        x_prev = x_prev + expand_like(sigma2.sqrt(), x) * noise
+        x_prev = x_prev + expand_like(sigma2.sqrt(), x) * ctx.noise_like(x)
     return x_prev, x0_hat

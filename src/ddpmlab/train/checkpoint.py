@@ -1,10 +1,7 @@
 """Checkpoints: safetensors + JSON, written atomically, never unpickled.
 
-A run directory::
+A run's checkpoints (where they sit in the run directory is :mod:`ddpmlab.layout`'s)::
 
-    config.json                    the resolved Config (rebuilding the model needs nothing else)
-    metrics.jsonl                  one JSON object per logged step
-    samples/                       EMA sample grids
     checkpoints/step_00001000/     one complete checkpoint per folder, the newest K kept:
         model.safetensors          network weights
         ema.safetensors            EMA weights (what sampling uses by default)
@@ -32,88 +29,13 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
+from ..io import fsync_dir, load_tensors, read_json, save_tensors
+from ..layout import RunDir
 
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
 CHECKPOINT_FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors",
                     "optimizer.json", "rng.safetensors", "state.json")
-
-
-# ----------------------------------------------------------------------------- atomic writes
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file, fsync, rename: all or nothing."""
-    path = Path(path)
-    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"{path}: cannot write ({e.strerror or e})") from None
-    fsync_dir(path.parent)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-# ----------------------------------------------------------------------------- tensors
-def _to_cpu_tensors(d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in d.items()}
-
-
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor], fsync: bool = True) -> None:
-    from safetensors.torch import save
-
-    data = save(_to_cpu_tensors(tensors), metadata={"format": "ddpmlab", "version": "1"})
-    if fsync:
-        atomic_write_bytes(path, data)
-    else:
-        path.write_bytes(data)
-
-
-def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a ``.safetensors`` file; anything else is refused (nothing is ever unpickled)."""
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise CheckpointError(
-            f"{path}: refusing to load a {path.suffix or 'suffix-less'} file; ddpmlab reads only "
-            ".safetensors weights (pickled .pt/.pth/.ckpt files can run code when loaded)"
-        )
-    if not path.is_file():
-        raise CheckpointError(f"{path}: file not found")
-    from safetensors.torch import load
-
-    try:
-        return load(path.read_bytes())
-    except Exception as e:  # safetensors raises its own SafetensorError on bad headers
-        raise CheckpointError(f"{path}: not a valid safetensors file ({e})") from None
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
 
 
 # ----------------------------------------------------------------------------- optimizer
@@ -159,7 +81,7 @@ def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.
 # ----------------------------------------------------------------------------- checkpoints
 def checkpoint_dirs(run_dir: str | os.PathLike) -> list[Path]:
     """Complete checkpoint folders, oldest first."""
-    root = Path(run_dir) / "checkpoints"
+    root = RunDir(run_dir).checkpoints
     if not root.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in root.iterdir()
@@ -177,7 +99,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, files: dict[str, Any]
     """Write one checkpoint folder atomically; ``files`` maps file names to tensor dicts
     (``*.safetensors``) or JSON-able objects (``*.json``). Old folders beyond ``keep_last``
     are removed only after the new one is in place."""
-    root = Path(run_dir) / "checkpoints"
+    root = RunDir(run_dir).checkpoints
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp-step_{step:08d}.{os.getpid()}"
     aside: Path | None = None
@@ -228,7 +150,7 @@ def clean_partial(run_dir: str | os.PathLike) -> None:
 
     A ``.tmp-replaced-step_X`` folder is a complete checkpoint moved aside while step X was
     saved again; if a crash came before the new ``step_X`` was in place, it is put back."""
-    root = Path(run_dir) / "checkpoints"
+    root = RunDir(run_dir).checkpoints
     if root.is_dir():
         for p in sorted(root.glob(".tmp-*")):
             m = re.match(r"^\.tmp-replaced-(step_\d{8,})\.\d+$", p.name)

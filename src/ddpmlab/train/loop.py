@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import os
 import signal
@@ -33,11 +32,12 @@ import torch
 from .. import schedules
 from ..config import Config
 from ..data import ImageData, load_dataset, to_model_range
+from ..device import autocast, resolve_device, resolve_precision
 from ..errors import CheckpointError, ConfigError, DataError, DDPMLabError
+from ..layout import RunDir
 from ..nn import UNet
 from . import distributed as D
 from .checkpoint import (
-    atomic_write_text,
     clean_partial,
     latest_checkpoint,
     load_checkpoint,
@@ -47,8 +47,6 @@ from .checkpoint import (
 )
 from .ema import ema_decay_at, ema_update
 from .step import draw, training_loss
-
-RUN_MARKER = "config.json"
 
 
 class TrainingError(DDPMLabError):
@@ -65,19 +63,6 @@ class TrainResult:
     samples: Path | None
     stopped_by: str | None = None       # "SIGINT", "SIGTERM", "time limit" or None
     skipped_steps: int = 0
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"train.device={name!r} is not a device (use auto, cpu, cuda, cuda:N)")\
-            from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name!r} but CUDA is not available here")
-    return dev
 
 
 def resolve_config(cfg: Config, data: ImageData) -> Config:
@@ -153,61 +138,37 @@ class Trainer:
 
     ``resume=True`` continues the newest complete checkpoint in ``run_dir`` exactly.
     ``force=True`` allows ``run_dir`` to hold another run (its checkpoints are replaced).
+    ``on_sample(trainer, step)`` is called on rank 0 every ``train.sample_every`` steps (the run
+    layer draws a grid there; the trainer itself draws nothing).
     """
 
     def __init__(self, cfg: Config, run_dir: str | os.PathLike, *, resume: bool = False,
                  force: bool = False, progress: bool = True, data: ImageData | None = None,
-                 log: Callable[[str], None] = print):
-        self.run_dir = Path(run_dir)
+                 log: Callable[[str], None] = print,
+                 on_sample: Callable[[Trainer, int], None] | None = None):
+        self.run = RunDir(run_dir)
+        self.run_dir = self.run.root
         self.progress = progress
+        self.on_sample = on_sample
         self.device = resolve_device(cfg.train.device)
         self.dist = D.init(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         self.log = log if self.dist.is_main else (lambda msg: None)
-        # Rank 0 alone inspects and prepares the run directory; every rank learns the verdict.
-        problem = None
-        if self.dist.is_main:
-            try:
-                self._check_run_dir(resume, force)
-            except DDPMLabError as e:
-                problem = e
-        problem = D.broadcast_object(problem)
-        if problem is not None:
-            raise problem
+        self._check_run_dir(resume, force)
         self.data = data if data is not None else load_dataset(cfg.data, "train")
         cfg = resolve_config(cfg, self.data)
         if resume:
-            stored = Config.from_file(self.run_dir / RUN_MARKER)
-            check_same_run(stored, cfg, self.run_dir / RUN_MARKER)
+            check_same_run(self.run.read_config(), cfg, self.run.config)
         self.cfg = cfg
-        tc = cfg.train
-        if tc.batch_size % (self.dist.world_size * tc.grad_accum):
-            raise ConfigError(
-                f"train.batch_size={tc.batch_size} must be divisible by world size "
-                f"{self.dist.world_size} x train.grad_accum={tc.grad_accum}")
-        if len(self.data) < tc.batch_size:
-            raise ConfigError(f"train.batch_size={tc.batch_size} is larger than the data set "
-                              f"({len(self.data)} images in {self.data.source})")
+        self._check_batch()
         self.schedule = schedules.get(cfg.diffusion.schedule, cfg.diffusion.timesteps)
         self.sched_dev = self.schedule.to(self.device)
-
-        torch.manual_seed(tc.seed)  # network initialisation (and dropout's global RNG)
-        self.model = build_model(cfg).to(self.device)
-        if tc.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.net: Any = self.model
-        self._compile_pending = False
-        self.compiled = False
-        if tc.compile:
-            self.net = torch.compile(self.model)  # compiles at the first call: see train_step
-            self._compile_pending = True
-        self._wrap_ddp()
-        self.opt = make_optimizer(list(self.model.parameters()), tc)
-        self.precision = _resolve_precision(tc.precision, self.device)
+        self._build_model()
+        self.opt = make_optimizer(list(self.model.parameters()), cfg.train)
+        self.precision = resolve_precision(cfg.train.precision, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
-        self.gen = torch.Generator(device=self.device).manual_seed(tc.seed + 17)
+        self.gen = torch.Generator(device=self.device).manual_seed(cfg.train.seed + 17)
         self.images = self.data.images.to(self.device)
         self.labels = None
         if cfg.model.num_classes > 0 and self.data.labels is not None:
@@ -220,46 +181,58 @@ class Trainer:
         if resume:
             self._load_latest()
             if self.dist.is_main:
-                _trim_partial_line(self.run_dir / "metrics.jsonl")
+                self.run.trim_metrics()
         elif self.dist.is_main:
             # Only now, with the data read and the model built, is an old run (--force) replaced:
             # a bad input fails above and leaves it as it was.
-            if force:
-                import shutil
-
-                shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.run_dir / RUN_MARKER, cfg.to_json())
-            (self.run_dir / "samples").mkdir(exist_ok=True)
-            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            self.run.create(cfg.to_json(), force)
         D.barrier()
 
     # ------------------------------------------------------------------ set-up helpers
     def _check_run_dir(self, resume: bool, force: bool) -> None:
-        rd = self.run_dir
-        if resume:
-            if not (rd / RUN_MARKER).is_file():
-                raise CheckpointError(f"{rd}: not a ddpmlab run directory (no {RUN_MARKER})")
-            clean_partial(rd)  # (may also put back a checkpoint a crash left moved aside)
-            if latest_checkpoint(rd) is None:
-                raise CheckpointError(f"{rd}: holds no complete checkpoint to resume from")
-            return
-        if rd.exists() and not rd.is_dir():
-            raise CheckpointError(f"{rd}: exists and is not a directory")
-        if (rd / RUN_MARKER).exists() and not force:
-            raise CheckpointError(
-                f"{rd}: already holds a run; use --resume to continue it, --force to replace "
-                "it, or choose another --out")
-        if rd.is_dir() and not (rd / RUN_MARKER).exists() and any(rd.iterdir()) and not force:
-            raise CheckpointError(f"{rd}: is not empty and holds no ddpmlab run; refusing to "
-                                  "write into it (use --force, or choose another --out)")
-        try:
-            rd.mkdir(parents=True, exist_ok=True)
-            probe = rd / f".write-test-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as e:
-            raise CheckpointError(f"{rd}: cannot write there ({e.strerror or e})") from None
+        """Rank 0 alone inspects the run directory; every rank learns the verdict."""
+        problem = None
+        if self.dist.is_main:
+            try:
+                if resume:
+                    self.run.check_resume()
+                    clean_partial(self.run_dir)  # (may put back a checkpoint a crash moved aside)
+                    if latest_checkpoint(self.run_dir) is None:
+                        raise CheckpointError(
+                            f"{self.run_dir}: holds no complete checkpoint to resume from")
+                else:
+                    self.run.check_new(force)
+            except DDPMLabError as e:
+                problem = e
+        problem = D.broadcast_object(problem)
+        if problem is not None:
+            raise problem
+
+    def _check_batch(self) -> None:
+        tc = self.cfg.train
+        if tc.batch_size % (self.dist.world_size * tc.grad_accum):
+            raise ConfigError(
+                f"train.batch_size={tc.batch_size} must be divisible by world size "
+                f"{self.dist.world_size} x train.grad_accum={tc.grad_accum}")
+        if len(self.data) < tc.batch_size:
+            raise ConfigError(f"train.batch_size={tc.batch_size} is larger than the data set "
+                              f"({len(self.data)} images in {self.data.source})")
+
+    def _build_model(self) -> None:
+        """The network (seeded), its EMA copy, and the callable that trains (compiled, DDP)."""
+        tc = self.cfg.train
+        torch.manual_seed(tc.seed)  # network initialisation (and dropout's global RNG)
+        self.model = build_model(self.cfg).to(self.device)
+        if tc.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.net: Any = self.model
+        self._compile_pending = False
+        self.compiled = False
+        if tc.compile:
+            self.net = torch.compile(self.model)  # compiles at the first call: see train_step
+            self._compile_pending = True
+        self._wrap_ddp()
 
     def _load_latest(self) -> None:
         clean_partial(self.run_dir)
@@ -317,10 +290,7 @@ class Trainer:
         return self._perm_cache[1][pos * b:(pos + 1) * b].to(self.device)
 
     def _autocast(self):
-        if self.precision in ("bf16", "fp16"):
-            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-            return torch.autocast(self.device.type, dtype=dtype)
-        return contextlib.nullcontext()
+        return autocast(self.precision, self.device)
 
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step over the global batch; returns (loss, grad_norm) tensors."""
@@ -345,7 +315,7 @@ class Trainer:
                 x0 = x0.contiguous(memory_format=torch.channels_last)
             y = None
             if self.labels is not None:
-                y = torch.where(r.drop, cfg.model.num_classes, self.labels[idx[sl]])
+                y = torch.where(r.drop, cfg.model.null_class, self.labels[idx[sl]])
             if m == 0 and self._compile_pending:
                 self._settle_compile(x0, r.t, y)
             sync = contextlib.nullcontext()
@@ -432,7 +402,6 @@ class Trainer:
 
             bar = tqdm(total=tc.max_steps, initial=self.step, desc="training", unit="step",
                        dynamic_ncols=True, smoothing=0.05)
-        metrics_path = self.run_dir / "metrics.jsonl"
         window_loss = torch.zeros((), device=self.device)
         window_n, window_t0 = 0, time.perf_counter()
         last_loss = float("nan")
@@ -460,14 +429,14 @@ class Trainer:
                            "skipped_steps": self.skipped}
                     last_loss = mean_loss
                     if self.dist.is_main:
-                        with open(metrics_path, "a", encoding="utf-8") as f:
-                            f.write(json.dumps(rec) + "\n")
+                        self.run.append_metrics(rec)
                     if bar is not None:
                         bar.set_postfix(loss=f"{mean_loss:.4f}")
                     window_loss.zero_()
                     window_n, window_t0 = 0, time.perf_counter()
-                if tc.sample_every and self.step % tc.sample_every == 0:
-                    self.sample_grid(self.run_dir / "samples" / f"step_{self.step:08d}.png")
+                if (tc.sample_every and self.step % tc.sample_every == 0
+                        and self.on_sample is not None and self.dist.is_main):
+                    self.on_sample(self, self.step)
                 if self.step % tc.ckpt_every == 0:
                     self.save()
                 if tc.time_limit_min and time.perf_counter() - t_start > tc.time_limit_min * 60:
@@ -490,25 +459,6 @@ class Trainer:
         return TrainResult(self.run_dir, self.step, last_loss, time.perf_counter() - t_start,
                            ckpt, None, stopped_by, self.skipped)
 
-    # ------------------------------------------------------------------ samples
-    def sample_grid(self, path: Path, n: int | None = None) -> Path | None:
-        """Draw ``n`` samples with the EMA weights (the run's sample config); rank 0 writes."""
-        if not self.dist.is_main:
-            return None
-        from ..viz import save_grid
-        from .sampling import class_rows, sample_images
-
-        n = n or self.cfg.sample.n
-        classes = self.cfg.model.num_classes
-        y, nrow = None, None
-        if classes > 0:  # a conditional run: one row per class, drawn with the run's guidance
-            nrow = max(1, n // classes)
-            y = class_rows(classes, nrow)
-            n = len(y)
-        images = sample_images(self.ema, self.cfg, n=n, seed=0, device=self.device, y=y,
-                               progress=False)
-        return save_grid(images, path, nrow=nrow, scale=2)
-
     # ------------------------------------------------------------------ signals
     def _install_signal_handlers(self):
         import threading
@@ -528,23 +478,3 @@ class Trainer:
         if old:
             for s, h in old.items():
                 signal.signal(s, h)
-
-
-def _trim_partial_line(path: Path) -> None:
-    """Cut a last line that a crash left without its newline (best effort), so the resumed run's
-    records start on a line of their own instead of being glued to a broken one."""
-    try:
-        data = path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            os.truncate(path, data.rfind(b"\n") + 1)
-    except OSError:
-        pass
-
-
-def _resolve_precision(precision: str, device: torch.device) -> str:
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    if precision in ("bf16", "fp16") and device.type == "cpu":
-        if precision == "fp16":
-            raise ConfigError("train.precision=fp16 needs CUDA; use fp32 or bf16 on a CPU")
-    return precision

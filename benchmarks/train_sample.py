@@ -8,7 +8,7 @@ One command measures, on one machine with one torch install, the same jobs in th
   ``p_sample``), with ``objective='pred_noise'`` and ``beta_schedule='linear'`` (its defaults are
   ``pred_v`` and ``sigmoid``).
 
-Settings (``--settings``):
+Settings (``--settings``; the matched models are ``benchmarks.harness.plan_setting``'s):
 
 * ``mnist``: 1x28x28, ddpmlab's main-job model (``load_config("mnist").model``); diffusers: the
   same architecture written as a UNet2DModel, width searched to match the parameter count;
@@ -19,13 +19,14 @@ Settings (``--settings``):
   peers matched by parameter count as for ``mnist``.
 
 Each (setting, library) runs in its own fresh subprocess, one after another, so that its peak
-resident memory (``ru_maxrss``) is its own and no allocator state is shared; the parent process
+resident memory (VmHWM) is its own and no allocator state is shared; the parent process
 measures the machine's fp32 matmul peak and writes the tables.
 
-Full run (CPU, about 10-15 minutes on 2 cores; run it on a quiet machine):
+Full run (CPU, about 10-15 minutes on 2 cores; run it on a quiet machine) from the repository
+root; it writes benchmarks/results/train_sample.{json,md} (other options, other default names:
+see ``--out-json``):
 
-    .venv-bench/bin/python benchmarks/bench_train_sample.py \\
-        --out-json benchmarks/train_sample.json --out-md benchmarks/train_sample.md
+    .venv-bench/bin/python -m benchmarks.train_sample
 
 Harness check (about 3 minutes on one niced core): ``--quick --threads 1`` (batch 2, one timed
 step, the CIFAR settings at bases 32 and 16; the numbers mean nothing).
@@ -36,207 +37,38 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+import torch
 
-import torch  # noqa: E402
-from common import (  # noqa: E402
-    count_flops_math_sdpa,
-    dump,
+from benchmarks.harness import (
+    LIBS,
+    REPO,
+    SETTINGS,
+    build_peer_net,
+    count_flops,
+    ddpmlab_net,
+    log,
     machine,
     matmul_peak,
-    maxrss_mib,
-    peak_rss_mib,
-    reset_peak_rss,
-    rss_now_mib,
+    module_command,
+    peak_memory_mib,
+    plan_setting,
+    reset_peak_memory,
+    result_path,
+    rss_mib,
     sync,
-    time_budgeted,
+    time_calls,
+    write_json,
+    write_text,
 )
 
-LIBS = ("ddpmlab", "diffusers", "lucidrains")
-SETTINGS = ("mnist", "cifar", "cifar_small")
 T = 1000
 LR = 2e-4
-TOL = 0.10  # parameter-count matching tolerance
-
-
-def log(msg: str) -> None:
-    print(msg, flush=True)
-
-
-# =========================================================================== model specs
-def ddpmlab_model_dict(setting: str, quick: bool) -> dict:
-    from ddpmlab.config import load_config
-
-    if setting == "mnist":
-        m = load_config("mnist").model
-        d = _asdict(m)
-    else:
-        m = load_config("cifar10").model
-        d = _asdict(m)
-        if quick:  # harness check: tiny widths, same structure
-            d["base_channels"] = {"cifar": 32, "cifar_small": 16}[setting]
-        elif setting == "cifar_small":  # the DDPM CIFAR-10 architecture at a quarter width
-            d["base_channels"] = m.base_channels // 4
-    return d
-
-
-def _asdict(m) -> dict:
-    import dataclasses
-
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(m).items()}
-
-
-def largest_divisor(c: int, cap: int) -> int:
-    for g in range(min(c, cap), 0, -1):
-        if c % g == 0:
-            return g
-    return 1
-
-
-def level_sizes(image_size: int, levels: int) -> list[int]:
-    return [math.ceil(image_size / 2**lvl) for lvl in range(levels)]
-
-
-def run_size(image_size: int, levels: int) -> int:
-    """Smallest size >= image_size that a peer with ``levels`` levels accepts."""
-    f = 2 ** (levels - 1)
-    return math.ceil(image_size / f) * f
-
-
-def diffusers_mirror(d: dict, width: int) -> dict:
-    """UNet2DModel kwargs for ddpmlab's architecture ``d`` at base width ``width``.
-
-    Same levels, ResBlocks per level (diffusers' up path has layers_per_block + 1, as DDPM),
-    attention where ddpmlab has it, the same head count, GroupNorm groups capped at
-    ``norm_groups``; the DDPM-style details follow google/ddpm-cifar10-32 (norm_eps 1e-6,
-    freq_shift 1, flip_sin_to_cos False, downsample_padding 0).
-    """
-    mult = d["channel_mult"]
-    levels = len(mult)
-    size = run_size(d["image_size"], levels)
-    sizes = level_sizes(d["image_size"], levels)
-    attn = [s in d["attention_resolutions"] for s in sizes]
-    chans = [width * m for m in mult]
-    heads = d["num_heads"]
-    attn_ch = [c for c, a in zip(chans, attn, strict=True) if a] or [chans[-1]]
-    head_dim = None if heads == 1 else attn_ch[0] // heads
-    return dict(
-        sample_size=size, in_channels=d["in_channels"], out_channels=d["in_channels"],
-        block_out_channels=chans, layers_per_block=d["num_res_blocks"],
-        down_block_types=["AttnDownBlock2D" if a else "DownBlock2D" for a in attn],
-        up_block_types=["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)],
-        attention_head_dim=head_dim, norm_num_groups=largest_divisor(width, d["norm_groups"]),
-        norm_eps=1e-6, freq_shift=1, flip_sin_to_cos=False, downsample_padding=0,
-        dropout=d["dropout"], act_fn="silu", mid_block_scale_factor=1,
-        time_embedding_type="positional",
-    )
-
-
-def lucidrains_kwargs(d: dict, dim: int, mults) -> dict:
-    return dict(dim=dim, dim_mults=list(mults), channels=d["in_channels"], dropout=d["dropout"])
-
-
-def count_params_meta(lib: str, kw: dict) -> int:
-    """Parameter count of a peer model built on the meta device (no memory, no compute)."""
-    with torch.device("meta"):
-        m = build_peer_net(lib, kw)
-    return sum(p.numel() for p in m.parameters())
-
-
-def build_peer_net(lib: str, kw: dict):
-    if lib == "diffusers":
-        from diffusers import UNet2DModel
-
-        kw = dict(kw)
-        for k in ("block_out_channels", "down_block_types", "up_block_types"):
-            kw[k] = tuple(kw[k])
-        return UNet2DModel(**kw)
-    from denoising_diffusion_pytorch import Unet
-
-    kw = dict(kw)
-    kw["dim_mults"] = tuple(kw["dim_mults"])
-    return Unet(**kw)
-
-
-def ddpmlab_params(d: dict) -> int:
-    from ddpmlab.config import ModelConfig
-    from ddpmlab.nn import UNet
-
-    cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-    with torch.device("meta"):
-        net = UNet(cfg)
-    return sum(p.numel() for p in net.parameters())
-
-
-def plan_setting(setting: str, libs: list[str], quick: bool) -> list[dict]:
-    """The model of each library in ``setting``: kwargs, run size, parameter count, how chosen."""
-    d = ddpmlab_model_dict(setting, quick)
-    target = ddpmlab_params(d)
-    out = []
-    if "ddpmlab" in libs:
-        out.append(dict(lib="ddpmlab", model=d, size=d["image_size"], params=target,
-                        how="ddpmlab config" + (" (width/4 for --quick)" if quick else "")))
-    base = d["base_channels"]
-    if "diffusers" in libs:
-        if setting == "cifar":
-            kw = diffusers_mirror(d, base)
-            how = "google/ddpm-cifar10-32 configuration (same architecture)"
-        else:
-            best = None
-            for w in range(4, 4 * base + 1, 4):
-                kw_w = diffusers_mirror(d, w)
-                rel = count_params_meta("diffusers", kw_w) / target - 1
-                if best is None or abs(rel) < abs(best[1]):
-                    best = (kw_w, rel)
-                if rel > 0.5:  # counts grow with the width: nothing closer beyond
-                    break
-            kw = best[0]
-            how = ("ddpmlab's architecture as UNet2DModel; block_out_channels searched "
-                   "(multiples of 4) for the closest parameter count")
-        out.append(dict(lib="diffusers", model=kw, size=kw["sample_size"],
-                        params=count_params_meta("diffusers", kw), how=how))
-    if "lucidrains" in libs:
-        levels = len(d["channel_mult"])
-        if setting == "cifar":
-            kw = lucidrains_kwargs(d, base, (1, 2, 2, 2))
-            how = "Unet(dim=128, dim_mults=(1,2,2,2)): the closest config to DDPM's CIFAR-10 model"
-            if quick:
-                how += " (width/4 for --quick)"
-        else:
-            own = tuple(d["channel_mult"])
-            alts = [own] + [m for m in ((1, 2, 4), (1, 2, 2, 2), (1, 2, 4, 8)) if m != own]
-            best_own, best_any = None, None
-            for mults in alts:
-                for dim in range(4, 4 * base + 1, 2):
-                    kw_d = lucidrains_kwargs(d, dim, mults)
-                    rel = count_params_meta("lucidrains", kw_d) / target - 1
-                    if best_any is None or abs(rel) < abs(best_any[1]):
-                        best_any = (kw_d, rel)
-                    if mults == own and (best_own is None or abs(rel) < abs(best_own[1])):
-                        best_own = (kw_d, rel)
-                    if rel > 0.5:
-                        break
-            kw = best_own[0] if abs(best_own[1]) <= TOL else best_any[0]
-            how = ("Unet(dim, dim_mults) searched (even dim, dim_mults "
-                   f"{[list(m) for m in alts]}, ddpmlab's preferred) for the closest parameter "
-                   "count; other arguments at lucidrains' defaults")
-        levels = len(kw["dim_mults"])
-        out.append(dict(lib="lucidrains", model=kw, size=run_size(d["image_size"], levels),
-                        params=count_params_meta("lucidrains", kw), how=how))
-    for spec in out:
-        spec["setting"] = setting
-        spec["channels"] = d["in_channels"]
-        spec["params_rel_to_ddpmlab"] = spec["params"] / target - 1
-    return out
 
 
 # =========================================================================== the worker
@@ -263,14 +95,10 @@ class Job:
     # ---------------------------------------------------------------- ddpmlab
     def _build_ddpmlab(self) -> None:
         from ddpmlab import schedules
-        from ddpmlab.config import ModelConfig
-        from ddpmlab.nn import UNet
-        from ddpmlab.samplers import ddpm_step
+        from ddpmlab.samplers import StepContext, ddpm_step
         from ddpmlab.train import training_loss
 
-        d = self.spec["model"]
-        cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-        self.net = UNet(cfg).to(self.dev)
+        self.net = ddpmlab_net(self.spec["model"]).to(self.dev)
         self.eager = self.net
         self.model = self.net  # what the steps call (torch.compile'd with --compile)
         sched = schedules.linear(T).to(self.dev)
@@ -281,7 +109,8 @@ class Job:
             return training_loss(self.model, sched, x0, t, eps)   # q_sample + net + MSE
 
         def step(x, t):
-            x, _ = ddpm_step(self.model, sched, x, t, t - 1, variance="small", clip_x0=True)
+            ctx = StepContext(self.model, sched, variance="small", clip_x0=True)
+            x, _ = ddpm_step(ctx, x, t, t - 1, {})
             return x
 
         self.loss, self.sample_step = loss, step
@@ -372,10 +201,12 @@ def worker(spec_path: str) -> None:
     tag = f"[{spec['setting']}/{spec['lib']}]"
     t_start = time.perf_counter()
     import_lib(spec["lib"])
-    rss_import = rss_now_mib()
+    rss_import = rss_mib()
     job = Job(spec, dev)
+    # (not ddpmlab.nn.count_parameters: a peer's worker must not import ddpmlab, whose memory
+    # would then count in the peer's figures)
     n_params = sum(p.numel() for p in job.params)
-    rss_model = rss_now_mib()
+    rss_model = rss_mib()
     res = dict(lib=spec["lib"], setting=spec["setting"], params=n_params,
                size=spec["size"], channels=spec["channels"], model=spec["model"],
                how=spec["how"], threads=torch.get_num_threads(), notes=job.notes)
@@ -394,9 +225,7 @@ def worker(spec_path: str) -> None:
             state["x"] = job.sample_step(state["x"], state["t"])
         state["t"] -= 1
 
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    peak_reset = reset_peak_rss()  # VmHWM back to the current RSS: the sampling peak is its own
+    peak_reset = reset_peak_memory(dev)  # the sampling phase's peak is its own
     if spec["compile"] and spec["lib"] == "ddpmlab":
         try:
             t0 = time.perf_counter()
@@ -409,9 +238,9 @@ def worker(spec_path: str) -> None:
             job.notes.append(msg)
             job.model = job.net
             spec["compile"] = False
-    s = time_budgeted(one_sample_step, warmup=warm, reps=reps, budget_s=budget,
+    s = time_calls(one_sample_step, warmup=warm, reps=reps, budget_s=budget,
                       min_reps=min_reps, device=dev)
-    sample_mem = (torch.cuda.max_memory_allocated() / 2**20) if cuda else peak_rss_mib()
+    sample_mem = peak_memory_mib(dev)
     log(f"{tag} sampling: {s['median_s']:.4f} s/step at batch {Bs} (median of {s['n']})")
     state.clear()  # free the sampling batch before training
 
@@ -420,10 +249,10 @@ def worker(spec_path: str) -> None:
     xs = job.data(nb)
     ts = torch.randint(0, T, (nb,), device=dev)
     with torch.no_grad():
-        fwd = count_flops_math_sdpa(lambda: job.forward(xs, ts)) / nb
+        fwd = count_flops(lambda: job.forward(xs, ts)) / nb
     if spec["lib"] == "ddpmlab":
         compiled, job.model = job.model, job.net  # count the eager module
-    step_flops = count_flops_math_sdpa(lambda: job.train_step(xs)) / nb
+    step_flops = count_flops(lambda: job.train_step(xs)) / nb
     if spec["lib"] == "ddpmlab":
         job.model = compiled
     log(f"{tag} forward {fwd / 1e9:.3f} GFLOP/img, training step {step_flops / 1e9:.3f} "
@@ -432,10 +261,8 @@ def worker(spec_path: str) -> None:
     # ---- training: the full step at batch B
     B = spec["batch"]
     x0 = job.data(B)
-    rss_before_train = rss_now_mib()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    reset_peak_rss()
+    rss_before_train = rss_mib()
+    reset_peak_memory(dev)
     if spec["compile"] and spec["lib"] == "ddpmlab":
         try:
             t0 = time.perf_counter()
@@ -451,12 +278,12 @@ def worker(spec_path: str) -> None:
     # This shared machine's speed drifts by 10-15% over minutes, so on the CPU the matmul peak
     # is measured again right before and right after the timed steps; "% peak" uses their mean.
     local_peaks = [] if cuda else [matmul_peak(spec["peak_n"], reps=3)]
-    tr = time_budgeted(lambda: job.train_step(x0), warmup=warm, reps=reps, budget_s=budget,
+    tr = time_calls(lambda: job.train_step(x0), warmup=warm, reps=reps, budget_s=budget,
                        min_reps=min_reps, device=dev)
     if not cuda:
         local_peaks.append(matmul_peak(spec["peak_n"], reps=3))
         tr["peak_around"] = local_peaks
-    train_mem = (torch.cuda.max_memory_allocated() / 2**20) if cuda else peak_rss_mib()
+    train_mem = peak_memory_mib(dev)
     img_s = B / tr["median_s"]
     log(f"{tag} training: {tr['median_s']:.3f} s/step at batch {B} = {img_s:.1f} img/s "
         f"(median of {tr['n']}), {step_flops * img_s / 1e9:.1f} GFLOP/s")
@@ -474,7 +301,7 @@ def worker(spec_path: str) -> None:
                            if peak_reset else "VmHWM of this subprocess (MiB), never reset"),
                      rss_after_import=rss_import, rss_after_build=rss_model,
                      rss_before_train=rss_before_train, sample_peak=sample_mem,
-                     train_peak=train_mem, ru_maxrss_end=maxrss_mib())),
+                     train_peak=train_mem)),
         wall_s=time.perf_counter() - t_start,
     )
     Path(spec["out"]).write_text(json.dumps(res))
@@ -482,7 +309,8 @@ def worker(spec_path: str) -> None:
 
 # =========================================================================== the parent
 def parse() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m benchmarks.train_sample",
+                                description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--batch", type=int, default=None,
@@ -508,8 +336,11 @@ def parse() -> argparse.Namespace:
     p.add_argument("--bf16", action="store_true", help="CUDA bf16 autocast, all libraries")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
     p.add_argument("--peak-n", type=int, default=None, help="matmul size for the peak (4096)")
-    p.add_argument("--out-json", default=None)
-    p.add_argument("--out-md", default=None)
+    p.add_argument("--out-json", default=None,
+                   help="default: benchmarks/results/NAME.json, NAME = train_sample followed by what "
+                        "differs from the full CPU run (e.g. train_sample_cuda_cifar_bf16; "
+                        "_quick files are git-ignored)")
+    p.add_argument("--out-md", default=None, help="default: benchmarks/results/NAME.md")
     p.add_argument("--plan-only", action="store_true",
                    help="print the matched configurations and parameter counts, run nothing")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -527,6 +358,22 @@ def parse() -> argparse.Namespace:
     if a.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: torch.cuda.is_available() is False")
     return a
+
+
+def default_name(a: argparse.Namespace) -> str:
+    """The results' default file name: ``train_sample`` plus the options of this run that differ
+    from the full CPU run, so that no partial or quick run overwrites ``train_sample.json``."""
+    parts = ["train_sample"]
+    if a.device != "cpu":
+        parts.append(a.device)
+    if set(a.settings) != set(SETTINGS):
+        parts.append("-".join(a.settings))
+    if set(a.only) != set(LIBS):
+        parts.append("-".join(a.only))
+    if a.batch:
+        parts.append(f"b{a.batch}")
+    parts += [flag for flag in ("bf16", "channels_last", "compile", "quick") if getattr(a, flag)]
+    return "_".join(parts)
 
 
 def defaults(a: argparse.Namespace, setting: str) -> dict:
@@ -550,9 +397,9 @@ def main() -> None:
     if a.plan_only:
         for setting in a.settings:
             for s in plan_setting(setting, a.only, a.quick):
-                log(f"{setting:12s} {s['lib']:11s} {s['params']:>10,d} "
-                    f"({s['params_rel_to_ddpmlab']:+.1%}) {s['channels']}x{s['size']}x"
-                    f"{s['size']}  {json.dumps(s['model'])}\n{'':25s}{s['how']}")
+                print(f"{setting:12s} {s['lib']:11s} {s['params']:>10,d} "
+                      f"({s['params_rel_to_ddpmlab']:+.1%}) {s['channels']}x{s['size']}x"
+                      f"{s['size']}  {json.dumps(s['model'])}\n{'':25s}{s['how']}", flush=True)
         return
     if a.compile and a.only != ["ddpmlab"]:
         log("--compile applies to ddpmlab only; the peers run eager")
@@ -588,7 +435,7 @@ def main() -> None:
             sp = tmp / f"{setting}_{spec['lib']}.spec.json"
             sp.write_text(json.dumps(spec))
             t0 = time.perf_counter()
-            rc = subprocess.run([sys.executable, "-u", __file__, "--worker", str(sp)]).returncode
+            rc = subprocess.run(module_command("train_sample", "--worker", sp), cwd=REPO).returncode
             if rc != 0 or not Path(spec["out"]).exists():
                 log(f"[{setting}/{spec['lib']}] FAILED (exit {rc}); continuing")
                 results.append(dict(lib=spec["lib"], setting=setting, error=f"exit {rc}",
@@ -612,12 +459,9 @@ def main() -> None:
                results=results, ratios=ratios, total_s=time.perf_counter() - t_all)
     md = markdown(out)
     print(md, flush=True)
-    if a.out_json:
-        dump(out, a.out_json)
-        log(f"wrote {a.out_json}")
-    if a.out_md:
-        Path(a.out_md).write_text(md)
-        log(f"wrote {a.out_md}")
+    name = default_name(a)
+    write_json(a.out_json or result_path(f"{name}.json"), out)
+    write_text(a.out_md or result_path(f"{name}.md"), md)
     log(f"total {time.perf_counter() - t_all:.0f}s")
 
 

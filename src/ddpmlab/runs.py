@@ -1,0 +1,324 @@
+"""The run layer: one trained run directory, and everything done with it.
+
+It composes the siblings that know nothing of each other: the trainer (:mod:`ddpmlab.train`),
+the metrics (:mod:`ddpmlab.evaluate`) and the pictures (:mod:`ddpmlab.viz`), over the layout
+of :mod:`ddpmlab.layout`:
+
+* :func:`load_run` rebuilds a run's network from ``config.json`` and a checkpoint;
+* :func:`sample_images` draws images reproducibly (:func:`sample_images_sharded` under
+  ``torchrun``), :func:`save_npz` writes them as FID tools read them;
+* :func:`train_run` builds the Trainer with its sample-grid hook, :func:`sample_grid` draws the
+  end-of-training grid (one row per class for a conditional run);
+* :func:`score_run` is ``ddpmlab eval``, :func:`run_figures` is ``ddpmlab figures``.
+
+Sample k of a run depends only on (seed, k): each sample owns a generator seeded from both
+(:func:`ddpmlab.samplers.per_sample_generators`), so the batch size, and the number of
+processes sharing the work, change nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import schedules
+from .config import Config
+from .data import BUILTINS, load_dataset, to_model_range, to_uint8
+from .errors import CheckpointError
+from .evaluate import evaluate_samples, load_samples_npz, save_memorization_figure
+from .features import get_feature_extractor
+from .io import atomic_write_bytes, load_tensors
+from .layout import RunDir
+from .likelihood import bits_per_dim
+from .nn import UNet
+from .samplers import per_sample_generators, sample
+from .train import Trainer
+from .train.checkpoint import latest_checkpoint
+from .viz import (
+    class_rows_grid,
+    denoising_chain,
+    loss_plot,
+    noising_strip,
+    save_grid,
+    schedule_plot,
+    vlb_plot,
+)
+
+
+# ============================================================================ loading, sampling
+def load_run(run_dir: str | os.PathLike, use_ema: bool = True,
+             device: torch.device | str = "cpu",
+             checkpoint: str | os.PathLike | None = None) -> tuple[nn.Module, Config, Path]:
+    """Rebuild a run's network from ``config.json`` and the weights of ``checkpoint`` (a
+    ``step_*`` folder of the run; default: its newest checkpoint)."""
+    run = RunDir(run_dir)
+    run_dir = run.root
+    cfg = run.read_config()
+    cfg_path = run.config
+    ckpt = latest_checkpoint(run_dir) if checkpoint is None else Path(checkpoint)
+    if ckpt is None:
+        raise CheckpointError(f"{run_dir}: holds no complete checkpoint (train it first)")
+    if not ckpt.is_dir():
+        raise CheckpointError(f"{ckpt}: no such checkpoint folder")
+    weights = ckpt / ("ema.safetensors" if use_ema else "model.safetensors")
+    state = load_tensors(weights)
+    model = UNet(cfg.model)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().split("\n")[0]
+        raise CheckpointError(f"{weights}: weights do not match {cfg_path} ({first})") from None
+    return model.to(device).eval(), cfg, ckpt
+
+
+def default_labels(cfg: Config, n: int) -> torch.Tensor | None:
+    """The classes a conditional run draws when none is asked for: sample k gets class
+    ``k % num_classes`` (a balanced mix, fixed by the sample's number like its noise), drawn
+    with the run's guidance. None for an unconditional run."""
+    c = cfg.model.num_classes
+    return torch.arange(n) % c if c > 0 else None
+
+
+def class_rows(num_classes: int, per: int) -> torch.Tensor:
+    """Labels for a grid with one row of ``per`` samples per class: 0,0,..,1,1,.."""
+    return torch.arange(num_classes).repeat_interleave(per)
+
+
+def sample_images(model: nn.Module, cfg: Config, n: int, seed: int = 0,
+                  device: torch.device | str = "cpu", *, indices: list[int] | None = None,
+                  sampler: str | None = None, steps: int | None = None,
+                  eta: float | None = None, y: torch.Tensor | None = None,
+                  guidance: float | None = None, batch_size: int | None = None,
+                  spacing: str | None = None, progress: bool = False) -> torch.Tensor:
+    """``n`` samples (floats in [-1, 1], ``[n, C, H, W]``, on the CPU) of a trained model.
+
+    Defaults come from ``cfg.sample``; ``indices`` (default ``range(n)``) are the sample
+    numbers, which fix each sample's noise together with ``seed``. ``y`` gives one label per
+    sample for a conditional model (None: the null class, i.e. unconditional).
+    """
+    s = cfg.sample
+    sampler = sampler or s.sampler
+    steps = steps if steps is not None else (s.steps or None)
+    eta = s.eta if eta is None else eta
+    spacing = spacing or (None if s.spacing == "auto" else s.spacing)
+    guidance = s.guidance if guidance is None else guidance
+    batch_size = batch_size or s.batch_size
+    indices = list(range(n)) if indices is None else list(indices)
+    sched = schedules.get(cfg.diffusion.schedule, cfg.diffusion.timesteps)
+    m = cfg.model
+    shape = (m.in_channels, m.image_size, m.image_size)
+    null = m.null_class
+    if y is not None and null is None:
+        raise CheckpointError("this run's model is unconditional: it cannot sample a class")
+    was_training = model.training
+    model.eval()
+    out = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(indices), desc=f"sampling ({sampler})", unit="img")
+    try:
+        for start in range(0, len(indices), batch_size):
+            idx = indices[start:start + batch_size]
+            gens = per_sample_generators(seed, idx, device=device)
+            yb = None if y is None else y[start:start + len(idx)].to(device)
+            x = sample(model, sched, (len(idx), *shape), sampler=sampler, steps=steps, eta=eta,
+                       variance=s.variance, prediction=cfg.diffusion.prediction, y=yb,
+                       guidance=guidance, generator=gens, clip_x0=s.clip_x0,
+                       null_class=null, device=device, spacing=spacing)
+            out.append(x.float().cpu())
+            if bar is not None:
+                bar.update(len(idx))
+    finally:
+        if bar is not None:
+            bar.close()
+        model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, *shape)
+
+
+def sample_images_sharded(model: nn.Module, cfg: Config, n: int, seed: int = 0,
+                          device: torch.device | str = "cpu", **kwargs) -> torch.Tensor | None:
+    """:func:`sample_images` split over the ranks of a ``torchrun`` launch.
+
+    Rank r draws samples r, r + W, r + 2W, ... (W = world size) with their own per-sample
+    seeds; rank 0 gathers them back in order and returns all ``n`` (other ranks return None).
+    The result equals one process drawing the same ``n`` with the same seed.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return sample_images(model, cfg, n, seed, device, **kwargs)
+    world, rank = dist.get_world_size(), dist.get_rank()
+    mine = list(range(rank, n, world))
+    y = kwargs.pop("y", None)
+    part = sample_images(model, cfg, len(mine), seed, device, indices=mine,
+                         y=None if y is None else y[mine], **kwargs)
+    parts: list = [None] * world
+    dist.all_gather_object(parts, (mine, part))  # in-memory tensors between our own processes
+    if rank != 0:
+        return None
+    out = torch.empty(n, *part.shape[1:])
+    for idx, images in parts:
+        if idx:
+            out[torch.tensor(idx)] = images
+    return out
+
+
+def save_npz(images: torch.Tensor, path: str | os.PathLike,
+             labels: torch.Tensor | None = None) -> Path:
+    """uint8 ``N x H x W x C`` images under ``arr_0`` (the layout FID tools read)."""
+    arr = to_uint8(images).permute(0, 2, 3, 1).numpy()
+    buf = BytesIO()
+    extra = {} if labels is None else {"labels": labels.cpu().numpy().astype(np.int64)}
+    np.savez(buf, arr_0=arr, **extra)
+    path = Path(path)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+# ============================================================================ training
+def sample_grid(model: nn.Module, cfg: Config, path: str | os.PathLike, n: int | None = None,
+                device: torch.device | str = "cpu") -> Path:
+    """The end-of-training grid: ``n`` (default ``sample.n``) samples with the run's sampler;
+    a conditional run gets one row per class, drawn with the run's guidance."""
+    n = n or cfg.sample.n
+    classes = cfg.model.num_classes
+    y, nrow = None, None
+    if classes > 0:
+        nrow = max(1, n // classes)
+        y = class_rows(classes, nrow)
+        n = len(y)
+    images = sample_images(model, cfg, n=n, seed=0, device=device, y=y, progress=False)
+    return save_grid(images, path, nrow=nrow, scale=2)
+
+
+def train_run(cfg: Config, run_dir: str | os.PathLike, **kwargs: Any) -> Trainer:
+    """A :class:`~ddpmlab.train.Trainer` for ``run_dir`` whose ``train.sample_every`` hook
+    writes an EMA grid to ``RUN/samples/step_XXXXXXXX.png``; ``kwargs`` go to the Trainer."""
+
+    def on_sample(trainer: Trainer, step: int) -> None:
+        sample_grid(trainer.ema, trainer.cfg, trainer.run.samples / f"step_{step:08d}.png",
+                    device=trainer.device)
+
+    return Trainer(cfg, run_dir, on_sample=on_sample, **kwargs)
+
+
+# ============================================================================ scoring
+def score_run(run_dir: str | os.PathLike, *, samples_npz: str | os.PathLike | None = None,
+              n: int | None = None, sampler: str | None = None, steps: int | None = None,
+              seed: int = 0, bpd_images: int = 256, bpd_timesteps: int | None = 100,
+              inception_weights: str | os.PathLike | None = None,
+              device: str | torch.device = "cpu", progress: bool = True) -> dict:
+    """Everything ``ddpmlab eval`` reports for a run, as one JSON-ready dict.
+
+    Samples come from ``samples_npz`` (uint8 ``N x H x W x C`` under ``arr_0``) or are drawn
+    with the run's EMA weights (``n`` defaults to the feature network's recommended N; a
+    conditional run is scored on a balanced mix of its classes, with its guidance). The
+    bits/dim is the ELBO of ``bpd_images`` held-out images (the ``test`` split) estimated from
+    ``bpd_timesteps`` timesteps (None: all T; see :mod:`ddpmlab.likelihood`). Also writes
+    ``RUN/figures/vlb.png`` (L_t against t) and ``RUN/figures/memorization.png`` (the closest
+    samples beside their nearest training images), and appends an ``{"event": "eval"}`` line
+    to the run's metrics. The feature network is built once and each split is read once.
+    """
+    run = RunDir(run_dir)
+    model, cfg, ckpt = load_run(run.root, use_ema=True, device=device)
+    train = load_dataset(cfg.data, "train")
+    held = load_dataset(cfg.data, "test")
+    data_name = cfg.data.dataset.strip().lower()
+    ext = get_feature_extractor(data_name if data_name in BUILTINS else train.shape,
+                                inception_weights)
+    if samples_npz is not None:
+        x = load_samples_npz(Path(samples_npz))
+        source = str(samples_npz)
+    else:
+        n = n or ext.recommended_n
+        imgs = sample_images(model, cfg, n=n, seed=seed, device=device, sampler=sampler,
+                             steps=steps, y=default_labels(cfg, n), progress=progress)
+        x = to_uint8(imgs)
+        source = f"{n} samples ({sampler or cfg.sample.sampler}, " \
+                 f"{steps or cfg.sample.steps or cfg.diffusion.timesteps} steps, seed {seed})"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the baseline is reported beside the numbers instead
+        out = evaluate_samples(x, cfg.data, extractor=ext, reference=train, heldout=held,
+                               device=device, seed=seed)
+    out["samples"] = source
+    out["checkpoint"] = str(ckpt)
+    run.figures.mkdir(exist_ok=True)
+    worst = [(w["sample"], w["train"], w["ratio"]) for w in out["memorization"]["worst"]]
+    if worst:
+        out["memorization"]["figure"] = str(save_memorization_figure(
+            x, train.images, worst, run.figures / "memorization.png"))
+    if bpd_images > 0:
+        g = torch.Generator().manual_seed(seed)
+        pick = torch.randperm(len(held), generator=g)[:bpd_images]
+        x0 = to_model_range(held.images[pick]).to(device)
+        sched = schedules.get(cfg.diffusion.schedule, cfg.diffusion.timesteps)
+        bpd = bits_per_dim(model, sched, x0, prediction=cfg.diffusion.prediction,
+                           variance=cfg.sample.variance, n_timesteps=bpd_timesteps,
+                           generator=g, progress=progress)
+        out["bits_per_dim"] = {
+            "total": bpd.total, "prior": bpd.prior, "decoder": bpd.decoder,
+            "diffusion": bpd.diffusion, "images": int(len(pick)), "split": held.source,
+            "timesteps_evaluated": int(len(bpd.timesteps)),
+            "terms": {int(t): float(bpd.terms[t]) for t in bpd.timesteps.tolist()},
+            "figure": str(vlb_plot(bpd.terms, run.figures / "vlb.png", total=bpd.total)),
+        }
+    summary = {k: out[k] for k in ("fid", "kid_mean", "precision", "recall") if k in out}
+    summary["memorization_share"] = out["memorization"]["share"]
+    if "bits_per_dim" in out:
+        summary["bits_per_dim"] = out["bits_per_dim"]["total"]
+    run.append_metrics({"event": "eval", "time": time.time(), "n": out["n"], **summary})
+    return out
+
+
+# ============================================================================ figures
+def run_figures(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                seed: int = 0, device: str | torch.device = "cpu",
+                chain_steps: int | None = None) -> list[Path]:
+    """Every figure of the tutorial for a trained run, written to ``out_dir`` (default
+    ``RUN/figures``): the noising strip of real training images, the denoising chain of the
+    EMA model (ancestral DDPM over all T steps unless ``chain_steps``), the schedule plot, the
+    loss curve, and a sample grid (one row per class for a conditional run)."""
+    run = RunDir(run_dir)
+    model, cfg, _ = load_run(run.root, use_ema=True, device=device)
+    out = Path(out_dir) if out_dir is not None else run.figures
+    out.mkdir(parents=True, exist_ok=True)
+    sched = schedules.get(cfg.diffusion.schedule, cfg.diffusion.timesteps)
+    g = torch.Generator().manual_seed(seed)
+    written = []
+    data = load_dataset(cfg.data, "train")
+    pick = torch.randperm(len(data), generator=g)[:4]
+    written.append(noising_strip(to_model_range(data.images[pick]), sched,
+                                 path=out / "noising_strip.png", generator=g))
+    m = cfg.model
+    null = m.null_class
+    # A conditional run's chain denoises towards classes 0, 1, 2 with the run's guidance.
+    chain_y = default_labels(cfg, 3)
+    written.append(denoising_chain(
+        model, sched, (3, m.in_channels, m.image_size, m.image_size), out / "denoising_chain.png",
+        sampler="ddpm", steps=chain_steps, prediction=cfg.diffusion.prediction,
+        y=chain_y, guidance=cfg.sample.guidance if chain_y is not None else 1.0,
+        null_class=null, generator=g, clip_x0=cfg.sample.clip_x0, device=device))
+    written.append(schedule_plot(out / "schedule.png", T=cfg.diffusion.timesteps))
+    if run.metrics.is_file():
+        written.append(loss_plot(run.metrics, out / "loss.png"))
+    if null is not None:
+        per = 8
+        y = class_rows(m.num_classes, per)
+        imgs = sample_images(model, cfg, n=len(y), seed=seed, device=device, y=y)
+        names = data.class_names or [str(k) for k in range(m.num_classes)]
+        written.append(class_rows_grid(list(imgs.split(per)), out / "samples_by_class.png",
+                                       names))
+    else:
+        imgs = sample_images(model, cfg, n=64, seed=seed, device=device)
+        written.append(save_grid(imgs, out / "samples.png", scale=2))
+    return written

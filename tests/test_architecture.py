@@ -1,0 +1,193 @@
+"""The architecture, enforced (docs/ARCHITECTURE.md): import rules between layers, one owner per
+set of choices, one home for the run directory's file names.
+
+The import rules are read from the source (every ``import`` statement, also those inside
+functions), not from what happens to be loaded, and :func:`violations` is also run on made-up
+imports that break each rule, so the check itself is shown to fail when it should.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import ddpmlab
+
+SRC = Path(ddpmlab.__file__).parent
+
+# Layer of each top-level module or package of ddpmlab (docs/ARCHITECTURE.md, "Layers").
+LAYER = {
+    "errors": 0, "io": 0,
+    "schedules": 1, "broadcast": 1, "forward": 1, "parametrization": 1, "reverse": 1,
+    "losses": 1, "likelihood": 1, "samplers": 1,
+    "config": 2, "device": 2, "layout": 2,
+    "nn": 3, "data": 3, "features": 3,
+    "train": 4, "evaluate": 4, "viz": 4,
+    "runs": 5, "interop": 5, "report": 5,
+    "cli": 6,
+    "__init__": 7, "__main__": 7,
+}
+MATH = {name for name, layer in LAYER.items() if layer == 1}
+# Same-layer imports allowed between different top-level pieces (all others are forbidden).
+SAME_LAYER_OK = {("io", "errors"), ("features", "data"), ("config", "device"), ("layout", "config"),
+                 ("interop", "runs"), ("report", "runs"), ("report", "interop"),
+                 ("__main__", "cli")}
+MATH_EXTERNAL = {"torch", "numpy", "tqdm"}      # what math may import besides the stdlib
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(SRC.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _is_module(name: str) -> bool:
+    p = SRC.parent.joinpath(*name.split("."))
+    return p.with_suffix(".py").is_file() or (p / "__init__.py").is_file()
+
+
+def imports_of(path: Path) -> set[str]:
+    """Absolute names of everything ``path`` imports (relative imports resolved)."""
+    mod = module_name(path)
+    package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            for a in node.names:   # `from . import schedules` imports the submodule
+                sub = f"{target}.{a.name}"
+                out.add(sub if _is_module(sub) else target)
+    return out
+
+
+def piece(name: str) -> str | None:
+    """The top-level piece of a ddpmlab module name (``ddpmlab.train.loop`` -> ``train``)."""
+    parts = name.split(".")
+    if parts[0] != "ddpmlab":
+        return None
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def source_imports() -> dict[str, set[str]]:
+    return {module_name(p): imports_of(p) for p in sorted(SRC.rglob("*.py"))}
+
+
+def violations(graph: dict[str, set[str]]) -> list[str]:
+    """Every import in ``{module: imported names}`` that breaks a rule, as readable lines."""
+    bad = []
+    for mod, targets in graph.items():
+        src = piece(mod)
+        if src is None:
+            continue
+        if src not in LAYER:
+            bad.append(f"{mod}: not in the layer table (add it to docs/ARCHITECTURE.md and here)")
+            continue
+        for tgt in sorted(targets):
+            dst = piece(tgt)
+            if dst is None:
+                top = tgt.split(".")[0]
+                if src in MATH and top not in MATH_EXTERNAL and top not in sys.stdlib_module_names:
+                    bad.append(f"{mod} -> {tgt}: math imports only torch, numpy and the stdlib")
+                continue
+            if dst == "__init__" or dst == src:
+                if dst == "__init__" and src != "__init__":
+                    bad.append(f"{mod} -> {tgt}: nothing imports the package's public API")
+                continue
+            if dst == "cli" and src != "__main__":
+                bad.append(f"{mod} -> {tgt}: nothing imports the CLI")
+            elif dst not in LAYER:
+                bad.append(f"{mod} -> {tgt}: not in the layer table")
+            elif LAYER[dst] > LAYER[src]:
+                bad.append(f"{mod} -> {tgt}: layer {LAYER[src]} imports layer {LAYER[dst]}")
+            elif LAYER[dst] == LAYER[src] and (src, dst) not in SAME_LAYER_OK \
+                    and not (src in MATH and dst in MATH):
+                bad.append(f"{mod} -> {tgt}: siblings of layer {LAYER[src]} import each other")
+            elif src == "nn" and dst in MATH:
+                bad.append(f"{mod} -> {tgt}: the network imports no diffusion math")
+    return bad
+
+
+def test_the_source_keeps_the_import_rules():
+    graph = source_imports()
+    assert "ddpmlab.train.loop" in graph and "ddpmlab.runs" in graph
+    assert violations(graph) == []
+
+
+@pytest.mark.parametrize("graph,why", [
+    ({"ddpmlab.viz": {"ddpmlab.train.checkpoint"}}, "siblings"),
+    ({"ddpmlab.train.loop": {"ddpmlab.viz"}}, "siblings"),
+    ({"ddpmlab.evaluate": {"ddpmlab.runs"}}, "layer 4 imports layer 5"),
+    ({"ddpmlab.samplers.ddim": {"ddpmlab.config"}}, "layer 1 imports layer 2"),
+    ({"ddpmlab.forward": {"PIL.Image"}}, "math imports only"),
+    ({"ddpmlab.nn.unet": {"ddpmlab.forward"}}, "no diffusion math"),
+    ({"ddpmlab.runs": {"ddpmlab.cli"}}, "nothing imports the CLI"),
+    ({"ddpmlab.train.loop": {"ddpmlab"}}, "public API"),
+    ({"ddpmlab.newthing": {"torch"}}, "not in the layer table"),
+])
+def test_the_rule_check_catches_each_kind_of_break(graph, why):
+    found = violations(graph)
+    assert len(found) == 1 and why in found[0], found
+
+
+def test_imports_inside_functions_are_read(tmp_path):
+    # the trainer once imported viz inside a method; such imports count like any other
+    text = "def f():\n    from ..viz import save_grid\n    import ddpmlab.evaluate\n"
+    path = SRC / "train" / "_probe_not_a_module.py"
+    try:
+        path.write_text(text)
+        found = imports_of(path)
+    finally:
+        path.unlink()
+    assert {"ddpmlab.viz", "ddpmlab.evaluate"} <= found
+
+
+# ---------------------------------------------------------------------------- registries
+def test_config_and_cli_choices_are_the_registries():
+    from ddpmlab import losses, parametrization, reverse, samplers, schedules
+    from ddpmlab.cli import build_parser
+    from ddpmlab.config import _CHOICES
+    from ddpmlab.device import PRECISIONS
+
+    assert set(_CHOICES["sample.sampler"]) == set(samplers.SAMPLERS)
+    assert set(_CHOICES["diffusion.schedule"]) == set(schedules.SCHEDULES)
+    assert set(_CHOICES["diffusion.prediction"]) == set(parametrization.PREDICTIONS)
+    assert set(_CHOICES["diffusion.loss_weighting"]) == set(losses.WEIGHTINGS)
+    assert set(_CHOICES["sample.variance"]) == set(reverse.VARIANCES)
+    assert set(_CHOICES["train.precision"]) == set(PRECISIONS)
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices
+    for command in ("sample", "eval"):
+        opt = next(a for a in sub[command]._actions if a.dest == "sampler")
+        assert list(opt.choices) == list(samplers.SAMPLERS), command
+
+
+def test_every_registered_sampler_is_described_and_runs():
+    from ddpmlab import samplers, schedules
+
+    sched = schedules.linear(50)
+    for name, step in samplers.SAMPLERS.items():
+        assert step.info.order >= 1 and step.info.nfe_per_step >= 1 and step.info.about, name
+        x = samplers.sample(lambda x, t: torch.zeros_like(x), sched, shape=(3, 2), sampler=name,
+                            steps=5, generator=torch.Generator().manual_seed(0))
+        assert x.shape == (3, 2) and torch.isfinite(x).all(), name
+
+
+def test_the_run_layout_has_one_home():
+    # the run directory's file names are written in ddpmlab.layout alone
+    for name in ("metrics.jsonl", '"config.json"'):
+        homes = [p.relative_to(SRC).as_posix() for p in SRC.rglob("*.py")
+                 if name in p.read_text(encoding="utf-8")]
+        assert homes == ["layout.py"], (name, homes)

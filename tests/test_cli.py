@@ -186,3 +186,23 @@ def test_allocator_tuning_leaves_samples_unchanged(run_dir, tmp_path):
         assert r.returncode == 0, r.stderr
         outs.append(npz.read_bytes())
     assert outs[0] == outs[1]
+
+
+def test_samplers_command_lists_every_registered_sampler(capsys):
+    from ddpmlab import SAMPLERS
+
+    assert main(["samplers"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert [r.split()[0] for r in rows[1:]] == list(SAMPLERS)
+    heun = next(r for r in rows if r.startswith("heun"))
+    assert "2n - 1" in heun and "karras" in heun
+
+
+@pytest.mark.parametrize("sampler,steps,nfe", [("heun", 3, 5), ("unipc", 3, 3),
+                                               ("euler_ancestral", 2, 2)])
+def test_sample_with_any_registered_sampler(run_dir, tmp_path, capsys, sampler, steps, nfe):
+    out = tmp_path / "g.png"
+    assert main(["sample", str(run_dir), "--n", "2", "--sampler", sampler, "--steps",
+                 str(steps), "--out", str(out), "--no-progress"]) == 0
+    assert f"{steps} steps = {nfe} network evaluations" in capsys.readouterr().out
+    assert out.is_file()

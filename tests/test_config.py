@@ -71,7 +71,7 @@ def test_int_accepted_for_float():
     ({"diffusion": {"timesteps": 0}}, "diffusion.timesteps"),
     ({"train": {"lr": -1e-3}}, "train.lr"),
     ({"sample": {"steps": 2000}}, "sample.steps"),
-    ({"sample": {"sampler": "euler"}}, "sample.sampler"),
+    ({"sample": {"sampler": "lms"}}, "sample.sampler"),          # (euler is one now)
     ({"train": {"ema_decay": 1.0}}, "train.ema_decay"),
     ({"model": {"dropout": 1.5}}, "model.dropout"),
     ({"data": {"conditional": "maybe"}}, "data.conditional"),

@@ -13,6 +13,7 @@ import io
 import os
 import pickle
 import tempfile
+import types
 import typing
 import warnings
 from pathlib import Path
@@ -60,6 +61,9 @@ EDGE_FLOATS = st.sampled_from([float("inf"), float("-inf"), float("nan"), -0.0, 
 def _typed(sec: str, name: str) -> st.SearchStrategy:
     """Values of the field's own type (extremes included): they get past the type checks."""
     typ = typing.get_type_hints(SECTIONS[sec])[name]
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):     # "X | None": X, or null
+        inner = next(a for a in typing.get_args(typ) if a is not type(None))
+        return st.none() | {float: st.floats() | st.integers() | HUGE | EDGE_FLOATS}[inner]
     if typing.get_origin(typ) is tuple:
         return st.lists(st.integers() | HUGE, max_size=4)
     return {int: st.integers() | HUGE, float: st.floats() | st.integers() | HUGE | EDGE_FLOATS,

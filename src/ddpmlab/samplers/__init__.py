@@ -6,7 +6,10 @@ states the contract):
 
 * ``"ddpm"``: ancestral sampling (Ho et al. Algorithm 2), variance ``"small"`` or ``"large"``;
 * ``"ddim"``: DDIM with ``eta`` (0 = deterministic);
-* ``"dpm_solver"``: DPM-Solver++(2M), deterministic, good in 10-20 steps.
+* ``"dpm_solver"``: DPM-Solver++(2M), deterministic, good in 10-20 steps;
+* ``"euler"``, ``"heun"`` (EDM), ``"euler_ancestral"``, ``"dpmpp_2m_sde"``, ``"dpmpp_3m_sde"``,
+  ``"unipc"``: the sigma-space samplers of k-diffusion, EDM and diffusers, on Karras et al.'s
+  rho = 7 spacing by default (fractional indices).
 
 Every sampler walks explicit (t, t_prev) pairs (:mod:`.spacing`), passes the original index to
 the model, adds no noise at the final step, and works for any shape ``[N, *]`` and any callable.
@@ -27,20 +30,34 @@ from .ancestral import ddpm_step
 from .base import Prediction, SamplerInfo, Step, StepContext
 from .ddim import ddim_step
 from .dpm_solver import dpm_solver_step
+from .dpmpp_2m_sde import dpmpp_2m_sde_step
+from .dpmpp_3m_sde import dpmpp_3m_sde_step
+from .euler import euler_step
+from .euler_ancestral import euler_ancestral_step
 from .guidance import classifier_free_guidance
+from .heun import heun_step
 from .noise import Generators, per_sample_generators, randn
 from .spacing import SPACINGS, timestep_pairs, timesteps
+from .unipc import unipc_step
 
 # The owner of the sampler choices: name -> step function (config, CLI and docs read it).
 SAMPLERS: dict[str, Step] = {
     "ddpm": ddpm_step,
     "ddim": ddim_step,
     "dpm_solver": dpm_solver_step,
+    "euler": euler_step,
+    "heun": heun_step,
+    "euler_ancestral": euler_ancestral_step,
+    "dpmpp_2m_sde": dpmpp_2m_sde_step,
+    "dpmpp_3m_sde": dpmpp_3m_sde_step,
+    "unipc": unipc_step,
 }
 
 __all__ = [
     "SAMPLERS", "SPACINGS", "Prediction", "SamplerInfo", "Step", "StepContext", "sample",
-    "ddpm_step", "ddim_step", "dpm_solver_step", "classifier_free_guidance", "timestep_pairs",
+    "ddpm_step", "ddim_step", "dpm_solver_step", "euler_step", "heun_step",
+    "euler_ancestral_step", "dpmpp_2m_sde_step", "dpmpp_3m_sde_step", "unipc_step",
+    "classifier_free_guidance", "timestep_pairs",
     "timesteps", "per_sample_generators", "randn",
 ]
 

@@ -80,11 +80,11 @@ class StepContext:
         """sigma_t = sqrt((1 - abar_t) / abar_t) at an int or fractional index; 0 at -1."""
         if isinstance(t, int):
             return 0.0 if t < 0 else float(self.schedule.sigmas[t])
-        return float(sigma_at(self.schedule, torch.tensor(float(t))))
+        return float(sigma_at(self.schedule, torch.tensor(float(t), dtype=torch.float64)))
 
     def index_of(self, sigma: float) -> float:
         """The fractional index whose sigma is ``sigma`` (:func:`schedules.index_of_sigma`)."""
-        return float(index_of_sigma(self.schedule, torch.tensor(float(sigma))))
+        return float(index_of_sigma(self.schedule, torch.tensor(float(sigma), dtype=torch.float64)))
 
     def eta_or(self, default: float) -> float:
         return default if self.eta is None else float(self.eta)

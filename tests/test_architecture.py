@@ -186,8 +186,10 @@ def test_every_registered_sampler_is_described_and_runs():
 
 
 def test_the_run_layout_has_one_home():
-    # the run directory's file names are written in ddpmlab.layout alone
+    # the run directory's file names are written in ddpmlab.layout alone (interop/ also names
+    # diffusers' own unet/config.json, which is not a run's)
     for name in ("metrics.jsonl", '"config.json"'):
         homes = [p.relative_to(SRC).as_posix() for p in SRC.rglob("*.py")
-                 if name in p.read_text(encoding="utf-8")]
+                 if name in p.read_text(encoding="utf-8")
+                 and not p.relative_to(SRC).as_posix().startswith("interop/")]
         assert homes == ["layout.py"], (name, homes)

@@ -232,6 +232,155 @@ def test_sample_argument_out_of_range(trained, capsys):
     assert not (trained.parent / "never.png").exists()
 
 
+@pytest.mark.parametrize("command,argv,needle", [
+    ("sample", ["--eta", "nan"], "--eta=nan"), ("sample", ["--guidance", "nan"], "--guidance=nan"),
+    ("sample", ["--guidance", "inf"], "--guidance=inf"),
+    ("sample", ["--seed", str(10**14 * 10**6)], "--seed="), ("sample", ["--seed", "-1"], "--seed=-1"),
+    ("sample", ["--device", "meta"], "'meta'"),
+    ("eval", ["--steps", "0"], "--steps=0"), ("eval", ["--steps", "5000"], "steps=5000"),
+    ("figures", ["--chain-steps", "0"], "--chain-steps=0"),
+    ("figures", ["--chain-steps", "5000"], "chain_steps=5000"),
+    ("figures", ["--seed", str(2**64)], "--seed="),
+])
+def test_out_of_range_numbers_are_one_line(trained, tmp_path, capsys, command, argv, needle):
+    before = tree(trained)
+    extra = ["--no-progress"] if command != "figures" else ["--out", str(tmp_path / "f")]
+    if command == "sample":
+        extra += ["--out", str(tmp_path / "never.png")]
+    code, err = run_cli(capsys, command, trained, *argv, *extra)
+    assert_one_line(code, err, needle)
+    assert tree(trained) == before and not (tmp_path / "never.png").exists()
+
+
+def test_huge_seed_in_a_config_is_one_line(tmp_path, capsys):
+    code, err = run_cli(capsys, *train_args(tmp_path / "out", "--max-steps", "1",
+                                            f"train.seed={2**70}"))
+    assert_one_line(code, err, "train.seed")
+    assert not (tmp_path / "out").exists()
+
+
+def test_eval_samples_that_are_not_an_npz_are_one_line(trained, tmp_path, capsys):
+    npy = tmp_path / "s.npy"
+    np.save(npy, np.zeros((4, 8, 8, 1), np.uint8))
+    good = tmp_path / "s.npz"
+    np.savez(good, arr_0=np.zeros((4, 8, 8, 1), np.uint8))
+    bad = tmp_path / "bad.npz"
+    raw = bytearray(good.read_bytes())
+    raw[60:80] = b"\xff" * 20                                   # inside the member: a bad CRC
+    bad.write_bytes(bytes(raw))
+    for path in (npy, bad):
+        code, err = run_cli(capsys, "eval", trained, "--samples", path, "--no-progress",
+                            "--bpd-images", "0")
+        assert_one_line(code, err, str(path))
+
+
+def test_nan_weights_are_refused_at_load(run, capsys):
+    ckpt = latest_checkpoint(run)
+    state = load_tensors(ckpt / "ema.safetensors")
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = torch.full_like(state[name], float("nan"))
+    from ddpmlab.io import save_tensors
+
+    save_tensors(ckpt / "ema.safetensors", state)
+    code, err = run_cli(capsys, "sample", run, "--n", "2", "--no-progress")
+    assert_one_line(code, err, "ema.safetensors", name, "NaN")
+
+
+def test_the_grid_of_a_huge_class_count_stays_small(tmp_path):
+    from ddpmlab.config import Config
+    from ddpmlab.runs import sample_grid
+
+    cfg = Config.from_dict({"model": {"base_channels": 8, "channel_mult": [1],
+                                      "attention_resolutions": [], "num_heads": 1,
+                                      "norm_groups": 4, "num_classes": 100_000,
+                                      "image_size": 4, "num_res_blocks": 1},
+                            "diffusion": {"timesteps": 30},
+                            "sample": {"n": 4, "sampler": "ddim", "steps": 2}})
+    calls = []
+
+    class Zero(torch.nn.Module):
+        def forward(self, x, t, y=None):
+            calls.append(x.shape[0])
+            return torch.zeros_like(x)
+
+    path = sample_grid(Zero(), cfg, tmp_path / "g.png")
+    assert path.is_file() and sum(calls) <= 2 * 10     # one row for each of 10 classes at most
+
+
+def test_a_yaml_alias_bomb_is_refused_quickly(tmp_path, capsys):
+    lines = ['a: &a ["x","x","x","x","x","x","x","x","x"]']
+    for i in range(1, 9):
+        prev = chr(ord("a") + i - 1)
+        lines.append(f"{chr(ord('a') + i)}: &{chr(ord('a') + i)} [" + ",".join([f"*{prev}"] * 9)
+                     + "]")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\n")
+    t0 = time.perf_counter()
+    code, err = run_cli(capsys, "train", "--config", bomb, "--out", tmp_path / "out", *COMMON)
+    assert time.perf_counter() - t0 < 10
+    assert_one_line(code, err, str(bomb), "aliases")
+    assert len(err) < 400 and not (tmp_path / "out").exists()
+
+
+def test_long_bad_values_are_cut_in_the_message(tmp_path, capsys):
+    cfg = tmp_path / "long.json"
+    cfg.write_text(json.dumps({"train": {"lr": "x" * 100_000}}))
+    code, err = run_cli(capsys, "train", "--config", cfg, "--out", tmp_path / "out", *COMMON)
+    assert_one_line(code, err, "train.lr", "100000 characters")
+    assert len(err) < 400
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_special_files_are_refused_not_read(tmp_path, capsys):
+    fifo = tmp_path / "cfg.yaml"
+    os.mkfifo(fifo)
+    for path in ("/dev/zero", fifo):
+        code, err = run_cli(capsys, "train", "--config", path, "--out", tmp_path / "out",
+                            *COMMON)
+        assert_one_line(code, err, str(path), "not a regular file")
+    big = tmp_path / "big.yaml"
+    big.write_bytes(b"#" * (2 << 20))
+    code, err = run_cli(capsys, "train", "--config", big, "--out", tmp_path / "out", *COMMON)
+    assert_one_line(code, err, str(big), "too large")
+    data = tmp_path / "imgs"
+    for k in range(8):
+        png(data / f"{k}.png", seed=k)
+    os.mkfifo(data / "blocked.png")   # a FIFO named like an image: skipped, never opened
+    with pytest.warns(UserWarning, match="not regular files"):
+        code = main(train_args(tmp_path / "run", "--max-steps", "1", dataset=str(data)))
+    assert code == 0
+
+
+@pytest.mark.parametrize("file,content,needle", [
+    ("state.json", "[]", "must be a JSON object"), ("state.json", '{"format_version": 1}',
+                                                    "no 'step'"),
+    ("state.json", '{"format_version": 1, "step": "ten"}', "'step' must be an integer"),
+    ("optimizer.json", "[]", "param_groups"),
+])
+def test_damaged_checkpoint_json_is_one_line(run, capsys, file, content, needle):
+    (latest_checkpoint(run) / file).write_text(content)
+    code, err = run_cli(capsys, "train", "--resume", run, *COMMON, "--max-steps", "3")
+    assert_one_line(code, err, file, needle)
+
+
+def test_rng_file_with_other_keys_is_one_line(run, capsys):
+    from ddpmlab.io import save_tensors
+
+    save_tensors(latest_checkpoint(run) / "rng.safetensors", {"other": torch.zeros(3)})
+    code, err = run_cli(capsys, "train", "--resume", run, *COMMON, "--max-steps", "3")
+    assert_one_line(code, err, "rng.safetensors", "train_generator")
+
+
+def test_eval_json_never_replaces_a_file_it_did_not_write(run, tmp_path, capsys):
+    before = tree(run)
+    for target in (run / "config.json", tmp_path / "notes.json"):
+        if not target.exists():
+            target.write_text('{"mine": 1}')
+        code, err = run_cli(capsys, "eval", run, "--json", target, "--no-progress")
+        assert_one_line(code, err, str(target), "refusing to overwrite")
+    assert tree(run) == before
+
+
 # ============================================================================ bad run directories
 def test_checkpoint_config_mismatch_names_the_weights_file(run, capsys):
     cfg = json.loads((run / "config.json").read_text())

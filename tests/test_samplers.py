@@ -392,20 +392,7 @@ def test_dpm_solver_second_step_is_the_2m_formula_by_hand():
 # --------------------------------------------------------------------------- convergence order
 def ode_errors(sampler: str, steps_list, targets=(499, 199)):
     """Max error of x at the common indices `targets` against the exact flow map."""
-    model = gaussian_eps(SCHED, GM, GS)
-    x_T = torch.tensor([[-1.3], [0.4], [2.0]], dtype=F64)
-    ab = SCHED.alpha_bar
-    z = (x_T - ab[-1].sqrt() * GM) / (ab[-1] * GS ** 2 + 1 - ab[-1]).sqrt()
-    errs = {t: [] for t in targets}
-    for steps in steps_list:
-        log = []
-        sample(model, SCHED, x_T=x_T, sampler=sampler, steps=steps, spacing="trailing",
-               callback=log.append, dtype=F64)
-        for t in targets:
-            x = next(d["x_next"] for d in log if d["t_prev"] == t)
-            exact = ab[t].sqrt() * GM + (ab[t] * GS ** 2 + 1 - ab[t]).sqrt() * z
-            errs[t].append((x - exact).abs().max().item())
-    return errs
+    return flow_errors(sampler, steps_list, "trailing", targets)
 
 
 def test_dpm_solver_is_second_order_and_ddim_first_order():
@@ -1013,6 +1000,21 @@ def family_draw(name: str, steps: int = 50, schedule=None):
 def test_family_recovers_the_exact_score_mixture_at_50_steps(name):
     ok, why = mixture_check(family_draw(name), family_deltas(name, 50))
     assert ok, why
+
+
+def test_heun_with_churn_is_stochastic_and_still_recovers_the_mixture():
+    # EDM Algorithm 2: noise is added only with churn (and then it still samples the data)
+    opts = {"churn": 10.0, "s_tmin": 0.05, "s_tmax": 50.0}
+    g = torch.Generator().manual_seed(0)
+    x = sample(MIX.eps(SCHED), SCHED, shape=(MIX_N, 2), sampler="heun", steps=50, generator=g,
+               dtype=F64, options=opts)
+    ok, why = mixture_check(x, family_deltas("heun", 50))
+    assert ok, why
+    x_T = torch.randn(8, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
+    runs = [sample(MIX.eps(SCHED), SCHED, x_T=x_T, sampler="heun", steps=10, options=o,
+                   generator=torch.Generator().manual_seed(k)) for k, o in ((0, opts), (1, opts),
+                                                                           (0, {}), (1, {}))]
+    assert not torch.equal(runs[0], runs[1]) and torch.equal(runs[2], runs[3])
 
 
 def _euler_at_the_wrong_level(ctx, x, t, t_prev, state):

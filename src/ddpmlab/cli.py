@@ -1,4 +1,4 @@
-"""The ``ddpmlab`` command: train | sample | eval | figures | samplers.
+"""The ``ddpmlab`` command: train | sample | eval | figures | import | export | samplers.
 
 Each command parses its arguments, builds a config, and calls the library; nothing else lives
 here. Errors caused by the user's input (:class:`~ddpmlab.errors.DDPMLabError`) and by the
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import zipfile
@@ -64,6 +65,20 @@ def _positive(name: str, value: int | None) -> None:
         raise ConfigError(f"{name}={value} must be >= 1")
 
 
+def _finite_nonneg(name: str, value: float | None) -> None:
+    """A number flag the config would refuse (negative, NaN, inf) stops with one line."""
+    if value is not None and not (value >= 0 and math.isfinite(value)):
+        raise ConfigError(f"{name}={value} must be a finite number >= 0")
+
+
+MAX_SEED = 2**63 - 1
+
+
+def _seed(value: int | None) -> None:
+    if value is not None and not 0 <= value <= MAX_SEED:
+        raise ConfigError(f"--seed={value} must be in 0..2**63-1")
+
+
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -74,16 +89,22 @@ def _looks_like_ours(path: Path, kind: str) -> bool:
         if kind == "png":
             with open(path, "rb") as f:
                 return f.read(8) == _PNG_MAGIC
+        if kind == "json":   # what `eval --json` writes: an object with its metrics
+            if path.stat().st_size > 1 << 24:
+                return False
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            return isinstance(doc, dict) and {"fid", "features", "memorization"} <= set(doc)
         with zipfile.ZipFile(path) as z:
             names = set(z.namelist())
         return "arr_0.npy" in names and names <= {"arr_0.npy", "labels.npy"}
-    except (OSError, zipfile.BadZipFile):
+    except (OSError, zipfile.BadZipFile, ValueError):
         return False
 
 
 def _check_output(path: Path, kind: str, force: bool) -> None:
     """Before any work: refuse to overwrite a user's file, and make sure ``path`` is writable."""
-    what = {"png": "a PNG", "npz": "a samples .npz (arr_0 only)"}[kind]
+    what = {"png": "a PNG", "npz": "a samples .npz (arr_0 only)",
+            "json": "an eval result"}[kind]
     if path.is_dir():
         raise DDPMLabError(f"{path}: is a directory; give a file path")
     if path.exists() and not force and not _looks_like_ours(path, kind):
@@ -102,7 +123,7 @@ def _check_output(path: Path, kind: str, force: bool) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .layout import RunDir
-    from .runs import sample_grid, train_run
+    from .runs import grid_labels, sample_grid, train_run
     from .train.distributed import cleanup
 
     ov = _overrides(args.set)
@@ -122,6 +143,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.max_steps is not None:
         ov["train.max_steps"] = str(args.max_steps)
     if args.seed is not None:
+        _seed(args.seed)
         ov["train.seed"] = str(args.seed)
     if args.device:
         ov["train.device"] = args.device
@@ -161,7 +183,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         rc = trainer.cfg  # resolved: the classes come from the data
         how = (f", one row per class, guidance {rc.sample.guidance:g}"
                if rc.model.num_classes else "")
-        print(f"ddpmlab: drawing {cfg.sample.n} samples with the EMA weights "
+        y_grid, _ = grid_labels(rc, rc.sample.n)
+        count = rc.sample.n if y_grid is None else len(y_grid)
+        print(f"ddpmlab: drawing {count} samples with the EMA weights "
               f"({cfg.sample.sampler}{how})...", flush=True)
         grid = sample_grid(trainer.ema, rc, trainer.run.grid, device=trainer.device)
     if main:
@@ -190,6 +214,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     _positive("--n", args.n)
     _positive("--batch-size", args.batch_size)
     _positive("--steps", args.steps)
+    _finite_nonneg("--eta", args.eta)
+    _finite_nonneg("--guidance", args.guidance)
+    _seed(args.seed)
     out = Path(args.out) if args.out else None
     if os.environ.get("RANK", "0") == "0":  # rank 0 writes the files: check them before sampling
         for path, kind in ((out, "png"), (Path(args.npz) if args.npz else None, "npz")):
@@ -203,10 +230,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
     T = cfg.diffusion.timesteps
     if args.steps is not None and args.steps > T:
         raise ConfigError(f"--steps={args.steps} exceeds the run's diffusion.timesteps={T}")
-    if args.eta is not None and args.eta < 0:
-        raise ConfigError(f"--eta={args.eta} must be >= 0")
-    if args.guidance is not None and args.guidance < 0:
-        raise ConfigError(f"--guidance={args.guidance} must be >= 0")
     y = None
     n, nrow = args.n, None
     if args.class_ is None:
@@ -261,6 +284,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     _positive("--n", args.n)
     _positive("--bpd-timesteps", args.bpd_timesteps)
+    _positive("--steps", args.steps)
+    _seed(args.seed)
+    if args.json:   # before the evaluation: never replace a user's (or the run's) file
+        _check_output(Path(args.json), "json", args.force)
     device = resolve_device(args.device or "auto")
     results = score_run(args.run, samples_npz=args.samples, n=args.n, sampler=args.sampler,
                            steps=args.steps, seed=args.seed, bpd_images=args.bpd_images,
@@ -280,10 +307,31 @@ def cmd_figures(args: argparse.Namespace) -> int:
     from .device import resolve_device
     from .runs import run_figures
 
+    _positive("--chain-steps", args.chain_steps)
+    _seed(args.seed)
     device = resolve_device(args.device or "auto")
     for path in run_figures(args.run, args.out, seed=args.seed, device=device,
                             chain_steps=args.chain_steps):
         print(f"ddpmlab: wrote {path}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- interop
+def cmd_import(args: argparse.Namespace) -> int:
+    from .interop import import_diffusers
+
+    ckpt = import_diffusers(args.src, args.out, dataset=args.dataset or "", force=args.force)
+    print(f"ddpmlab: imported {args.src} -> {ckpt}\n  sample it : ddpmlab sample {args.out}"
+          + ("" if args.dataset else "\n  (set data.dataset in its config.json, or import "
+                                       "with --dataset, before eval/figures/fine-tuning)"))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .interop import export_diffusers
+
+    out = export_diffusers(args.run, args.out, use_ema=not args.no_ema, force=args.force)
+    print(f"ddpmlab: exported {args.run} -> {out} (DDPMPipeline.from_pretrained({str(out)!r}))")
     return 0
 
 
@@ -380,6 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timesteps for the bits/dim estimate (T = exact sum)")
     e.add_argument("--inception-weights", help="the FID Inception-v3 weights file")
     e.add_argument("--json", help="write the results as JSON here")
+    e.add_argument("--force", action="store_true",
+                   help="overwrite --json even if it is not an earlier eval result")
     e.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=cmd_eval)
@@ -392,6 +442,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DDPM steps of the denoising chain (default: all T, as in the paper)")
     f.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     f.set_defaults(func=cmd_figures)
+
+    im = sub.add_parser("import", help="a diffusers UNet2DModel / DDPMPipeline folder -> a run")
+    im.add_argument("src", help="a local diffusers folder (pipeline with unet/, or a UNet)")
+    im.add_argument("--out", required=True, help="the run directory to write")
+    im.add_argument("--dataset", help="data.dataset of the run (for eval, figures, fine-tuning)")
+    im.add_argument("--force", action="store_true", help="replace a run already in --out")
+    im.set_defaults(func=cmd_import)
+
+    ex = sub.add_parser("export", help="a run -> a diffusers DDPMPipeline folder")
+    _add_run_argument(ex)
+    ex.add_argument("--format", choices=["diffusers"], default="diffusers")
+    ex.add_argument("--out", required=True, help="the folder to write")
+    ex.add_argument("--no-ema", action="store_true", help="export the raw weights, not the EMA")
+    ex.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    ex.set_defaults(func=cmd_export)
 
     ls = sub.add_parser("samplers", help="list the samplers with their order and cost")
     ls.set_defaults(func=cmd_samplers)

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import os
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -44,6 +45,10 @@ class ModelConfig:
     num_heads: int = 4
     dropout: float = 0.0
     norm_groups: int = 32                        # GroupNorm groups (capped by channels)
+    norm_eps: float = 1e-5                       # GroupNorm epsilon (the DDPM paper's TF code: 1e-6)
+    downsample_pad: str = "symmetric"            # stride-2 convs pad 1 on every side, or "right":
+                                                 # 0 left/top, 1 right/bottom (TF "SAME", the DDPM
+                                                 # paper's and diffusers' downsample_padding=0)
     num_classes: int = 0                         # 0: unconditional; k: k classes + 1 null class
 
     @property
@@ -129,6 +134,7 @@ SECTIONS: dict[str, type] = {
 }
 
 LR_DECAYS = ("none", "cosine")             # owned here: the trainer reads train.lr_decay
+DOWNSAMPLE_PADS = ("symmetric", "right")    # owned here: the UNet reads model.downsample_pad
 CONDITIONAL = ("auto", "true", "false")     # data.conditional's tri-state
 
 # Every key with a fixed set of choices, read from the choice's owner (never a copy of it).
@@ -142,6 +148,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "sample.sampler": tuple(SAMPLERS),
     "sample.variance": tuple(VARIANCES),
     "sample.spacing": ("auto", *SPACINGS),
+    "model.downsample_pad": DOWNSAMPLE_PADS,
 }
 
 
@@ -198,7 +205,7 @@ class Config:
             if sec not in SECTIONS:
                 raise ConfigError(f"{source}: unknown section {sec!r} in {key!r}")
             if name not in {f.name for f in dataclasses.fields(SECTIONS[sec])}:
-                raise ConfigError(f"{source}: unknown key {key!r}")
+                raise ConfigError(f"{source}: unknown key {_short(key)}")
             if isinstance(value, str):
                 value = _parse_scalar(value, _field_type(SECTIONS[sec], name), key, source)
             d[sec][name] = value
@@ -209,7 +216,7 @@ class Config:
         """Range checks that types alone cannot express."""
 
         def bad(key: str, value: Any, why: str) -> ConfigError:
-            return ConfigError(f"{source}: {key}={value!r} {why}")
+            return ConfigError(f"{source}: {key}={_short(value)} {why}")
 
         for key, choices in _CHOICES.items():
             sec, name = key.split(".")
@@ -245,10 +252,14 @@ class Config:
         for key, value in nonneg.items():
             if not value >= 0 or (isinstance(value, float) and not math.isfinite(value)):
                 raise bad(key, value, "must be a finite number >= 0")
+        if not (0 < m.norm_eps < 1):
+            raise bad("model.norm_eps", m.norm_eps, "must be in (0, 1)")
         if not 0 <= m.dropout < 1:
             raise bad("model.dropout", m.dropout, "must be in [0, 1)")
         if not 0 <= data.p_uncond <= 1:
             raise bad("data.p_uncond", data.p_uncond, "must be in [0, 1]")
+        if not 0 <= tr.seed < 2**63:
+            raise bad("train.seed", tr.seed, "must be in 0..2**63-1")
         if not (tr.lr > 0 and math.isfinite(tr.lr)):
             raise bad("train.lr", tr.lr, "must be a finite number > 0")
         if not 0 <= tr.ema_decay < 1:
@@ -277,11 +288,54 @@ def load_config(name_or_path: str | os.PathLike) -> Config:
     return Config.from_file(name_or_path)
 
 
+MAX_CONFIG_BYTES = 1 << 20     # a config is a few hundred bytes; 1 MiB bounds a hostile one
+MAX_YAML_ALIASES = 20          # YAML aliases ("*name") per file: bounds an alias bomb
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """A bounded ``repr(value)`` for error messages: strings are cut to ``limit`` characters,
+    containers to a few items and levels (``reprlib``), so a hostile value never makes a long
+    or slow message."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value)} characters)"
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxstring, r.maxother = 3, 6, 6, 6, limit, limit
+    return r.repr(value)
+
+
+def _load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that refuses more than :data:`MAX_YAML_ALIASES` aliases (a 468-byte
+    document of nested aliases otherwise expands to gigabytes)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        aliases = 0
+
+        def compose_node(self, parent, index):  # type: ignore[override]
+            if self.check_event(yaml.AliasEvent):
+                Loader.aliases += 1
+                if Loader.aliases > MAX_YAML_ALIASES:
+                    raise ValueError(f"more than {MAX_YAML_ALIASES} YAML aliases")
+            return super().compose_node(parent, index)
+
+    return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_config_file(path: str | os.PathLike) -> Any:
-    """Parse a YAML/TOML/JSON file as plain data (never executes anything)."""
+    """Parse a YAML/TOML/JSON file as plain data (never executes anything). Only a regular
+    file of at most :data:`MAX_CONFIG_BYTES` is read (not a FIFO or a device)."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        if not p.exists():
+            raise FileNotFoundError
+        if not p.is_file():
+            raise ConfigError(f"{p}: not a regular file (a config must be a YAML, TOML or "
+                              "JSON file)")
+        if p.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{p}: {p.stat().st_size} bytes is too large for a config file "
+                              f"(at most {MAX_CONFIG_BYTES})")
+        with open(p, "rb") as f:
+            text = f.read(MAX_CONFIG_BYTES + 1).decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{p}: config file not found") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -289,9 +343,7 @@ def read_config_file(path: str | os.PathLike) -> Any:
     suffix = p.suffix.lower()
     try:
         if suffix in (".yaml", ".yml"):
-            import yaml
-
-            return yaml.safe_load(text) or {}
+            return _load_yaml(text) or {}
         if suffix == ".toml":
             try:
                 import tomllib
@@ -301,7 +353,8 @@ def read_config_file(path: str | os.PathLike) -> Any:
         if suffix == ".json":
             return json.loads(text)
     except Exception as e:  # every parser's own error type -> one clear message
-        raise ConfigError(f"{p}: not valid {suffix[1:].upper()} ({e})".replace("\n", " ")) from None
+        why = " ".join(str(e).split())[:200]
+        raise ConfigError(f"{p}: not valid {suffix[1:].upper()} ({why})") from None
     raise ConfigError(f"{p}: unknown config format {suffix!r} (use .yaml, .toml or .json)")
 
 
@@ -320,7 +373,8 @@ def _section_from_dict(cls: type, section: str, d: Any, source: str) -> Any:
     for key, value in d.items():
         if not isinstance(key, str) or key not in hints:
             known = ", ".join(f.name for f in dataclasses.fields(cls))
-            raise ConfigError(f"{source}: unknown key '{section}.{key}' (known: {known})")
+            name = str(key) if len(str(key)) <= 60 else f"{str(key)[:60]}..."
+            raise ConfigError(f"{source}: unknown key '{section}.{name}' (known: {known})")
         if (section, key) == ("data", "conditional") and isinstance(value, bool):
             value = "true" if value else "false"  # YAML's true/false for the tri-state
         kwargs[key] = _coerce(value, hints[key], f"{section}.{key}", source)
@@ -332,7 +386,8 @@ def _coerce(value: Any, typ: Any, key: str, source: str) -> Any:
 
     def wrong() -> ConfigError:
         return ConfigError(
-            f"{source}: {key} must be {_type_name(typ)}, got {value!r} ({type(value).__name__})"
+            f"{source}: {key} must be {_type_name(typ)}, got {_short(value)} "
+            f"({type(value).__name__})"
         )
 
     origin = typing.get_origin(typ)

@@ -30,6 +30,9 @@ def resolve_device(name: str, key: str = "train.device") -> torch.device:
     except RuntimeError:
         raise ConfigError(f"{key}={name!r} is not a device (use auto, cpu, cuda, cuda:N)")\
             from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"{key}={name!r}: ddpmlab runs on cpu or cuda (use auto, cpu, cuda, "
+                          "cuda:N)")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{key}={name!r} but CUDA is not available here")
     return dev

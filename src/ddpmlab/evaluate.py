@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -536,13 +537,18 @@ def save_memorization_figure(samples, train_images, pairs, path: str | Path,
 # =========================================================================== files
 def load_samples_npz(path: Path) -> torch.Tensor:
     """uint8 ``N x H x W x C`` (key ``arr_0``) -> ``[N, C, H, W]``; errors name the file."""
+    if path.suffix.lower() != ".npz":
+        raise DataError(f"{path}: samples must be an .npz (uint8 N x H x W x C under arr_0), "
+                        f"got a {path.suffix or 'suffix-less'} file")
     try:
         with np.load(path, allow_pickle=False) as f:
-            if "arr_0" not in f:
+            if not hasattr(f, "files") or "arr_0" not in f.files:
                 raise DataError(f"{path}: no 'arr_0' array (expected uint8 N x H x W x C)")
             arr = f["arr_0"]
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot read samples ({e})") from None
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path}: cannot read samples ({type(e).__name__}: {e})") from None
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] not in (1, 3):
         raise DataError(f"{path}: 'arr_0' must be uint8 N x H x W x C (C = 1 or 3), got "
                         f"{arr.dtype} {arr.shape}")

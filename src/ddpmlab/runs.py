@@ -32,7 +32,7 @@ from torch import nn
 from . import schedules
 from .config import Config
 from .data import BUILTINS, load_dataset, to_model_range, to_uint8
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .evaluate import evaluate_samples, load_samples_npz, save_memorization_figure
 from .features import get_feature_extractor
 from .io import atomic_write_bytes, load_tensors
@@ -70,6 +70,11 @@ def load_run(run_dir: str | os.PathLike, use_ema: bool = True,
         raise CheckpointError(f"{ckpt}: no such checkpoint folder")
     weights = ckpt / ("ema.safetensors" if use_ema else "model.safetensors")
     state = load_tensors(weights)
+    bad = next((k for k, v in state.items() if v.is_floating_point()
+                and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise CheckpointError(f"{weights}: tensor {bad!r} holds NaN or infinite values (a "
+                              "diverged or damaged checkpoint); refusing to sample from it")
     model = UNet(cfg.model)
     try:
         model.load_state_dict(state)
@@ -107,6 +112,9 @@ def sample_images(model: nn.Module, cfg: Config, n: int, seed: int = 0,
     s = cfg.sample
     sampler = sampler or s.sampler
     steps = steps if steps is not None else (s.steps or None)
+    T = cfg.diffusion.timesteps
+    if steps is not None and not 1 <= steps <= T:
+        raise ConfigError(f"steps={steps}: the run has diffusion.timesteps={T}; give 1..{T}")
     eta = s.eta if eta is None else eta
     spacing = spacing or (None if s.spacing == "auto" else s.spacing)
     guidance = s.guidance if guidance is None else guidance
@@ -186,17 +194,26 @@ def save_npz(images: torch.Tensor, path: str | os.PathLike,
 
 
 # ============================================================================ training
+GRID_MAX_ROWS = 10   # a conditional grid shows at most max(n, 10) classes (one row each)
+
+
+def grid_labels(cfg: Config, n: int) -> tuple[torch.Tensor | None, int | None]:
+    """(labels, images per row) of the grid of ``n`` samples: a conditional run gets one row
+    per class, ``n // classes`` images each (at least 1), for at most ``max(n, 10)`` classes,
+    so a data set with a huge class count never makes a huge grid; (None, None) otherwise."""
+    classes = cfg.model.num_classes
+    if classes == 0:
+        return None, None
+    nrow = max(1, n // classes)
+    return class_rows(min(classes, max(n, GRID_MAX_ROWS)), nrow), nrow
+
+
 def sample_grid(model: nn.Module, cfg: Config, path: str | os.PathLike, n: int | None = None,
                 device: torch.device | str = "cpu") -> Path:
     """The end-of-training grid: ``n`` (default ``sample.n``) samples with the run's sampler;
     a conditional run gets one row per class, drawn with the run's guidance."""
-    n = n or cfg.sample.n
-    classes = cfg.model.num_classes
-    y, nrow = None, None
-    if classes > 0:
-        nrow = max(1, n // classes)
-        y = class_rows(classes, nrow)
-        n = len(y)
+    y, nrow = grid_labels(cfg, n or cfg.sample.n)
+    n = len(y) if y is not None else (n or cfg.sample.n)
     images = sample_images(model, cfg, n=n, seed=0, device=device, y=y, progress=False)
     return save_grid(images, path, nrow=nrow, scale=2)
 
@@ -290,6 +307,10 @@ def run_figures(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = 
     loss curve, and a sample grid (one row per class for a conditional run)."""
     run = RunDir(run_dir)
     model, cfg, _ = load_run(run.root, use_ema=True, device=device)
+    T = cfg.diffusion.timesteps
+    if chain_steps is not None and not 1 <= chain_steps <= T:
+        raise ConfigError(f"chain_steps={chain_steps}: the run has diffusion.timesteps={T}; "
+                          f"give 1..{T}")
     out = Path(out_dir) if out_dir is not None else run.figures
     out.mkdir(parents=True, exist_ok=True)
     sched = schedules.get(cfg.diffusion.schedule, cfg.diffusion.timesteps)

@@ -52,6 +52,9 @@ def _scan(root: Path) -> tuple[list[Path], list[Path]]:
             if _is_hidden(fname):
                 continue
             p = Path(dirpath, fname)
+            if not p.is_file():   # a FIFO, socket or device named *.png would block the read
+                skipped.append(p)
+                continue
             (images if p.suffix.lower() in IMAGE_EXTENSIONS else skipped).append(p)
     return sorted(images), skipped
 
@@ -76,8 +79,9 @@ def load_folder(path: Path, split: str, cfg: DataConfig, source: str) -> ImageDa
             skipped += sk
     if skipped:
         rel = skipped[0].relative_to(path)
-        warnings.warn(f"{path}: skipped {len(skipped)} file(s) without an image extension "
-                      f"(e.g. {rel}); image extensions: {', '.join(sorted(IMAGE_EXTENSIONS))}",
+        warnings.warn(f"{path}: skipped {len(skipped)} file(s) without an image extension or "
+                      f"not regular files (e.g. {rel}); image extensions: "
+                      f"{', '.join(sorted(IMAGE_EXTENSIONS))}",
                       stacklevel=3)
     classes_seen: set[str] = set()
     for r, fs in files.items():

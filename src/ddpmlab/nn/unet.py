@@ -60,8 +60,8 @@ def norm_groups(channels: int, max_groups: int) -> int:
     return 1
 
 
-def _norm(channels: int, max_groups: int) -> nn.GroupNorm:
-    return nn.GroupNorm(norm_groups(channels, max_groups), channels)
+def _norm(channels: int, max_groups: int, eps: float = 1e-5) -> nn.GroupNorm:
+    return nn.GroupNorm(norm_groups(channels, max_groups), channels, eps=eps)
 
 
 def _zero(module: nn.Module) -> nn.Module:
@@ -73,12 +73,13 @@ def _zero(module: nn.Module) -> nn.Module:
 class ResBlock(nn.Module):
     """DDPM residual block; ``forward(x, emb)`` takes the *activated* embedding ``SiLU(temb)``."""
 
-    def __init__(self, in_ch: int, out_ch: int, emb_ch: int, dropout: float, groups: int):
+    def __init__(self, in_ch: int, out_ch: int, emb_ch: int, dropout: float, groups: int,
+                 eps: float = 1e-5):
         super().__init__()
-        self.norm1 = _norm(in_ch, groups)
+        self.norm1 = _norm(in_ch, groups, eps)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.emb_proj = nn.Linear(emb_ch, out_ch)
-        self.norm2 = _norm(out_ch, groups)
+        self.norm2 = _norm(out_ch, groups, eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = _zero(nn.Conv2d(out_ch, out_ch, 3, padding=1))
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
@@ -93,10 +94,10 @@ class ResBlock(nn.Module):
 class AttentionBlock(nn.Module):
     """Multi-head self-attention over the ``H*W`` positions, residual."""
 
-    def __init__(self, channels: int, num_heads: int, groups: int):
+    def __init__(self, channels: int, num_heads: int, groups: int, eps: float = 1e-5):
         super().__init__()
         self.num_heads = num_heads
-        self.norm = _norm(channels, groups)
+        self.norm = _norm(channels, groups, eps)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = _zero(nn.Conv2d(channels, channels, 1))
 
@@ -113,13 +114,18 @@ class AttentionBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Stride-2 3x3 conv: ``H -> ceil(H / 2)``."""
+    """Stride-2 3x3 conv: ``H -> ceil(H / 2)``. ``pad="symmetric"`` pads 1 on every side;
+    ``"right"`` pads 0 on the left/top and 1 on the right/bottom (TF's "SAME" for even sizes,
+    as the DDPM paper's code and diffusers' ``downsample_padding=0`` do)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, pad: str = "symmetric"):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.right = pad == "right"
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0 if self.right else 1)
 
     def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
+        if self.right:
+            x = F.pad(x, (0, 1, 0, 1))
         return self.conv(x)
 
 
@@ -190,12 +196,14 @@ class UNet(nn.Module):
         self.time_embed = TimeEmbedding(base, emb_ch)
         self.class_embed = ClassEmbedding(cfg.num_classes, emb_ch) if cfg.num_classes else None
 
+        eps = cfg.norm_eps
+
         def res(i: int, o: int) -> ResBlock:
-            return ResBlock(i, o, emb_ch, cfg.dropout, groups)
+            return ResBlock(i, o, emb_ch, cfg.dropout, groups, eps)
 
         def attn(ch: int, lvl: int) -> AttentionBlock | None:
-            return AttentionBlock(ch, heads, groups) if sizes[lvl] in cfg.attention_resolutions \
-                else None
+            return AttentionBlock(ch, heads, groups, eps) \
+                if sizes[lvl] in cfg.attention_resolutions else None
 
         self.conv_in = nn.Conv2d(cfg.in_channels, base, 3, padding=1)
         self.down = nn.ModuleList()
@@ -207,10 +215,10 @@ class UNet(nn.Module):
                 ch = out
                 skip_ch.append(ch)
             if lvl != levels - 1:
-                self.down.append(Downsample(ch))
+                self.down.append(Downsample(ch, cfg.downsample_pad))
                 skip_ch.append(ch)
 
-        self.mid = Stage(res(ch, ch), AttentionBlock(ch, heads, groups))
+        self.mid = Stage(res(ch, ch), AttentionBlock(ch, heads, groups, eps))
         self.mid2 = res(ch, ch)
 
         self.up = nn.ModuleList()
@@ -222,7 +230,7 @@ class UNet(nn.Module):
                 self.up.append(Stage(res(ch + skip_ch.pop(), out), attn(out, lvl), up))
                 ch = out
 
-        self.norm_out = _norm(ch, groups)
+        self.norm_out = _norm(ch, groups, eps)
         self.conv_out = _zero(nn.Conv2d(ch, cfg.in_channels, 3, padding=1))
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:

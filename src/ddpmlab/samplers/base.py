@@ -116,6 +116,19 @@ def from_ve(x_ve: torch.Tensor, sigma: float) -> torch.Tensor:
     return x_ve / math.sqrt(1.0 + sigma * sigma)
 
 
+def sigma_step(ctx: StepContext, t: Index, t_prev: Index) -> tuple[float, float, float]:
+    """(sigma, sigma_next, h) of a step, h = lambda_next - lambda = log(sigma / sigma_next) in
+    the DPM-Solver++ samplers' half-log-SNR lambda = -log sigma."""
+    s, s_next = ctx.sigma(t), ctx.sigma(t_prev)
+    return s, s_next, math.log(s) - math.log(s_next)
+
+
+def sde_noise(ctx: StepContext, x: torch.Tensor, s_next: float, h: float,
+              eta: float) -> torch.Tensor:
+    """The fresh noise of a DPM-Solver++ SDE step: sigma_next sqrt(1 - e^{-2 eta h}) z."""
+    return s_next * math.sqrt(-math.expm1(-2.0 * eta * h)) * ctx.noise_like(x)
+
+
 Step = Callable[[StepContext, torch.Tensor, Any, Any, dict], tuple[torch.Tensor, torch.Tensor]]
 
 

@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from .base import StepContext, describe, from_ve, to_ve
+from .base import StepContext, describe, from_ve, sde_noise, sigma_step, to_ve
 
 
 @describe(order=2, nfe_per_step=1, stochastic="if eta > 0", spacing="karras", eta=1.0,
@@ -31,8 +31,7 @@ def dpmpp_2m_sde_step(ctx: StepContext, x: torch.Tensor, t, t_prev,
     if t_prev < 0:
         return d, d
     eta = ctx.eta_or(1.0)
-    s, s_next = ctx.sigma(t), ctx.sigma(t_prev)
-    h = math.log(s) - math.log(s_next)
+    s, s_next, h = sigma_step(ctx, t, t_prev)
     eta_h = eta * h
     coef = -math.expm1(-h - eta_h)
     xv = (s_next / s) * math.exp(-eta_h) * to_ve(x, s) + coef * d
@@ -40,6 +39,6 @@ def dpmpp_2m_sde_step(ctx: StepContext, x: torch.Tensor, t, t_prev,
         r = state["h_last"] / h
         xv = xv + 0.5 * coef / r * (d - state["d_last"])
     if eta > 0:
-        xv = xv + s_next * math.sqrt(-math.expm1(-2.0 * eta_h)) * ctx.noise_like(x)
+        xv = xv + sde_noise(ctx, x, s_next, h, eta)
     state["d_last"], state["h_last"] = d, h
     return from_ve(xv, s_next), d

@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from .base import StepContext, describe, from_ve, to_ve
+from .base import StepContext, describe, from_ve, sde_noise, sigma_step, to_ve
 
 
 @describe(order=3, nfe_per_step=1, stochastic="if eta > 0", spacing="karras", eta=1.0,
@@ -33,8 +33,7 @@ def dpmpp_3m_sde_step(ctx: StepContext, x: torch.Tensor, t, t_prev,
     if t_prev < 0:
         return d, d
     eta = ctx.eta_or(1.0)
-    s, s_next = ctx.sigma(t), ctx.sigma(t_prev)
-    h = math.log(s) - math.log(s_next)
+    s, s_next, h = sigma_step(ctx, t, t_prev)
     h_eta = h * (eta + 1.0)
     xv = math.exp(-h_eta) * to_ve(x, s) + (-math.expm1(-h_eta)) * d
     d1_, d2_ = state.get("d_1"), state.get("d_2")
@@ -50,7 +49,7 @@ def dpmpp_3m_sde_step(ctx: StepContext, x: torch.Tensor, t, t_prev,
     elif d1_ is not None:
         xv = xv + phi_2 * (d - d1_) / (state["h_1"] / h)
     if eta > 0:
-        xv = xv + s_next * math.sqrt(-math.expm1(-2.0 * h * eta)) * ctx.noise_like(x)
+        xv = xv + sde_noise(ctx, x, s_next, h, eta)
     state["d_1"], state["d_2"] = d, d1_
     state["h_1"], state["h_2"] = h, state.get("h_1")
     return from_ve(xv, s_next), d

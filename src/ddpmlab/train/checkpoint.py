@@ -59,11 +59,14 @@ _IMPLEMENTATION_KEYS = ("fused", "foreach", "capturable", "differentiable")
 def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
                            meta: dict) -> None:
     state: dict[int, dict[str, Any]] = {}
-    for key, v in tensors.items():
-        pid, _, k = key.partition(".")
-        state.setdefault(int(pid), {})[k] = v
-    for pid, sc in meta.get("scalars", {}).items():
-        state.setdefault(int(pid), {}).update(sc)
+    try:
+        for key, v in tensors.items():
+            pid, _, k = key.partition(".")
+            state.setdefault(int(pid), {})[k] = v
+        for pid, sc in meta.get("scalars", {}).items():
+            state.setdefault(int(pid), {}).update(sc)
+    except (ValueError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"optimizer state has a malformed entry ({e})") from None
     # Which kernel runs the update (fused, foreach, ...) is this process's choice, not part of
     # the optimization state: a run saved on a GPU, or by an older ddpmlab, resumes with the
     # implementation chosen here (the same update).
@@ -74,7 +77,7 @@ def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.
                   if isinstance(g, dict) else g for g, cur in pairs]
     try:
         opt.load_state_dict({"state": state, "param_groups": groups})
-    except (KeyError, ValueError, RuntimeError) as e:
+    except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as e:
         raise CheckpointError(f"optimizer state does not match the model ({e})") from None
 
 
@@ -172,6 +175,32 @@ def load_checkpoint(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
         if not path.exists():
             raise CheckpointError(f"{path}: missing (the checkpoint folder is incomplete)")
         out[name] = load_tensors(path) if name.endswith(".safetensors") else read_json(path)
-    if out["state.json"].get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{ckpt_dir / 'state.json'}: unknown checkpoint format version")
+    _check_json(ckpt_dir, out)
     return out
+
+
+_RNG_KEYS = {"train_generator", "torch_cpu"}
+
+
+def _check_json(ckpt_dir: Path, files: dict[str, Any]) -> None:
+    """The JSON and RNG files of a checkpoint have the layout the trainer reads; anything else
+    (a hand-edited or damaged file) is one error naming the file."""
+    state, opt, rng = files["state.json"], files["optimizer.json"], files["rng.safetensors"]
+    where = ckpt_dir / "state.json"
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{where}: must be a JSON object, got {type(state).__name__}")
+    if state.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{where}: unknown checkpoint format version")
+    if "step" not in state:
+        raise CheckpointError(f"{where}: no 'step'")
+    for key in ("step", "skipped_steps"):
+        v = state.get(key, 0)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise CheckpointError(f"{where}: {key!r} must be an integer >= 0, got {v!r}")
+    if not isinstance(opt, dict) or not isinstance(opt.get("param_groups"), list) \
+            or not isinstance(opt.get("scalars", {}), dict):
+        raise CheckpointError(f"{ckpt_dir / 'optimizer.json'}: must be an object with a "
+                              "'param_groups' list")
+    if not _RNG_KEYS <= set(rng) or not set(rng) <= _RNG_KEYS | {"torch_cuda"}:
+        raise CheckpointError(f"{ckpt_dir / 'rng.safetensors'}: holds {sorted(rng)}, expected "
+                              f"{sorted(_RNG_KEYS)} (and torch_cuda)")

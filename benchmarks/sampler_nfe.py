@@ -1,0 +1,127 @@
+"""Quality against network evaluations (NFE): every registered sampler at a few NFE budgets on
+the main job's model, FID and the share read as the digit asked for, wall time per draw.
+
+Two steps, from the repository root:
+
+    python -m benchmarks.sampler_nfe sample runs/mnist [--budgets 5,10,20,50] [--n 1000]
+        [--samplers heun,unipc] [--reference ddpm:1000] [--device cuda]
+    python -m benchmarks.sampler_nfe score [--plot docs/images/sampler_nfe.png]
+
+For a budget B each sampler gets the most steps whose evaluations fit (``step.info.nfe``: one
+per step, Heun two per step and one for the last, so 5 NFE = 3 Heun steps), its own default
+spacing and eta, the run's guidance (w = 2, the two halves as one batch: one evaluation) on a
+balanced mix of digits, and the same per-sample noise seeds. ``--reference SAMPLER:STEPS``
+adds the row every FID is compared with (the issue asks for 1000-step ancestral sampling;
+on 2 CPU cores that alone is hours for 1,000 guided samples). Outputs go to
+benchmarks/results/sampler_nfe{_samples.npz,.json,.md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from benchmarks.harness import log, machine, time_calls, write_json
+from benchmarks.sampler_steps import as_requested
+from benchmarks.time_to_quality import (
+    fid_plot,
+    sample_and_score_parsers,
+    sample_ddpmlab,
+    save_samples,
+    score_arrays,
+    snapshots_of,
+    summary,
+    write_table,
+)
+
+
+def steps_for(sampler: str, budget: int) -> int:
+    """The most steps of ``sampler`` whose network evaluations fit in ``budget``."""
+    from ddpmlab import SAMPLERS
+
+    info = SAMPLERS[sampler].info
+    steps = 1
+    while info.nfe(steps + 1) <= budget:
+        steps += 1
+    return steps
+
+
+def cmd_sample(a: argparse.Namespace) -> None:
+    from ddpmlab import SAMPLERS
+    from ddpmlab.cli import tune_allocator
+
+    tune_allocator()  # what the `ddpmlab` command does for its own process (2x faster on CPU)
+    device = torch.device(a.device)
+    ck = snapshots_of(Path(a.run))[-1][2]
+    names = a.samplers.split(",") if a.samplers else list(SAMPLERS)
+    jobs = [(s, steps_for(s, int(b)), int(b)) for b in a.budgets.split(",") for s in names]
+    if a.reference:
+        s, _, k = a.reference.partition(":")
+        jobs.insert(0, (s, int(k), None))
+    arrays, meta = {}, []
+    sample_ddpmlab(ck, min(a.batch, 16), device, a.batch, names[0], 2)  # untimed warm-up
+    for sampler, steps, budget in jobs:
+        key = f"{sampler}:{steps}"
+        if key in arrays:
+            continue
+
+        def draw(s=sampler, k=steps, key=key):
+            arrays[key] = sample_ddpmlab(ck, a.n, device, a.batch, s, k)
+
+        dt = time_calls(draw, warmup=0, reps=1, device=device)["median_s"]
+        nfe = SAMPLERS[sampler].info.nfe(steps)
+        meta.append({"key": key, "lib": "ddpmlab", "sampler": sampler, "steps": steps,
+                     "nfe": nfe, "budget": budget, "reference": budget is None, "n": a.n,
+                     "seconds": dt, "device": str(device), "machine": machine()})
+        log(f"{key} ({nfe} NFE): {a.n} samples in {dt:.1f} s")
+    save_samples(a.out, arrays, meta)
+
+
+def cmd_score(a: argparse.Namespace) -> None:
+    rows = [{**m, **summary(r), "as_requested": as_requested(r["_x"])}
+            for m, _, r in score_arrays(a.npz)]
+    ref = next((r for r in rows if r["reference"]), None)
+    for r in rows:
+        r["fid_vs_ref"] = None if ref is None else r["fid"] / ref["fid"] - 1
+    rows.sort(key=lambda r: (r["reference"] is False, r["nfe"], r["fid"]))
+    write_json(a.out_json, [{k: v for k, v in r.items() if k != "machine"} | {
+        "machine": rows[0]["machine"]} for r in rows], indent=1)
+    m = rows[0]["machine"]
+    dev = m.get("gpu") or f"{m.get('cpu')} ({', '.join(m.get('cpu_flags', []))})"
+    what = f"vs. {ref['sampler']} {ref['steps']} steps" if ref else "vs. reference"
+    lines = [f"| NFE | sampler | steps | FID | {what} | read as the digit asked for | "
+             f"confident (>= 0.9) | s per {rows[0]['n']} samples |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        vs = "" if r["fid_vs_ref"] is None else f"{100 * r['fid_vs_ref']:+.1f}%"
+        conf = "" if r["confident"] is None else f"{100 * r['confident']:.1f}%"
+        lines.append(f"| {r['nfe']} | {r['sampler']} | {r['steps']} | {r['fid']:.2f} | {vs} | "
+                     f"{100 * r['as_requested']:.1f}% | {conf} | {r['seconds']:.1f} |")
+    lines.append(f"\nMachine: {dev}, torch {m.get('torch')}, {m.get('threads')} threads.")
+    write_table(lines, rows, a.out_md)
+    if a.plot:
+        series: dict[str, list[tuple[float, float]]] = {}
+        for r in rows:
+            if not r["reference"]:
+                series.setdefault(r["sampler"], []).append((r["nfe"], r["fid"]))
+        fid_plot(series, a.plot, "network evaluations (NFE)", xlog=True,
+                 baseline=ref["fid"] if ref else None)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.sampler_nfe",
+                                description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sample_and_score_parsers(sub, "sampler_nfe")
+    s.add_argument("run")
+    s.add_argument("--budgets", default="5,10,20,50", help="NFE budgets, comma-separated")
+    s.add_argument("--samplers", help="comma-separated names (default: every registered one)")
+    s.add_argument("--reference", help="SAMPLER:STEPS, the row every FID is compared with")
+    a = p.parse_args()
+    {"sample": cmd_sample, "score": cmd_score}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main()

@@ -28,6 +28,8 @@ echo "== samples" | tee -a "$LOG"
 python3 -m benchmarks.sampler_steps sample "$RUNS/ttq-ddpmlab" \
   --peer diffusers="$RUNS/ttq-diffusers" --peer lucidrains="$RUNS/ttq-lucidrains" \
   --out "$OUT/steps.npz" 2>&1 | grep -v "it/s" | tee -a "$LOG"
+python3 -m benchmarks.sampler_nfe sample "$RUNS/ttq-ddpmlab" --budgets 5,10,20,50 \
+  --reference ddpm:1000 --out "$OUT/nfe.npz" 2>&1 | grep -v "it/s" | tee -a "$LOG"
 python3 -m benchmarks.time_to_quality sample "$RUNS/ttq-ddpmlab" "$RUNS/ttq-diffusers" \
   "$RUNS/ttq-lucidrains" --out "$OUT/ttq.npz" 2>&1 | grep -v "it/s" | tee -a "$LOG"
 

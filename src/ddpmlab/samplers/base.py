@@ -78,8 +78,11 @@ class StepContext:
 
     def sigma(self, t: Index) -> float:
         """sigma_t = sqrt((1 - abar_t) / abar_t) at an int or fractional index; 0 at -1."""
-        if isinstance(t, int):
-            return 0.0 if t < 0 else float(self.schedule.sigmas[t])
+        if isinstance(t, int):   # one table entry (not the whole sigmas column every step)
+            if t < 0:
+                return 0.0
+            ab = self.schedule.alpha_bar[t]
+            return float(((1.0 - ab) / ab).sqrt())
         return float(sigma_at(self.schedule, torch.tensor(float(t), dtype=torch.float64)))
 
     def index_of(self, sigma: float) -> float:

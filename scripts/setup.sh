@@ -18,10 +18,20 @@ if [ "${DDPMLAB_TORCH:-}" != "skip" ]; then
     fi
 fi
 pip install -q --disable-pip-version-check -e ".[dev]"
-# Fashion-MNIST ships as a Debian package (IDX files under /usr/share/datasets/fashion-mnist/).
-# Best effort: only the `fashion-mnist` data set needs it, and ddpmlab says how to get it if absent.
-if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1 \
+# Debian packages, installed when this runs as root (as in CI) and they are missing; best effort,
+# DDPMLAB_SKIP_APT=1 skips them:
+#   dataset-fashion-mnist  the optional Fashion-MNIST data (IDX files under
+#                          /usr/share/datasets/fashion-mnist/); ddpmlab says how to get it if absent
+#   chromium               the headless browser tests/test_report.py loads `ddpmlab report`'s page in
+#                          (as root those tests fail without it; as another user they are skipped)
+apt_wanted=()
+[ -d /usr/share/datasets/fashion-mnist ] || apt_wanted+=(dataset-fashion-mnist)
+command -v chromium >/dev/null 2>&1 || apt_wanted+=(chromium)
+if [ ${#apt_wanted[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1 \
         && [ "$(id -u)" = 0 ] && [ "${DDPMLAB_SKIP_APT:-}" != 1 ]; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) \
-        >/dev/null 2>&1 || echo "setup: could not install dataset-fashion-mnist (optional)" >&2
+    apt-get update -qq >/dev/null 2>&1 || true
+    for pkg in "${apt_wanted[@]}"; do
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null 2>&1 \
+            || echo "setup: could not install the Debian package $pkg" >&2
+    done
 fi

@@ -23,7 +23,7 @@ SRC = Path(ddpmlab.__file__).parent
 LAYER = {
     "errors": 0, "io": 0,
     "schedules": 1, "broadcast": 1, "forward": 1, "parametrization": 1, "reverse": 1,
-    "losses": 1, "likelihood": 1, "samplers": 1,
+    "losses": 1, "likelihood": 1, "likelihood_ode": 1, "samplers": 1, "objectives": 1,
     "config": 2, "device": 2, "layout": 2,
     "nn": 3, "data": 3, "features": 3,
     "train": 4, "evaluate": 4, "viz": 4,
@@ -165,6 +165,11 @@ def test_config_and_cli_choices_are_the_registries():
     assert set(_CHOICES["diffusion.schedule"]) == set(schedules.SCHEDULES)
     assert set(_CHOICES["diffusion.prediction"]) == set(parametrization.PREDICTIONS)
     assert set(_CHOICES["diffusion.loss_weighting"]) == set(losses.WEIGHTINGS)
+    assert set(_CHOICES["diffusion.loss"]) == set(losses.LOSSES)
+    from ddpmlab import objectives
+
+    assert set(_CHOICES["diffusion.objective"]) == set(objectives.OBJECTIVES)
+    assert set(_CHOICES["diffusion.flow_t"]) == set(objectives.FLOW_TIMES)
     assert set(_CHOICES["sample.variance"]) == set(reverse.VARIANCES)
     assert set(_CHOICES["train.precision"]) == set(PRECISIONS)
     parser = build_parser()
@@ -172,6 +177,10 @@ def test_config_and_cli_choices_are_the_registries():
     for command in ("sample", "eval"):
         opt = next(a for a in sub[command]._actions if a.dest == "sampler")
         assert list(opt.choices) == list(samplers.SAMPLERS), command
+    from ddpmlab.likelihood_ode import NLLS
+
+    nll = next(a for a in sub["eval"]._actions if a.dest == "nll")
+    assert list(nll.choices) == list(NLLS) and nll.default == "elbo"
 
 
 def test_every_registered_sampler_is_described_and_runs():

@@ -30,7 +30,10 @@ from ddpmlab.config import SECTIONS, Config, DataConfig
 from ddpmlab.errors import ConfigError, DataError
 
 # 80 examples per property keeps the file at ~10 s; DDPMLAB_PROP_EXAMPLES=2000 searches harder.
-SETTINGS = settings(max_examples=int(os.environ.get("DDPMLAB_PROP_EXAMPLES", "80")), deadline=None,
+# Every case has a time limit (DDPMLAB_PROP_DEADLINE_MS, 3 s: ~100x a typical case on 2 loaded
+# cores): a hostile input that is slow to refuse fails, not only one that raises the wrong type.
+SETTINGS = settings(max_examples=int(os.environ.get("DDPMLAB_PROP_EXAMPLES", "80")),
+                    deadline=int(os.environ.get("DDPMLAB_PROP_DEADLINE_MS", "3000")),
                     database=None, suppress_health_check=[HealthCheck.too_slow])
 
 # ----------------------------------------------------------------------------- configs
@@ -234,3 +237,84 @@ def test_npz_huge_label_is_refused_quickly(tmp_path, label):
     np.savez(p, images=np.zeros((2, 4, 4, 1), np.uint8), labels=np.array([0, label], np.uint64))
     with pytest.raises(DataError, match="labels"):
         D.load_dataset(DataConfig(dataset=str(p)))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+@pytest.fixture(scope="module")
+def checkpoint_dir(tmp_path_factory) -> Path:
+    """One real checkpoint folder of a tiny model (what every case below damages a copy of)."""
+    import torch
+
+    from ddpmlab.train.checkpoint import optimizer_to_tensors, save_checkpoint
+
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(net.parameters())
+    net(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    t, meta = optimizer_to_tensors(opt)
+    run = tmp_path_factory.mktemp("ckpt")
+    return save_checkpoint(run, 1, {
+        "model.safetensors": net.state_dict(), "ema.safetensors": net.state_dict(),
+        "optimizer.safetensors": t, "optimizer.json": meta,
+        "rng.safetensors": {"train_generator": torch.Generator().get_state(),
+                            "torch_cpu": torch.get_rng_state()},
+        "state.json": {"format_version": 1, "step": 1, "skipped_steps": 0}})
+
+
+def _load_damaged(ckpt: Path, name: str, raw: bytes) -> None:
+    """Copy ``ckpt``, replace ``name`` by ``raw``, read it as ``--resume`` does (the files, then
+    the optimizer state into an optimizer of the same model): CheckpointError or success."""
+    import shutil
+
+    import torch
+
+    from ddpmlab.errors import CheckpointError
+    from ddpmlab.train.checkpoint import load_checkpoint, optimizer_from_tensors
+
+    with tempfile.TemporaryDirectory() as d:
+        copy = Path(shutil.copytree(ckpt, Path(d) / ckpt.name))
+        (copy / name).write_bytes(raw)
+        try:
+            files = load_checkpoint(copy)
+            net = torch.nn.Linear(3, 2)
+            net.load_state_dict(files["model.safetensors"])
+            optimizer_from_tensors(torch.optim.AdamW(net.parameters()),
+                                   files["optimizer.safetensors"], files["optimizer.json"])
+            # what the trainer reads next (Trainer._load_latest)
+            torch.Generator().set_state(files["rng.safetensors"]["train_generator"])
+            int(files["state.json"]["step"]), int(files["state.json"].get("skipped_steps", 0))
+        except CheckpointError:
+            pass
+        except RuntimeError as e:  # load_state_dict's own "size mismatch" / "missing keys"
+            assert "state_dict" in str(e), e
+
+
+CHECKPOINT_FILES = ["model.safetensors", "ema.safetensors", "optimizer.safetensors",
+                    "optimizer.json", "rng.safetensors", "state.json"]
+
+
+@SETTINGS
+@given(st.binary(max_size=600), st.sampled_from(CHECKPOINT_FILES))
+def test_checkpoint_random_bytes(checkpoint_dir, raw, name):
+    _load_damaged(checkpoint_dir, name, raw)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
+                                                                 max_size=4), max_leaves=12)
+state_docs = st.fixed_dictionaries({}, optional={
+    "format_version": st.sampled_from([1, 2, "1", None]), "step": json_values,
+    "skipped_steps": json_values}) | json_values
+opt_docs = st.fixed_dictionaries({}, optional={
+    "param_groups": json_values | st.just([{"lr": 1e-3, "params": [0, 1]}]),
+    "scalars": json_values | st.just({"0": {"step": 1}})}) | json_values
+
+
+@SETTINGS
+@given(state_docs, opt_docs)
+def test_checkpoint_random_json(checkpoint_dir, state, opt):
+    import json
+
+    _load_damaged(checkpoint_dir, "state.json", json.dumps(state).encode())
+    _load_damaged(checkpoint_dir, "optimizer.json", json.dumps(opt).encode())

@@ -633,8 +633,8 @@ def test_os_error_outside_checkpoints_is_one_line(tmp_path, capsys, monkeypatch)
 def test_nonfinite_loss_is_one_line(tmp_path, capsys, monkeypatch):
     import ddpmlab.train.loop as L
 
-    real = L.training_loss
-    monkeypatch.setattr(L, "training_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+    real = L.training_losses
+    monkeypatch.setattr(L, "training_losses", lambda *a, **k: real(*a, **k) * float("nan"))
     code, err = run_cli(capsys, *train_args(tmp_path / "run", "--max-steps", "3"))
     assert_one_line(code, err, "non-finite loss at step 0", "train.skip_nonfinite")
 
@@ -803,3 +803,292 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path):
           f"{mid_save} inside a checkpoint write), {finished} run(s) completed and equal to the "
           f"reference, {seconds:.0f} s")
     assert kills >= KILLS and finished >= 1 and in_training >= KILLS // 2
+
+
+# ============================================================================ round two (issue 20)
+def _without_lock(t: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in t.items() if not k.startswith(".ddpmlab.lock")}
+
+
+def _wait_training(p: subprocess.Popen, run: Path, steps: int = 2) -> None:
+    deadline = time.monotonic() + 120
+    while _logged_steps(run) < steps:
+        assert p.poll() is None, p.communicate()[1]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_a_run_directory_is_locked_while_it_trains(tmp_path, capsys):
+    """Two trainings into one --out (the second with --force, or --resume) cannot both run:
+    the second is refused with one line naming the owner, and the run stays loadable."""
+    run = tmp_path / "race"
+    p = _spawn(["train", "--dataset", "digits", "--out", run, "--max-steps", "100000", *COMMON,
+                *TINY, "train.ckpt_every=2"], tmp_path)
+    try:
+        _wait_training(p, run)
+        code, err = run_cli(capsys, *train_args(run, "--max-steps", "3", "--force",
+                                                "model.base_channels=8"))
+        assert_one_line(code, err, str(run), "in use by ddpmlab train", f"PID {p.pid}")
+        code, err = run_cli(capsys, *train_args(run, "--max-steps", "3"))
+        assert_one_line(code, err, str(run), "already holds a run")
+        code, err = run_cli(capsys, "train", "--resume", run, *COMMON)
+        assert_one_line(code, err, str(run), "in use by ddpmlab train", f"PID {p.pid}")
+        assert json.loads((run / "config.json").read_text())["model"]["base_channels"] == 16
+    finally:
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert not (run / ".ddpmlab.lock.json").exists()      # released on exit
+    assert main(["sample", str(run), "--n", "2", "--steps", "2", "--no-progress",
+                 "--out", str(tmp_path / "g.png")]) == 0
+
+
+def test_a_stale_lock_of_a_killed_process_is_reported_and_taken(tmp_path, capsys):
+    run = tmp_path / "run"
+    p = _spawn(["train", "--dataset", "digits", "--out", run, "--max-steps", "100000", *COMMON,
+                *TINY, "train.ckpt_every=1"], tmp_path)
+    _wait_training(p, run)
+    p.kill()
+    p.communicate(timeout=60)
+    assert (run / ".ddpmlab.lock.json").exists()  # what a SIGKILL leaves
+    code = main(["train", "--resume", str(run), *COMMON, "--max-steps", "1000"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert f"the previous ddpmlab train (PID {p.pid}" in out and "ended without releasing" in out
+    assert "steps (step " in out and "-> 1000)" in out  # a resumed run counts what it trained
+
+
+def test_force_keeps_the_old_run_until_the_new_one_has_a_checkpoint(run, capsys):
+    """--force moves the old run aside by renames; a new run that fails before its first
+    checkpoint (a NaN at step 1 here) puts it back, and the message says none was written."""
+    before = tree(run)
+    code, err = run_cli(capsys, *train_args(run, "--force", "--max-steps", "5", "train.lr=1e6",
+                                            "train.warmup_steps=0"))
+    assert_one_line(code, err, "non-finite", "no checkpoint was written",
+                    "the run that --force replaced is put back")
+    assert "intact" not in err
+    assert _without_lock(tree(run)) == _without_lock(before)
+    # a new run that reaches a checkpoint replaces it for good, leaving nothing aside
+    assert main(train_args(run, "--force", "--max-steps", "1")) == 0
+    assert [p.name for p in run.iterdir() if p.name.startswith(".replaced-")] == []
+    assert [p.name for p in checkpoint_dirs(run)] == ["step_00000001"]
+
+
+def test_force_with_a_symlinked_checkpoints_folder_never_deletes_through_it(run, tmp_path):
+    """The old run's checkpoints/ is a link to a folder elsewhere: --force moves the link,
+    never deletes what it points to, and the new run's only checkpoint is kept."""
+    elsewhere = Path(shutil.move(str(run / "checkpoints"), str(tmp_path / "elsewhere")))
+    (run / "checkpoints").symlink_to(elsewhere)
+    kept = tree(elsewhere)
+    assert main(train_args(run, "--force", "--max-steps", "1", "train.keep_last=1")) == 0
+    assert not (run / "checkpoints").is_symlink()
+    assert [p.name for p in checkpoint_dirs(run)] == ["step_00000001"]
+    assert tree(elsewhere) == kept
+    # resuming a run whose checkpoints/ is a link is refused with one line
+    shutil.rmtree(run / "checkpoints")
+    (run / "checkpoints").symlink_to(elsewhere)
+    code = main(["train", "--resume", str(run), *COMMON])
+    assert code == 2
+
+
+def test_force_that_cannot_delete_the_old_run_says_so(run, monkeypatch, capsys):
+    """An undeletable file in the old run: the new run is complete and loads; one warning names
+    the folder left behind (deletes are never silently partial)."""
+    from ddpmlab import layout
+
+    monkeypatch.setattr(layout, "remove_tree", lambda p: f"{p}/x: Permission denied")
+    assert main(train_args(run, "--force", "--max-steps", "1")) == 0
+    out = capsys.readouterr().out
+    assert "could not delete the replaced run in" in out and "delete it by hand" in out
+    assert [p.name for p in checkpoint_dirs(run)] == ["step_00000001"]
+    assert main(["sample", str(run), "--n", "2", "--steps", "2", "--no-progress",
+                 "--out", str(run / "g.png")]) == 0
+
+
+def test_a_force_killed_before_its_first_checkpoint_is_undone_on_the_next_start(run, capsys):
+    """What a SIGKILL between moving the old run aside and the first checkpoint leaves (the
+    old run in .replaced-PID, a new config): the next command under the lock puts it back."""
+    from ddpmlab.layout import RunDir
+
+    before = tree(run)
+    rd = RunDir(run)
+    rd.set_aside()
+    (run / "config.json").write_text((rd.root / f".replaced-{os.getpid()}" / "config.json")
+                                     .read_text().replace('"base_channels": 16',
+                                                          '"base_channels": 8'))  # the new run
+    code = main(["train", "--resume", str(run), *COMMON])
+    out = capsys.readouterr().out
+    assert "put back the run that an interrupted --force had moved aside" in out
+    assert code == 0
+    assert all(before[k] == v for k, v in tree(run).items() if k in before and
+               not k.startswith(("metrics", "checkpoints")))
+
+
+def test_outputs_replace_only_files_ddpmlab_wrote(trained, tmp_path, capsys):
+    """`np.savez(path, array)` writes the same members as a samples file: only the mark that
+    ddpmlab puts in what it writes (a PNG text chunk, a `ddpmlab` npz member) allows
+    replacing a file without --force; figures --out follows the same rule."""
+    theirs_npz = tmp_path / "results.npz"
+    np.savez(theirs_npz, np.random.rand(10, 3))
+    theirs_png = png(tmp_path / "photo.png")
+    before = tree(tmp_path)
+    base = ["sample", trained, "--n", "2", "--steps", "2", "--no-progress"]
+    code, err = run_cli(capsys, *base, "--out", tmp_path / "g.png", "--npz", theirs_npz)
+    assert_one_line(code, err, str(theirs_npz), "refusing to overwrite")
+    code, err = run_cli(capsys, *base, "--out", theirs_png)
+    assert_one_line(code, err, str(theirs_png), "refusing to overwrite")
+    figs = tmp_path / "figs"
+    png(figs / "loss.png")
+    before_figs = tree(figs)
+    code, err = run_cli(capsys, "figures", trained, "--out", figs, "--chain-steps", "2",
+                        "--device", "cpu")
+    assert_one_line(code, err, str(figs / "loss.png"), "refusing to overwrite", "--force")
+    assert tree(figs) == before_figs
+    assert {k: v for k, v in tree(tmp_path).items() if not k.startswith("figs")} == before
+    # what ddpmlab wrote is replaced; its outputs carry the mark
+    grid, npz = tmp_path / "g.png", tmp_path / "s.npz"
+    for seed in ("0", "1"):
+        assert run_cli(capsys, *base, "--out", grid, "--npz", npz, "--seed", seed)[0] == 0
+    from ddpmlab.io import is_our_npz, is_our_png
+
+    assert is_our_png(grid) and is_our_npz(npz) and not is_our_png(theirs_png)
+    with np.load(npz) as z:   # readers of arr_0 see the usual layout
+        assert z["arr_0"].shape[0] == 2 and z["arr_0"].dtype == np.uint8
+    assert run_cli(capsys, "figures", trained, "--out", figs, "--chain-steps", "2", "--device",
+                   "cpu", "--force")[0] == 0
+    assert is_our_png(figs / "loss.png") and is_our_png(figs / "schedule.png")
+
+
+def _shared_tuple_key(depth: int) -> bytes:
+    """A dict keyed by t_depth, t_{k+1} = (t_k, t_k) through the memo: ~8 bytes a level,
+    2**depth work to hash."""
+    out = bytearray(b"\x80\x02}q\x00K\x01q\x01")
+    for k in range(1, depth + 1):
+        out += b"h" + bytes([k]) + b"h" + bytes([k]) + b"\x86q" + bytes([k + 1])
+    return bytes(out + b"K\x00s.")
+
+
+def _shared_list(depth: int) -> bytes:
+    """{b'data': uint8 [1, 3072], b'labels': L_depth}, L_{k+1} = [L_k, L_k] (2**depth ints)."""
+    data = pickle.dumps(np.zeros((1, 3072), np.uint8), protocol=2)[2:-1]  # no PROTO / STOP
+    out = bytearray(b"\x80\x02}q\x00(C\x04data" + data + b"C\x06labels")
+    out += b"K\x01q\x010"  # memo 1: the int 1 (then POP); memo 100 + k: L_k
+    for k in range(1, depth + 1):
+        prev = 1 if k == 1 else 99 + k
+        out += b"]q" + bytes([100 + k]) + b"(h" + bytes([prev]) + b"h" + bytes([prev]) + b"e"
+        if k < depth:
+            out += b"0"  # POP: only L_depth stays on the stack
+    return bytes(out + b"u.")
+
+
+@pytest.mark.parametrize("case", ["shared_tuple_key", "shared_label_lists", "meta_names",
+                                  "opcode_limit", "too_big"])
+def test_the_cifar_unpickler_is_bounded(tmp_path, case, monkeypatch):
+    """Hostile CIFAR-10 pickles of a few hundred bytes (plus one image) that used to hang (a
+    shared nested tuple as a dict key, shared nested label lists) or blow up (class names):
+    refused or replaced, each in well under a second; the size and opcode limits hold."""
+    from ddpmlab.data import cifar
+    from ddpmlab.data.cifar import load_cifar
+
+    d = tmp_path / "cifar-10-batches-py"
+    d.mkdir()
+    good = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]}
+    (d / "data_batch_1").write_bytes(pickle.dumps(good, protocol=2))
+    if case == "shared_tuple_key":
+        (d / "data_batch_1").write_bytes(_shared_tuple_key(60))
+        match = "dict key of type tuple"
+    elif case == "shared_label_lists":
+        (d / "data_batch_1").write_bytes(_shared_list(60))
+        match = "b'labels' must be 1 integers"
+    elif case == "meta_names":
+        names = [b"x" * 10**6]  # and a DAG of lists would have been str()-ed
+        (d / "batches.meta").write_bytes(pickle.dumps({b"label_names": names}, protocol=2))
+        t0 = time.monotonic()
+        with pytest.warns(UserWarning, match="not used for class names"):
+            _, _, classes = load_cifar(d, "py", "train")
+        assert classes == list(cifar.CIFAR10_CLASSES) and time.monotonic() - t0 < 5
+        return
+    elif case == "opcode_limit":
+        monkeypatch.setattr(cifar, "MAX_OPCODES", 10)
+        match = "refusing a pickle this large"
+    else:
+        monkeypatch.setattr(cifar, "MAX_PICKLE_BYTES", 100)
+        match = "is more than a CIFAR-10 file holds"
+    t0 = time.monotonic()
+    with pytest.raises(DataError, match=match) as e:
+        load_cifar(d, "py", "train")
+    assert str(d / "data_batch_1") in str(e.value)
+    assert time.monotonic() - t0 < 5
+
+
+def test_the_cifar_unpickler_still_reads_real_batches(tmp_path):
+    """Protocols 2 (the released files) to 5, labels as a list or an array, names from meta."""
+    from ddpmlab.data.cifar import load_cifar
+
+    rng = np.random.default_rng(0)
+    d = tmp_path / "c"
+    d.mkdir()
+    data = rng.integers(0, 256, (20, 3072), dtype=np.uint8)
+    for proto, labels in ((2, list(range(10)) * 2), (5, np.arange(20) % 10)):
+        (d / "data_batch_1").write_bytes(pickle.dumps(
+            {b"batch_label": b"x", b"data": data, b"labels": labels,
+             b"filenames": [b"f%d.png" % i for i in range(20)]}, protocol=proto))
+        names = [f"c{k}".encode() for k in range(10)]
+        (d / "batches.meta").write_bytes(pickle.dumps({b"label_names": names}, protocol=proto))
+        x, y, classes = load_cifar(d, "py", "train")
+        assert np.array_equal(x.reshape(20, 3072), data)
+        assert y.tolist() == [k % 10 for k in range(20)] and classes[3] == "c3"
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signals_during_start_up_are_one_line(trained, tmp_path, sig, code):
+    """A signal while torch is still being imported (the first ~second of any command). The
+    shell sees 130 / 143 either way (Python may report a caught SIGINT as death by SIGINT)."""
+    p = _spawn(["sample", trained, "--n", "5000", "--steps", "50", "--no-progress", "--out",
+                tmp_path / "g.png"], tmp_path)
+    maps = Path(f"/proc/{p.pid}/maps")
+    deadline = time.monotonic() + 60
+    while "libtorch" not in maps.read_text():   # torch's libraries are being loaded
+        assert p.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode in (code, -sig), err
+    assert ("interrupted" if sig == signal.SIGINT else "stopped by SIGTERM") in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_sigterm_during_the_final_save_waits_for_it(tmp_path, monkeypatch, capsys):
+    """The final checkpoint is written even when SIGTERM arrives while it is being saved, and
+    the command says it was stopped (exit 143), the checkpoint named."""
+    from ddpmlab.train import loop
+
+    real = loop.Trainer.save
+
+    def save_and_get_killed(self):
+        if self.step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self)
+
+    monkeypatch.setattr(loop.Trainer, "save", save_and_get_killed)
+    run = tmp_path / "run"
+    code, err = run_cli(capsys, *train_args(run, "--max-steps", "3", "train.ckpt_every=100"))
+    assert code == 143, err
+    assert "stopped by SIGTERM at step 3" in err and "step_00000003" in err
+    assert latest_checkpoint(run).name == "step_00000003"
+
+
+@pytest.mark.parametrize("override", [
+    "model.base_channels=100000", "model.base_channels=1000000000",
+    "diffusion.timesteps=1000000000", "data.image_size=50000"])
+def test_sizes_that_cannot_be_allocated_are_one_line(tmp_path, capsys, override):
+    code, err = run_cli(capsys, *train_args(tmp_path / "r", "--max-steps", "1", override))
+    assert_one_line(code, err, override.split("=")[0] if "timesteps" in override
+                    or "1000000000" in override else "GiB")
+
+
+def test_a_sample_count_that_cannot_be_allocated_is_one_line(trained, tmp_path, capsys):
+    code, err = run_cli(capsys, "sample", trained, "--n", str(10**12), "--no-progress",
+                        "--out", tmp_path / "g.png")
+    assert_one_line(code, err, "1,000,000,000,000 samples", "GiB")

@@ -1,4 +1,4 @@
-"""The ``ddpmlab`` command: train | sample | eval | figures | import | export | samplers.
+"""The ``ddpmlab`` command: train | sample | eval | figures | report | import | export | samplers.
 
 Each command parses its arguments, builds a config, and calls the library; nothing else lives
 here. Errors caused by the user's input (:class:`~ddpmlab.errors.DDPMLabError`) and by the
@@ -13,11 +13,9 @@ import json
 import math
 import os
 import sys
-import zipfile
 from pathlib import Path
 
 from .errors import ConfigError, DDPMLabError
-from .samplers import SAMPLERS, SPACINGS
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = {"SIGINT": 130, "SIGTERM": 143}
@@ -79,32 +77,28 @@ def _seed(value: int | None) -> None:
         raise ConfigError(f"--seed={value} must be in 0..2**63-1")
 
 
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
 def _looks_like_ours(path: Path, kind: str) -> bool:
-    """Whether an existing file is what ``sample`` writes: a PNG, or an .npz holding only
-    ``arr_0`` (and ``labels``). Such a file is overwritten; anything else needs --force."""
-    try:
-        if kind == "png":
-            with open(path, "rb") as f:
-                return f.read(8) == _PNG_MAGIC
-        if kind == "json":   # what `eval --json` writes: an object with its metrics
-            if path.stat().st_size > 1 << 24:
-                return False
-            doc = json.loads(path.read_text(encoding="utf-8"))
-            return isinstance(doc, dict) and {"fid", "features", "memorization"} <= set(doc)
-        with zipfile.ZipFile(path) as z:
-            names = set(z.namelist())
-        return "arr_0.npy" in names and names <= {"arr_0.npy", "labels.npy"}
-    except (OSError, zipfile.BadZipFile, ValueError):
+    """Whether an existing file is one ddpmlab wrote (:mod:`ddpmlab.io`'s mark: a PNG's
+    ``Software: ddpmlab`` chunk, a samples .npz's ``ddpmlab`` member, an eval JSON's keys).
+    Only such a file is replaced without --force."""
+    from .io import is_our_npz, is_our_png
+
+    if kind == "png":
+        return is_our_png(path)
+    if kind == "npz":
+        return is_our_npz(path)
+    try:  # what `eval --json` writes: an object with its metrics
+        if path.stat().st_size > 1 << 24:
+            return False
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        return isinstance(doc, dict) and {"fid", "features", "memorization"} <= set(doc)
+    except (OSError, ValueError):
         return False
 
 
 def _check_output(path: Path, kind: str, force: bool) -> None:
     """Before any work: refuse to overwrite a user's file, and make sure ``path`` is writable."""
-    what = {"png": "a PNG", "npz": "a samples .npz (arr_0 only)",
-            "json": "an eval result"}[kind]
+    what = {"png": "a PNG", "npz": "a samples .npz", "json": "an eval result"}[kind]
     if path.is_dir():
         raise DDPMLabError(f"{path}: is a directory; give a file path")
     if path.exists() and not force and not _looks_like_ours(path, kind):
@@ -131,6 +125,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
         if args.out and Path(args.out) != run_dir:
             raise ConfigError("--resume DIR continues DIR; do not also give a different --out")
+        for note in RunDir(run_dir).recover():  # (a --force killed before its checkpoint)
+            print(f"ddpmlab: {note}", flush=True)
         if not RunDir(run_dir).is_run():
             raise DDPMLabError(f"{run_dir}: not a ddpmlab run directory (no config.json)")
         cfg = RunDir(run_dir).read_config()
@@ -170,6 +166,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         n_params = sum(p.numel() for p in trainer.model.parameters())
         print(f"ddpmlab: model {n_params / 1e6:.2f}M parameters on {trainer.device} "
               f"({trainer.precision}); run directory {run_dir}", flush=True)
+    start = trainer.step  # (a resumed run starts at its checkpoint's step)
     result = trainer.train()
     if result.stopped_by in EXIT_INTERRUPTED:
         if main:
@@ -190,7 +187,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         grid = sample_grid(trainer.ema, rc, trainer.run.grid, device=trainer.device)
     if main:
         why = " (time limit reached)" if result.stopped_by == "time limit" else ""
-        print(f"ddpmlab: trained {result.step} steps in {result.seconds / 60:.1f} min{why}, "
+        span = f"{result.step - start} steps (step {start} -> {result.step})" if start else \
+            f"{result.step} steps"
+        print(f"ddpmlab: trained {span} in {result.seconds / 60:.1f} min{why}, "
               f"final loss {result.loss:.4f}")
         print(f"  run directory : {run_dir}")
         print(f"  checkpoint    : {result.checkpoint}")
@@ -207,7 +206,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from .device import resolve_device
-    from .runs import class_rows, default_labels, load_run, sample_images_sharded, save_npz
+    from .runs import (
+        check_sample_memory,
+        class_rows,
+        default_labels,
+        load_run,
+        sample_images_sharded,
+        save_npz,
+    )
+    from .samplers import SAMPLERS
     from .train import distributed as D
     from .viz import save_grid
 
@@ -230,6 +237,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     T = cfg.diffusion.timesteps
     if args.steps is not None and args.steps > T:
         raise ConfigError(f"--steps={args.steps} exceeds the run's diffusion.timesteps={T}")
+    check_sample_memory(cfg, args.n, args.batch_size)
     y = None
     n, nrow = args.n, None
     if args.class_ is None:
@@ -285,6 +293,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _positive("--n", args.n)
     _positive("--bpd-timesteps", args.bpd_timesteps)
     _positive("--steps", args.steps)
+    _positive("--ode-images", args.ode_images)
+    _positive("--ode-steps", args.ode_steps)
+    _positive("--ode-probes", args.ode_probes)
     _seed(args.seed)
     if args.json:   # before the evaluation: never replace a user's (or the run's) file
         _check_output(Path(args.json), "json", args.force)
@@ -293,7 +304,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
                            steps=args.steps, seed=args.seed, bpd_images=args.bpd_images,
                            bpd_timesteps=args.bpd_timesteps,
                            inception_weights=args.inception_weights, device=device,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, force=args.force, nll=args.nll,
+                           ode_images=args.ode_images, ode_steps=args.ode_steps,
+                           ode_probes=args.ode_probes)
     print(format_report(results))
     if args.json:
         from .io import atomic_write_text
@@ -311,8 +324,21 @@ def cmd_figures(args: argparse.Namespace) -> int:
     _seed(args.seed)
     device = resolve_device(args.device or "auto")
     for path in run_figures(args.run, args.out, seed=args.seed, device=device,
-                            chain_steps=args.chain_steps):
+                            chain_steps=args.chain_steps, force=args.force):
         print(f"ddpmlab: wrote {path}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- report
+def cmd_report(args: argparse.Namespace) -> int:
+    from .device import resolve_device
+    from .report import write_report
+
+    _seed(args.seed)
+    device = resolve_device(args.device or "auto")
+    index = write_report(args.run, args.out, lang=args.lang, seed=args.seed, device=device,
+                         progress=not args.no_progress)
+    print(f"ddpmlab: wrote {index} (open it in any browser; it needs no network)")
     return 0
 
 
@@ -337,6 +363,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- samplers
 def cmd_samplers(args: argparse.Namespace) -> int:
+    from .samplers import SAMPLERS
+
     rows = [("name", "order", "NFE (n steps)", "stochastic", "eta", "spacing", "what")]
     for name, step in SAMPLERS.items():
         i = step.info
@@ -359,6 +387,9 @@ def _add_run_argument(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .likelihood_ode import NLLS
+    from .samplers import SAMPLERS, SPACINGS
+
     p = argparse.ArgumentParser(
         prog="ddpmlab",
         description="Train denoising diffusion models (DDPM) on images and sample from them.",
@@ -426,6 +457,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--bpd-images", type=int, default=256, help="held-out images for bits/dim")
     e.add_argument("--bpd-timesteps", type=int, default=100,
                    help="timesteps for the bits/dim estimate (T = exact sum)")
+    e.add_argument("--nll", choices=list(NLLS), default="elbo",
+                   help="bits/dim through the ELBO (default), the probability-flow ODE, or both")
+    e.add_argument("--ode-images", type=int, default=64,
+                   help="held-out images for the ODE bits/dim (default 64: minutes on a CPU)")
+    e.add_argument("--ode-steps", type=int, default=32,
+                   help="RK4 steps in log sigma (4 network calls each); the result at half "
+                        "the steps is shown beside it")
+    e.add_argument("--ode-probes", type=int, default=1,
+                   help="Hutchinson probes per image for the divergence (1 backward pass each)")
     e.add_argument("--inception-weights", help="the FID Inception-v3 weights file")
     e.add_argument("--json", help="write the results as JSON here")
     e.add_argument("--force", action="store_true",
@@ -441,7 +481,27 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--chain-steps", type=int,
                    help="DDPM steps of the denoising chain (default: all T, as in the paper)")
     f.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    f.add_argument("--force", action="store_true",
+                   help="replace PNGs in --out that ddpmlab did not write")
     f.set_defaults(func=cmd_figures)
+
+    from .report import LANGS
+
+    rp = sub.add_parser("report", help="a self-contained HTML report of a run (RUN/report/)",
+                        description="Write a folder with an HTML page that shows the run: the "
+                        "forward process on its data, its reverse chains, the ELBO terms, "
+                        "training, sampling and its evaluation. It opens from disk with no "
+                        "network.")
+    _add_run_argument(rp)
+    rp.add_argument("--out", help="the report folder (default: RUN/report); an earlier report "
+                    "there is replaced")
+    rp.add_argument("--lang", choices=list(LANGS), default="en",
+                    help="language of the page's text (default en; zh: Chinese)")
+    rp.add_argument("--seed", type=int, default=0,
+                    help="the training images and sample noises shown (default 0)")
+    rp.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    rp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rp.set_defaults(func=cmd_report)
 
     im = sub.add_parser("import", help="a diffusers UNet2DModel / DDPMPipeline folder -> a run")
     im.add_argument("src", help="a local diffusers folder (pipeline with unet/, or a UNet)")
@@ -491,7 +551,54 @@ def tune_allocator() -> bool:
     return mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
 
 
+def openmp_policy() -> bool:
+    """Let idle OpenMP threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``).
+
+    libgomp's threads spin at every barrier waiting for the slowest one. Beside another
+    CPU-bound process on a 2-core machine the slowest one is descheduled, and its partner spins
+    through its time slice: training fell to ~28% of its quiet speed beside a single
+    ``yes > /dev/null`` (issue 18; BENCHMARKS.md §8). Sleeping waiters give the core back. Only
+    the ``ddpmlab`` command sets it, before torch is imported (libgomp reads it once, when it
+    loads); an ``OMP_WAIT_POLICY`` already set is kept. Returns whether it was set."""
+    if "OMP_WAIT_POLICY" in os.environ or "torch" in sys.modules:
+        return False
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return True
+
+
+class _Terminated(BaseException):  # (not Exception: no "except Exception" may swallow it)
+    """SIGTERM outside the training loop (which saves a checkpoint and stops on its own)."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise _Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The command. Its first line takes over SIGTERM (SIGINT is Python's KeyboardInterrupt),
+    so a signal at any moment, even while torch is still being imported, ends with one line and
+    exit 130 / 143; the training loop installs its own handlers (finish the step, save)."""
+    import signal
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
+    if argv is None:  # the command's own process, before torch (and its OpenMP) is loaded
+        openmp_policy()
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("\nddpmlab: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED["SIGINT"]
+    except _Terminated:
+        print("\nddpmlab: stopped by SIGTERM", file=sys.stderr)
+        return EXIT_INTERRUPTED["SIGTERM"]
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, old_term)
+
+
+def _main(argv: list[str] | None) -> int:
     if argv is None:  # the `ddpmlab` command itself (tests call main([...]) in their own process)
         tune_allocator()
     parser = build_parser()
@@ -514,9 +621,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"ddpmlab: error: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("\nddpmlab: interrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

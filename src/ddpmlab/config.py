@@ -25,11 +25,14 @@ from typing import Any
 
 from .device import PRECISIONS
 from .errors import ConfigError
-from .losses import WEIGHTINGS
+from .losses import LOSSES, WEIGHTINGS
+from .objectives import FLOW_TIMES, OBJECTIVES
 from .parametrization import PREDICTIONS
 from .reverse import VARIANCES
 from .samplers import SAMPLERS, SPACINGS
 from .schedules import SCHEDULES
+
+MAX_TIMESTEPS = 1_000_000   # diffusion.timesteps: the literature uses <= 4,000
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,14 @@ class ModelConfig:
                                                  # 0 left/top, 1 right/bottom (TF "SAME", the DDPM
                                                  # paper's and diffusers' downsample_padding=0)
     num_classes: int = 0                         # 0: unconditional; k: k classes + 1 null class
+    learn_sigma: bool = False                    # also output the reverse variance (2C channels:
+                                                 # improved DDPM; needs diffusion.loss hybrid|vlb)
+
+    @property
+    def out_channels(self) -> int:
+        """Output channels of the network: the prediction, and with ``learn_sigma`` as many
+        again for the variance values (:func:`ddpmlab.reverse.split_output`)."""
+        return 2 * self.in_channels if self.learn_sigma else self.in_channels
 
     @property
     def null_class(self) -> int | None:
@@ -66,6 +77,14 @@ class DiffusionConfig:
     prediction: str = "eps"                # what the network predicts: eps | x0 | v
     loss_weighting: str = "uniform"        # uniform | min_snr
     min_snr_gamma: float = 5.0             # gamma of min-SNR weighting (Hang et al. 2023)
+    loss: str = "simple"                   # simple | hybrid (L_simple + vlb_weight L_vlb) | vlb
+                                           # (importance-sampled t); hybrid/vlb: learn_sigma
+    vlb_weight: float = 0.001              # lambda of the hybrid loss (Nichol & Dhariwal 2021)
+    objective: str = "ddpm"                # ddpm | edm (Karras et al. 2022) | flow (flow matching);
+                                           # edm/flow: timesteps = the size of their noise-level
+                                           # grid (ddpmlab.objectives)
+    flow_t: str = "uniform"                # flow: t uniform on [0, 1] | logit_normal (SD3)
+    sigma_data: float = 0.5                # edm: the data's std in EDM's preconditioning
 
 
 @dataclass(frozen=True)
@@ -142,6 +161,9 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "diffusion.schedule": tuple(SCHEDULES),
     "diffusion.prediction": tuple(PREDICTIONS),
     "diffusion.loss_weighting": tuple(WEIGHTINGS),
+    "diffusion.loss": tuple(LOSSES),
+    "diffusion.objective": tuple(OBJECTIVES),
+    "diffusion.flow_t": tuple(FLOW_TIMES),
     "train.precision": tuple(PRECISIONS),
     "train.lr_decay": LR_DECAYS,
     "data.conditional": CONDITIONAL,
@@ -236,6 +258,9 @@ class Config:
         for key, value in positive.items():
             if value < 1:
                 raise bad(key, value, "must be >= 1")
+        if dif.timesteps > MAX_TIMESTEPS:  # (the schedule's float64 columns: ~160 bytes per t)
+            raise bad("diffusion.timesteps", dif.timesteps, f"must be <= {MAX_TIMESTEPS:,} (its "
+                      f"schedule alone would take {dif.timesteps * 160 / 2**30:,.1f} GiB)")
         if not m.channel_mult or any(c < 1 for c in m.channel_mult):
             raise bad("model.channel_mult", list(m.channel_mult), "must be positive integers")
         if any(r < 1 for r in m.attention_resolutions):
@@ -248,6 +273,7 @@ class Config:
             "sample.steps": s.steps, "sample.eta": 0.0 if s.eta is None else s.eta,
             "sample.guidance": s.guidance,
             "diffusion.min_snr_gamma": dif.min_snr_gamma,
+            "diffusion.vlb_weight": dif.vlb_weight,
         }
         for key, value in nonneg.items():
             if not value >= 0 or (isinstance(value, float) and not math.isfinite(value)):
@@ -271,13 +297,48 @@ class Config:
         if tr.batch_size % tr.grad_accum:
             raise bad("train.batch_size", tr.batch_size,
                       f"must be divisible by train.grad_accum={tr.grad_accum}")
+        if dif.loss != "simple" and not m.learn_sigma:
+            raise bad("diffusion.loss", dif.loss, "trains the reverse variance: it needs "
+                      "model.learn_sigma=true")
+        if m.learn_sigma and dif.loss == "simple":
+            raise bad("model.learn_sigma", True, "needs diffusion.loss=hybrid or vlb (the simple "
+                      "loss does not train the variance)")
+        if dif.loss == "hybrid" and not dif.vlb_weight > 0:
+            raise bad("diffusion.vlb_weight", dif.vlb_weight, "must be > 0 with "
+                      "diffusion.loss=hybrid (0 leaves the variance untrained)")
+        if dif.loss == "vlb" and dif.loss_weighting != "uniform":
+            raise bad("diffusion.loss_weighting", dif.loss_weighting, "weights the simple loss, "
+                      "which diffusion.loss=vlb does not use")
+        if dif.objective != "ddpm":
+            # what only DDPM's discrete objective reads must stay at its default
+            default = DiffusionConfig()
+            for key in ("schedule", "prediction", "loss_weighting", "loss"):
+                if getattr(dif, key) != getattr(default, key):
+                    raise bad(f"diffusion.{key}", getattr(dif, key), "applies to "
+                              f"diffusion.objective=ddpm only (this run's is {dif.objective!r}): "
+                              f"set it to {getattr(default, key)!r}, or start from the "
+                              f"mnist-{dif.objective} preset")
+            if m.learn_sigma:
+                raise bad("model.learn_sigma", True, "applies to diffusion.objective=ddpm only "
+                          f"(this run's is {dif.objective!r})")
+        if dif.objective != "flow" and dif.flow_t != "uniform":
+            raise bad("diffusion.flow_t", dif.flow_t, "applies to diffusion.objective=flow only")
+        if not (dif.sigma_data > 0 and math.isfinite(dif.sigma_data)):
+            raise bad("diffusion.sigma_data", dif.sigma_data, "must be a finite number > 0")
+        if dif.objective != "edm" and dif.sigma_data != 0.5:
+            raise bad("diffusion.sigma_data", dif.sigma_data, "applies to "
+                      "diffusion.objective=edm only")
+        if m.learn_sigma and s.variance != "small":
+            raise bad("sample.variance", s.variance, "is a fixed variance; a model.learn_sigma "
+                      "run samples with its own")
 
 
-PRESETS = ("mnist", "fashion-mnist", "cifar10")
+PRESETS = ("mnist", "fashion-mnist", "cifar10", "mnist-flow", "mnist-edm")
 
 
 def preset_path(name: str) -> Path:
-    """The packaged config file of a preset (``mnist``, ``fashion-mnist``, ``cifar10``)."""
+    """The packaged config file of a preset (``mnist``, ``fashion-mnist``, ``cifar10``,
+    ``mnist-flow``, ``mnist-edm``)."""
     return Path(__file__).parent / "configs" / f"{name}.yaml"
 
 

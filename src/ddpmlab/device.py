@@ -55,3 +55,37 @@ def autocast(precision: str, device: torch.device):
         dtype = torch.bfloat16 if precision == "bf16" else torch.float16
         return torch.autocast(device.type, dtype=dtype)
     return contextlib.nullcontext()
+
+
+# ----------------------------------------------------------------------------- memory
+def available_memory(device: torch.device | str = "cpu") -> int | None:
+    """Bytes that can still be allocated on ``device`` (CPU: ``MemAvailable`` plus free swap
+    from /proc/meminfo; CUDA: the driver's free memory); None where it cannot be told."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(device)[0])
+        except (RuntimeError, AssertionError):
+            return None
+    try:
+        fields = {}
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                fields[key] = int(rest.split()[0]) * 1024
+        return fields["MemAvailable"] + fields.get("SwapFree", 0)
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**28 else f"{n / 2**20:,.0f} MiB"
+
+
+def check_memory(need: float, what: str, device: torch.device | str = "cpu") -> None:
+    """Refuse with one line, before allocating, what needs more memory than ``device`` has
+    free (an estimate: a little more than the tensors ``what`` holds)."""
+    free = available_memory(device)
+    if free is not None and need > free:
+        raise ConfigError(f"{what} needs about {_gib(need)} of memory; {torch.device(device)} has "
+                          f"{_gib(free)} free")

@@ -61,6 +61,7 @@ from .config import DataConfig
 from .data import BUILTINS, ImageData, load_dataset
 from .errors import DataError
 from .features import FeatureExtractor, get_feature_extractor
+from .io import atomic_write_bytes, png_bytes
 
 __all__ = [
     "Memorization",
@@ -530,7 +531,7 @@ def save_memorization_figure(samples, train_images, pairs, path: str | Path,
         draw.text((3 * gap + 2 * ww, y + 2), label, fill="black")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path, format="PNG")
+    atomic_write_bytes(path, png_bytes(canvas))
     return path
 
 
@@ -581,4 +582,15 @@ def format_report(r: dict) -> str:
         lines.append(f"bits/dim       : {b['total']:.4f} (prior {b['prior']:.5f}, decoder "
                      f"{b['decoder']:.4f}, diffusion {b['diffusion']:.4f}; {b['images']} "
                      f"held-out images, {b['timesteps_evaluated']} timesteps)")
+    o = r.get("bits_per_dim_ode")
+    if o:   # right under the ELBO's line when both were computed
+        half = (f"; {o['halved_steps']} steps: {o['halved_total']:.4f}"
+                if o.get("halved_total") is not None else "")
+        sem = f" +- {o['sem']:.4f}" if o.get("sem") is not None else ""
+        probes = f"{o['probes']} probe(s)" if o["trace"] == "hutchinson" else "exact trace"
+        lines.append(f"bits/dim (ODE) : {o['total']:.4f}{sem} (probability-flow ODE, {o['solver']}, "
+                     f"{o['steps']} steps{half}; Hutchinson, {probes}; {o['images']} "
+                     f"held-out images)")
+    if r.get("bits_per_dim_note"):
+        lines.append(r["bits_per_dim_note"])
     return "\n".join(lines)

@@ -99,3 +99,60 @@ def read_json(path: str | os.PathLike) -> Any:
         raise CheckpointError(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+
+
+# ----------------------------------------------------------------------------- provenance
+# What ddpmlab writes carries a mark, so that an output path is replaced only when it holds a
+# file ddpmlab wrote (anything else needs --force): PNGs a ``Software: ddpmlab`` text chunk,
+# sample .npz files a ``ddpmlab`` member beside ``arr_0`` (readers of ``arr_0`` ignore it).
+SOFTWARE = "ddpmlab"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def is_our_png(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a PNG with a ``Software: ddpmlab`` text chunk before its pixels."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != _PNG_MAGIC:
+                return False
+            for _ in range(64):  # the header chunks; the text chunks come before IDAT
+                head = f.read(8)
+                if len(head) < 8:
+                    return False
+                size, kind = int.from_bytes(head[:4], "big"), head[4:]
+                if kind in (b"IDAT", b"IEND") or size > 1 << 20:
+                    return False
+                body = f.read(size)
+                f.seek(4, os.SEEK_CUR)  # CRC
+                if kind == b"tEXt" and body == b"Software\0" + SOFTWARE.encode():
+                    return True
+    except OSError:
+        return False
+    return False
+
+
+def is_our_npz(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a samples .npz that ddpmlab wrote (``arr_0``, ``labels``, mark)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+    return {"arr_0.npy", f"{SOFTWARE}.npy"} <= names <= {"arr_0.npy", "labels.npy",
+                                                         f"{SOFTWARE}.npy"}
+
+
+def png_bytes(image: Any) -> bytes:
+    """A PIL image as PNG bytes carrying ddpmlab's mark (every PNG ddpmlab writes but the
+    matplotlib figures, which set the same ``Software`` text themselves)."""
+    from io import BytesIO
+
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("Software", SOFTWARE)
+    buf = BytesIO()
+    image.save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()

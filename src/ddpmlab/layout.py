@@ -7,8 +7,13 @@
     RUN/samples.png          the end-of-training sample grid
     RUN/samples/             grids drawn during training and by ``ddpmlab sample``
     RUN/figures/             the tutorial's figures (``ddpmlab figures``, ``ddpmlab eval``)
-    RUN/report/              the HTML report
+    RUN/report/              the HTML report (``ddpmlab report``)
+    RUN/eval.json            the results of the last ``ddpmlab eval`` (the report shows them)
     RUN/checkpoints/         one folder per saved step (:mod:`ddpmlab.train.checkpoint`)
+    RUN/.ddpmlab.lock        held (flock) by the process training here; ``.ddpmlab.lock.json``
+                             names it (PID, host, command, start time)
+    RUN/.replaced-PID/       a run that ``--force`` moved aside until the new run's first
+                             checkpoint exists (then deleted; put back if the new run fails)
 
 It is a base piece (it imports only the config, errors and file I/O) so that the trainer can
 prepare and write a run without knowing the run layer (:mod:`ddpmlab.runs`) that composes
@@ -19,14 +24,88 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .config import Config
 from .errors import CheckpointError
-from .io import atomic_write_text
+from .io import atomic_write_text, read_json
+
+LOCK_NAME = ".ddpmlab.lock"
+OWNER_NAME = ".ddpmlab.lock.json"
+ASIDE_PREFIX = ".replaced-"
+STEP_DIR = re.compile(r"^step_(\d{8,})$")  # a complete checkpoint folder (others are .tmp-*)
+# What a run consists of: ``--force`` moves exactly these aside, nothing else of a folder.
+RUN_ENTRIES = ("config.json", "metrics.jsonl", "samples.png", "samples", "figures", "report",
+               "eval.json", "checkpoints")
+_OURS = (LOCK_NAME, OWNER_NAME)
+
+
+def remove_tree(path: Path) -> str | None:
+    """Delete a file or folder; ``None`` when it is gone, else the first error as text (never
+    silently ignored: the caller says what is left)."""
+    errors: list[str] = []
+    try:
+        if path.is_symlink() or not path.is_dir():
+            path.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(path, onerror=lambda f, p, e: errors.append(f"{p}: {e[1]}"))
+    except OSError as e:
+        errors.append(f"{path}: {e.strerror or e}")
+    return errors[0] if errors else None
+
+
+class RunLock:
+    """An exclusive lock on a run directory (``filelock``: flock on ``RUN/.ddpmlab.lock``).
+
+    The kernel releases a flock when its process dies, so a lock left by a killed process is
+    free again; the owner file it left (``.ddpmlab.lock.json``) is how that is detected and
+    reported (:attr:`stale`), never silently. A lock held by a live process is refused."""
+
+    def __init__(self, run: RunDir, command: str) -> None:
+        from filelock import FileLock, Timeout
+
+        self.run = run
+        self.stale: str | None = None
+        self._lock = FileLock(str(run.root / LOCK_NAME), timeout=0)
+        owner_file = run.root / OWNER_NAME
+        try:
+            self._lock.acquire()
+        except Timeout:
+            raise CheckpointError(f"{run.root}: in use by {_describe_owner(owner_file)}; wait "
+                                  "for it to finish or stop it first") from None
+        except OSError as e:
+            raise CheckpointError(f"{run.root}: cannot lock the run directory "
+                                  f"({e.strerror or e})") from None
+        if owner_file.exists():
+            self.stale = (f"{run.root}: the previous {_describe_owner(owner_file)} ended without "
+                          "releasing this run directory (killed?); its lock is free, taking it")
+        try:
+            atomic_write_text(owner_file, json.dumps({
+                "pid": os.getpid(), "host": socket.gethostname(), "command": command,
+                "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
+        except OSError as e:
+            self._lock.release()
+            raise CheckpointError(f"{owner_file}: cannot write ({e.strerror or e})") from None
+
+    def release(self) -> None:
+        if self._lock.is_locked:
+            (self.run.root / OWNER_NAME).unlink(missing_ok=True)
+            self._lock.release()
+
+
+def _describe_owner(owner_file: Path) -> str:
+    try:
+        o = read_json(owner_file)
+        return (f"ddpmlab {str(o['command'])[:40]} (PID {int(o['pid'])} on "
+                f"{str(o['host'])[:64]}, since {str(o['started'])[:20]})")
+    except Exception:  # a missing or damaged owner file still means "another process"
+        return "another ddpmlab process"
 
 
 @dataclass(frozen=True)
@@ -67,8 +146,20 @@ class RunDir:
     def report(self) -> Path:
         return self.root / "report"
 
+    @property
+    def eval_results(self) -> Path:
+        return self.root / "eval.json"
+
     def is_run(self) -> bool:
         return self.config.is_file()
+
+    def checkpoint_dirs(self) -> list[Path]:
+        """Complete checkpoint folders (``step_XXXXXXXX``), oldest first."""
+        if not self.checkpoints.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.checkpoints.iterdir()
+                 if p.is_dir() and (m := STEP_DIR.match(p.name))]
+        return [p for _, p in sorted(found)]
 
     # ------------------------------------------------------------------ reading
     def read_config(self) -> Config:
@@ -123,7 +214,8 @@ class RunDir:
             raise CheckpointError(
                 f"{rd}: already holds a run; use --resume to continue it, --force to replace "
                 "it, or choose another --out")
-        if rd.is_dir() and not self.config.exists() and any(rd.iterdir()) and not force:
+        if (rd.is_dir() and not self.config.exists() and not force
+                and any(p.name not in _OURS for p in rd.iterdir())):
             raise CheckpointError(f"{rd}: is not empty and holds no ddpmlab run; refusing to "
                                   "write into it (use --force, or choose another --out)")
         try:
@@ -137,14 +229,98 @@ class RunDir:
     def check_resume(self) -> None:
         if not self.is_run():
             raise CheckpointError(f"{self.root}: not a ddpmlab run directory (no config.json)")
+        if self.checkpoints.is_symlink():
+            raise CheckpointError(f"{self.checkpoints}: is a symbolic link; ddpmlab keeps a "
+                                  "run's checkpoints inside its directory")
 
-    def create(self, config_json: str, force: bool) -> None:
-        """Start a new run here: (``force``) drop the old run's checkpoints, write the config,
-        make ``samples/``, start ``metrics.jsonl`` afresh. Call only once the data are read
-        and the model is built, so that a bad input leaves an old run as it was."""
-        if force:
-            shutil.rmtree(self.checkpoints, ignore_errors=True)
-        self.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.config, config_json)
-        self.samples.mkdir(exist_ok=True)
-        self.metrics.unlink(missing_ok=True)
+    def lock(self, command: str) -> RunLock:
+        """Take the run directory's lock (it must exist); one line if another process has it."""
+        return RunLock(self, command)
+
+    def create(self, config_json: str, force: bool) -> Path | None:
+        """Start a new run here: (``force``) move the old run aside (:meth:`set_aside`), write
+        the config, make ``samples/``, start ``metrics.jsonl``. Call only once the data are read
+        and the model is built, so that a bad input leaves an old run as it was. Returns the
+        folder the old run was moved to: :meth:`drop_aside` it once the new run has a complete
+        checkpoint, :meth:`put_back` it if the new run fails before."""
+        aside = self.set_aside() if force else None
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.config, config_json)
+            self.samples.mkdir(exist_ok=True)
+            self.metrics.unlink(missing_ok=True)
+        except OSError as e:
+            if aside is not None:
+                self.put_back(aside)
+            raise CheckpointError(f"{self.root}: cannot write there ({e.strerror or e})") from None
+        return aside
+
+    # ------------------------------------------------------------------ --force, by renames
+    def set_aside(self) -> Path | None:
+        """Move the run's own entries (:data:`RUN_ENTRIES`) into ``RUN/.replaced-PID/`` by
+        renames; nothing is deleted. ``None`` when there was nothing to move."""
+        present = [n for n in RUN_ENTRIES if os.path.lexists(self.root / n)]
+        if not present:
+            return None
+        aside = self.root / f"{ASIDE_PREFIX}{os.getpid()}"
+        moved: list[str] = []
+        try:
+            aside.mkdir()
+            for name in present:
+                os.rename(self.root / name, aside / name)
+                moved.append(name)
+        except OSError as e:
+            for name in moved:
+                os.rename(aside / name, self.root / name)
+            aside.rmdir() if aside.is_dir() else None
+            raise CheckpointError(f"{self.root}: cannot move the old run aside for --force "
+                                  f"({e.strerror or e}); nothing was changed") from None
+        return aside
+
+    def put_back(self, aside: Path) -> None:
+        """Undo :meth:`set_aside`: the new run's entries go, the old ones come back."""
+        for entry in sorted(aside.iterdir()):
+            target = self.root / entry.name
+            if os.path.lexists(target) and (err := remove_tree(target)):
+                raise CheckpointError(f"cannot put the replaced run back from {aside} ({err}); "
+                                      "its files are all still there")
+            os.rename(entry, target)
+        aside.rmdir()
+
+    def drop_aside(self, aside: Path) -> str | None:
+        """Delete the replaced run for good; a message if some of it could not be deleted."""
+        err = remove_tree(aside)
+        return None if err is None else (f"could not delete the replaced run in {aside} "
+                                         f"({err}); delete it by hand")
+
+    def recover(self) -> list[str]:
+        """:meth:`recover_aside` for a reader (``sample``, ``--resume`` before it reads the
+        config): only when something was left aside, and only when no process holds the lock
+        (a live ``--force`` owns its folder)."""
+        if not self.root.is_dir() or not any(self.root.glob(ASIDE_PREFIX + "*")):
+            return []
+        try:
+            lock = self.lock("recover")
+        except CheckpointError:
+            return []
+        try:
+            return self.recover_aside()
+        finally:
+            lock.release()
+
+    def recover_aside(self) -> list[str]:
+        """Under the lock: finish what a killed ``--force`` left. A new run with a complete
+        checkpoint keeps it (the old run is deleted); one without gives way to the old run,
+        which is put back. Returns what was done, as messages."""
+        notes = []
+        for aside in sorted(self.root.glob(ASIDE_PREFIX + "*")):
+            if not aside.is_dir():
+                continue
+            if self.checkpoint_dirs():
+                notes.append(self.drop_aside(aside) or f"{aside}: deleted the run that an "
+                             "interrupted --force replaced (the new run has a checkpoint)")
+            else:
+                self.put_back(aside)
+                notes.append(f"{self.root}: put back the run that an interrupted --force had "
+                             "moved aside (the new run never reached a checkpoint)")
+        return notes

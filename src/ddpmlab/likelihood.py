@@ -70,8 +70,12 @@ def bits_per_dim(
     generator: torch.Generator | None = None,
     clip_x0: bool = False,
     progress: bool = False,
+    learn_sigma: bool = False,
 ) -> BitsPerDim:
-    """The ELBO in bits/dim of a batch ``x0`` (``[N, *]`` in [-1, 1], 8-bit data)."""
+    """The ELBO in bits/dim of a batch ``x0`` (``[N, *]`` in [-1, 1], 8-bit data).
+
+    With ``learn_sigma`` the model returns 2C channels and every term uses its learned variance
+    (:func:`ddpmlab.reverse.learned_log_var`) instead of the fixed ``variance``."""
     T = schedule.T
     sched = schedule.to(x0.device)
     ts, weights = _chosen_timesteps(T, n_timesteps, generator)
@@ -89,7 +93,8 @@ def bits_per_dim(
             tt = torch.full((x0.shape[0],), t, dtype=torch.long, device=x0.device)
             noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
             x_t = q_sample(sched, x0, tt, noise=noise)
-            term = vlb_terms(model, sched, x0, x_t, tt, prediction, variance, y, clip_x0)
+            term = vlb_terms(model, sched, x0, x_t, tt, prediction, variance, y, clip_x0,
+                             learn_sigma)
             term = term.double().cpu()
             terms[t] = term.mean()
             if t == 0:

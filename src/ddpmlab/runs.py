@@ -18,6 +18,8 @@ processes sharing the work, change nothing.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import time
 import warnings
@@ -32,13 +34,23 @@ from torch import nn
 from . import schedules
 from .config import Config
 from .data import BUILTINS, load_dataset, to_model_range, to_uint8
-from .errors import CheckpointError, ConfigError
+from .device import check_memory
+from .errors import CheckpointError, ConfigError, DDPMLabError
 from .evaluate import evaluate_samples, load_samples_npz, save_memorization_figure
 from .features import get_feature_extractor
-from .io import atomic_write_bytes, load_tensors
+from .io import (
+    SOFTWARE,
+    atomic_write_bytes,
+    atomic_write_text,
+    is_our_png,
+    load_tensors,
+    read_json,
+)
 from .layout import RunDir
 from .likelihood import bits_per_dim
+from .likelihood_ode import NLLS, ode_bits_per_dim
 from .nn import UNet
+from .objectives import sampler_model, sampler_prediction, schedule_for
 from .samplers import per_sample_generators, sample
 from .train import Trainer
 from .train.checkpoint import latest_checkpoint
@@ -61,6 +73,8 @@ def load_run(run_dir: str | os.PathLike, use_ema: bool = True,
     ``step_*`` folder of the run; default: its newest checkpoint)."""
     run = RunDir(run_dir)
     run_dir = run.root
+    for note in run.recover():  # (a --force killed before its first checkpoint)
+        warnings.warn(note, stacklevel=2)
     cfg = run.read_config()
     cfg_path = run.config
     ckpt = latest_checkpoint(run_dir) if checkpoint is None else Path(checkpoint)
@@ -84,6 +98,24 @@ def load_run(run_dir: str | os.PathLike, use_ema: bool = True,
     return model.to(device).eval(), cfg, ckpt
 
 
+def run_schedule(cfg: Config) -> schedules.Schedule:
+    """The schedule a run's samplers, forward process and figures use: ``diffusion.schedule``
+    for the ddpm objective, the objective's noise-level grid for edm and flow
+    (:func:`ddpmlab.objectives.schedule_for`)."""
+    d = cfg.diffusion
+    return schedule_for(d.objective, d.schedule, d.timesteps)
+
+
+def sampler_view(model: nn.Module, cfg: Config,
+                 sched: schedules.Schedule) -> tuple[Any, str]:
+    """(model, prediction) as the samplers take them: the network itself and
+    ``diffusion.prediction`` for ddpm; for edm and flow the network wrapped into an x0
+    predictor at the grid's noise levels (:func:`ddpmlab.objectives.sampler_model`)."""
+    d = cfg.diffusion
+    return (sampler_model(model, d.objective, sched, d.sigma_data),
+            sampler_prediction(d.objective, d.prediction))
+
+
 def default_labels(cfg: Config, n: int) -> torch.Tensor | None:
     """The classes a conditional run draws when none is asked for: sample k gets class
     ``k % num_classes`` (a balanced mix, fixed by the sample's number like its noise), drawn
@@ -95,6 +127,16 @@ def default_labels(cfg: Config, n: int) -> torch.Tensor | None:
 def class_rows(num_classes: int, per: int) -> torch.Tensor:
     """Labels for a grid with one row of ``per`` samples per class: 0,0,..,1,1,.."""
     return torch.arange(num_classes).repeat_interleave(per)
+
+
+def check_sample_memory(cfg: Config, n: int, batch_size: int | None = None) -> None:
+    """One line, before anything is allocated, for a sample count this machine cannot hold:
+    the result (float32 and uint8), the labels, and one batch's working set."""
+    m = cfg.model
+    shape = (m.in_channels, m.image_size, m.image_size)
+    batch = min(n, batch_size or cfg.sample.batch_size)
+    check_memory(5.0 * math.prod(shape) * n + 8.0 * n + 48.0 * math.prod(shape) * batch,
+                 f"{n:,} samples of {'x'.join(map(str, shape))}")
 
 
 def sample_images(model: nn.Module, cfg: Config, n: int, seed: int = 0,
@@ -119,10 +161,12 @@ def sample_images(model: nn.Module, cfg: Config, n: int, seed: int = 0,
     spacing = spacing or (None if s.spacing == "auto" else s.spacing)
     guidance = s.guidance if guidance is None else guidance
     batch_size = batch_size or s.batch_size
-    indices = list(range(n)) if indices is None else list(indices)
-    sched = schedules.get(cfg.diffusion.schedule, cfg.diffusion.timesteps)
     m = cfg.model
     shape = (m.in_channels, m.image_size, m.image_size)
+    check_sample_memory(cfg, n if indices is None else len(indices), batch_size)
+    indices = list(range(n)) if indices is None else list(indices)
+    sched = run_schedule(cfg)
+    net, prediction = sampler_view(model, cfg, sched)
     null = m.null_class
     if y is not None and null is None:
         raise CheckpointError("this run's model is unconditional: it cannot sample a class")
@@ -139,10 +183,11 @@ def sample_images(model: nn.Module, cfg: Config, n: int, seed: int = 0,
             idx = indices[start:start + batch_size]
             gens = per_sample_generators(seed, idx, device=device)
             yb = None if y is None else y[start:start + len(idx)].to(device)
-            x = sample(model, sched, (len(idx), *shape), sampler=sampler, steps=steps, eta=eta,
-                       variance=s.variance, prediction=cfg.diffusion.prediction, y=yb,
+            x = sample(net, sched, (len(idx), *shape), sampler=sampler, steps=steps, eta=eta,
+                       variance=s.variance, prediction=prediction, y=yb,
                        guidance=guidance, generator=gens, clip_x0=s.clip_x0,
-                       null_class=null, device=device, spacing=spacing)
+                       null_class=null, device=device, spacing=spacing,
+                       learn_sigma=m.learn_sigma)
             out.append(x.float().cpu())
             if bar is not None:
                 bar.update(len(idx))
@@ -187,7 +232,7 @@ def save_npz(images: torch.Tensor, path: str | os.PathLike,
     arr = to_uint8(images).permute(0, 2, 3, 1).numpy()
     buf = BytesIO()
     extra = {} if labels is None else {"labels": labels.cpu().numpy().astype(np.int64)}
-    np.savez(buf, arr_0=arr, **extra)
+    np.savez(buf, arr_0=arr, **extra, **{SOFTWARE: np.array("samples")})  # (the mark: io)
     path = Path(path)
     atomic_write_bytes(path, buf.getvalue())
     return path
@@ -234,7 +279,9 @@ def score_run(run_dir: str | os.PathLike, *, samples_npz: str | os.PathLike | No
               n: int | None = None, sampler: str | None = None, steps: int | None = None,
               seed: int = 0, bpd_images: int = 256, bpd_timesteps: int | None = 100,
               inception_weights: str | os.PathLike | None = None,
-              device: str | torch.device = "cpu", progress: bool = True) -> dict:
+              device: str | torch.device = "cpu", progress: bool = True,
+              force: bool = False, nll: str = "elbo", ode_images: int = 64,
+              ode_steps: int = 32, ode_probes: int = 1) -> dict:
     """Everything ``ddpmlab eval`` reports for a run, as one JSON-ready dict.
 
     Samples come from ``samples_npz`` (uint8 ``N x H x W x C`` under ``arr_0``) or are drawn
@@ -243,11 +290,29 @@ def score_run(run_dir: str | os.PathLike, *, samples_npz: str | os.PathLike | No
     bits/dim is the ELBO of ``bpd_images`` held-out images (the ``test`` split) estimated from
     ``bpd_timesteps`` timesteps (None: all T; see :mod:`ddpmlab.likelihood`). Also writes
     ``RUN/figures/vlb.png`` (L_t against t) and ``RUN/figures/memorization.png`` (the closest
-    samples beside their nearest training images), and appends an ``{"event": "eval"}`` line
-    to the run's metrics. The feature network is built once and each split is read once.
+    samples beside their nearest training images), appends an ``{"event": "eval"}`` line
+    to the run's metrics and writes the whole dict to ``RUN/eval.json`` (what ``ddpmlab
+    report`` shows). The feature network is built once and each split is read once.
+
+    ``nll`` says which likelihood: ``elbo`` (the default, above), ``ode`` (the
+    probability-flow ODE bits/dim instead, :func:`ode_bits_report`) or ``both``.
     """
+    if nll not in NLLS:
+        raise ConfigError(f"nll={nll!r}: choose one of {', '.join(NLLS)}")
+    for name, v in (("ode_steps", ode_steps), ("ode_probes", ode_probes)):
+        if nll != "elbo" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ConfigError(f"{name}={v!r} must be an integer >= 1")
     run = RunDir(run_dir)
     model, cfg, ckpt = load_run(run.root, use_ema=True, device=device)
+    check_outputs([run.figures / "memorization.png", run.figures / "vlb.png"], force)
+    if run.eval_results.exists() and not force:   # replaced only when an earlier eval wrote it
+        try:
+            doc = read_json(run.eval_results)
+        except CheckpointError:
+            doc = None
+        if not (isinstance(doc, dict) and {"fid", "memorization"} <= set(doc)):
+            raise DDPMLabError(f"{run.eval_results}: exists and is not an eval result written by "
+                               "ddpmlab; refusing to overwrite it (use --force)")
     train = load_dataset(cfg.data, "train")
     held = load_dataset(cfg.data, "test")
     data_name = cfg.data.dataset.strip().lower()
@@ -274,14 +339,18 @@ def score_run(run_dir: str | os.PathLike, *, samples_npz: str | os.PathLike | No
     if worst:
         out["memorization"]["figure"] = str(save_memorization_figure(
             x, train.images, worst, run.figures / "memorization.png"))
-    if bpd_images > 0:
+    elbo = nll != "ode" and bpd_images > 0
+    if elbo and cfg.diffusion.objective != "ddpm":
+        out["bits_per_dim_note"] = (f"ELBO bits/dim: not defined for objective "
+                                    f"{cfg.diffusion.objective} (use the ODE likelihood)")
+    elif elbo:
         g = torch.Generator().manual_seed(seed)
         pick = torch.randperm(len(held), generator=g)[:bpd_images]
         x0 = to_model_range(held.images[pick]).to(device)
         sched = schedules.get(cfg.diffusion.schedule, cfg.diffusion.timesteps)
         bpd = bits_per_dim(model, sched, x0, prediction=cfg.diffusion.prediction,
                            variance=cfg.sample.variance, n_timesteps=bpd_timesteps,
-                           generator=g, progress=progress)
+                           generator=g, progress=progress, learn_sigma=cfg.model.learn_sigma)
         out["bits_per_dim"] = {
             "total": bpd.total, "prior": bpd.prior, "decoder": bpd.decoder,
             "diffusion": bpd.diffusion, "images": int(len(pick)), "split": held.source,
@@ -289,18 +358,75 @@ def score_run(run_dir: str | os.PathLike, *, samples_npz: str | os.PathLike | No
             "terms": {int(t): float(bpd.terms[t]) for t in bpd.timesteps.tolist()},
             "figure": str(vlb_plot(bpd.terms, run.figures / "vlb.png", total=bpd.total)),
         }
+    if nll != "elbo" and ode_images > 0:
+        out["bits_per_dim_ode"] = ode_bits_report(model, cfg, held, seed=seed, images=ode_images,
+                                                  steps=ode_steps, probes=ode_probes,
+                                                  device=device, progress=progress)
     summary = {k: out[k] for k in ("fid", "kid_mean", "precision", "recall") if k in out}
     summary["memorization_share"] = out["memorization"]["share"]
     if "bits_per_dim" in out:
         summary["bits_per_dim"] = out["bits_per_dim"]["total"]
+    if "bits_per_dim_ode" in out:
+        summary["bits_per_dim_ode"] = out["bits_per_dim_ode"]["total"]
     run.append_metrics({"event": "eval", "time": time.time(), "n": out["n"], **summary})
+    atomic_write_text(run.eval_results, json.dumps(out, indent=2) + "\n")  # for the report
     return out
 
 
+def ode_bits_report(model: nn.Module, cfg: Config, held: Any, *, seed: int = 0,
+                    images: int = 64, steps: int = 32, probes: int = 1,
+                    device: str | torch.device = "cpu", progress: bool = False) -> dict:
+    """The probability-flow ODE bits/dim (:mod:`ddpmlab.likelihood_ode`) of ``images``
+    held-out images (the first ones of the ELBO's pick for the same seed), with the run's
+    objective through :func:`sampler_view` (every objective is a model on the run's noise-level
+    grid), RK4 over ``steps`` steps in log sigma and Hutchinson's trace with ``probes``
+    Rademacher probes. It is computed again at ``steps // 2`` with the same dequantization noise
+    and probes: for a fourth-order solver the change estimates ~15x the error at ``steps``.
+    Conditional runs are scored with y = None, as the ELBO is."""
+    pick = torch.randperm(len(held), generator=torch.Generator().manual_seed(seed))[:images]
+    x0 = to_model_range(held.images[pick]).to(device)
+    sched = run_schedule(cfg)
+    net, prediction = sampler_view(model, cfg, sched)
+
+    def at(n: int):
+        return ode_bits_per_dim(net, sched, x0, steps=n, prediction=prediction,
+                                learn_sigma=cfg.model.learn_sigma, probes=probes,
+                                generator=torch.Generator().manual_seed(seed + 1),
+                                batch_size=64, progress=progress)
+
+    full = at(steps)
+    per = full.per_sample
+    rep = {"total": full.total,
+           "sem": float(per.std() / math.sqrt(len(per))) if len(per) > 1 else None,
+           "images": int(len(pick)), "split": held.source, "steps": steps,
+           "nfe": full.nfe, "solver": "rk4 in log sigma", "trace": full.trace,
+           "probes": full.probes, "halved_steps": None, "halved_total": None,
+           "step_halving_change": None}
+    if steps >= 2:
+        half = at(steps // 2)
+        rep.update(halved_steps=steps // 2, halved_total=half.total,
+                   step_halving_change=full.total - half.total)
+    return rep
+
+
 # ============================================================================ figures
+FIGURE_NAMES = ("noising_strip.png", "denoising_chain.png", "schedule.png", "loss.png",
+                "samples_by_class.png", "samples.png")
+
+
+def check_outputs(paths: list[Path], force: bool) -> None:
+    """Refuse (before any work) to replace a file that ddpmlab did not write, unless ``force``."""
+    for p in paths:
+        if p.is_dir():
+            raise DDPMLabError(f"{p}: is a directory; refusing to write a figure there")
+        if p.exists() and not force and not is_our_png(p):
+            raise DDPMLabError(f"{p}: exists and is not a PNG written by ddpmlab; refusing to "
+                               "overwrite it (use --force, or another folder)")
+
+
 def run_figures(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                 seed: int = 0, device: str | torch.device = "cpu",
-                chain_steps: int | None = None) -> list[Path]:
+                chain_steps: int | None = None, force: bool = False) -> list[Path]:
     """Every figure of the tutorial for a trained run, written to ``out_dir`` (default
     ``RUN/figures``): the noising strip of real training images, the denoising chain of the
     EMA model (ancestral DDPM over all T steps unless ``chain_steps``), the schedule plot, the
@@ -312,8 +438,10 @@ def run_figures(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = 
         raise ConfigError(f"chain_steps={chain_steps}: the run has diffusion.timesteps={T}; "
                           f"give 1..{T}")
     out = Path(out_dir) if out_dir is not None else run.figures
+    check_outputs([out / name for name in FIGURE_NAMES], force)
     out.mkdir(parents=True, exist_ok=True)
-    sched = schedules.get(cfg.diffusion.schedule, cfg.diffusion.timesteps)
+    sched = run_schedule(cfg)       # (edm, flow: the forward process on the objective's grid)
+    net, prediction = sampler_view(model, cfg, sched)
     g = torch.Generator().manual_seed(seed)
     written = []
     data = load_dataset(cfg.data, "train")
@@ -325,10 +453,11 @@ def run_figures(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = 
     # A conditional run's chain denoises towards classes 0, 1, 2 with the run's guidance.
     chain_y = default_labels(cfg, 3)
     written.append(denoising_chain(
-        model, sched, (3, m.in_channels, m.image_size, m.image_size), out / "denoising_chain.png",
-        sampler="ddpm", steps=chain_steps, prediction=cfg.diffusion.prediction,
+        net, sched, (3, m.in_channels, m.image_size, m.image_size), out / "denoising_chain.png",
+        sampler="ddpm", steps=chain_steps, prediction=prediction,
         y=chain_y, guidance=cfg.sample.guidance if chain_y is not None else 1.0,
-        null_class=null, generator=g, clip_x0=cfg.sample.clip_x0, device=device))
+        null_class=null, generator=g, clip_x0=cfg.sample.clip_x0, device=device,
+        learn_sigma=m.learn_sigma))
     written.append(schedule_plot(out / "schedule.png", T=cfg.diffusion.timesteps))
     if run.metrics.is_file():
         written.append(loss_plot(run.metrics, out / "loss.png"))

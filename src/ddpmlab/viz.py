@@ -33,7 +33,7 @@ import torch
 from . import schedules as S
 from .errors import DataError
 from .forward import q_sample
-from .io import atomic_write_bytes
+from .io import SOFTWARE, atomic_write_bytes, png_bytes
 from .layout import RunDir
 from .samplers import sample
 from .schedules import Schedule
@@ -86,9 +86,7 @@ def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = 
     img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return _write(path, buf.getvalue())
+    return _write(path, png_bytes(img))  # (marked: ddpmlab may replace it later)
 
 
 # ============================================================================ figure helpers
@@ -105,7 +103,7 @@ def _figure(width: float, height: float) -> Any:
 def _save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", pad_inches=0.08,
-                metadata={"Software": None})
+                metadata={"Software": SOFTWARE})
     return _write(path, buf.getvalue())
 
 

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..device import check_memory
+
 __all__ = ["convert_and_resize", "convert_channels", "luma", "resize"]
 
 _RESIZE_CHUNK = 4096          # images per batched torch resize (bounds the float32 copy)
@@ -60,6 +62,9 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
     scale = size / min(h, w)
     nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
     top, left = (nh - size) // 2, (nw - size) // 2
+    n, c = x.shape[:2]
+    check_memory(n * c * size * size + 8.0 * min(n, _RESIZE_CHUNK) * c * nh * nw,
+                 f"resizing {n:,} images to {size}x{size}")
     out = torch.empty(x.shape[0], x.shape[1], size, size, dtype=torch.uint8)
     for i in range(0, x.shape[0], _RESIZE_CHUNK):
         # one memory layout whatever the input's strides (an NHWC view, a decoded HWC image)

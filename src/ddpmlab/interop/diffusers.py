@@ -35,6 +35,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -262,6 +263,10 @@ def model_config_from_diffusers(c: dict, source: str) -> ModelConfig:
 def model_config_to_diffusers(m: ModelConfig, net: UNet) -> dict:
     """:class:`ModelConfig` -> a ``UNet2DModel`` config, or an error naming what diffusers
     cannot express."""
+    if m.learn_sigma:
+        raise InteropError("model.learn_sigma=true: exporting a learned-variance model (2C "
+                           "output channels, diffusers' variance_type 'learned_range') is not "
+                           "supported yet")
     levels = len(m.channel_mult)
     if m.image_size % 2 ** (levels - 1):
         raise InteropError(f"model.image_size={m.image_size} with {levels} levels: diffusers' "
@@ -393,17 +398,32 @@ def import_diffusers(src: str | os.PathLike, out: str | os.PathLike, *, dataset:
     net.load_state_dict(state)
     run = RunDir(out)
     run.check_new(force)
-    run.create(cfg.to_json(), force)
-    opt_tensors, opt_meta = optimizer_to_tensors(make_optimizer(list(net.parameters()), cfg.train))
-    rng = {"train_generator": torch.Generator().manual_seed(cfg.train.seed + 17).get_state(),
-           "torch_cpu": torch.Generator().manual_seed(cfg.train.seed).get_state()}
-    return save_checkpoint(run.root, 0, {
-        "model.safetensors": state, "ema.safetensors": state,
-        "optimizer.safetensors": opt_tensors, "optimizer.json": opt_meta,
-        "rng.safetensors": rng,
-        "state.json": {"format_version": FORMAT_VERSION, "step": 0, "skipped_steps": 0,
-                       "world_size": 1, "time": time.time(), "imported_from": str(src)},
-    }, keep_last=cfg.train.keep_last)
+    lock = run.lock("import")
+    try:
+        run.recover_aside()
+        run.check_new(force)
+        aside = run.create(cfg.to_json(), force)
+        opt_tensors, opt_meta = optimizer_to_tensors(make_optimizer(list(net.parameters()),
+                                                                    cfg.train))
+        rng = {"train_generator": torch.Generator().manual_seed(cfg.train.seed + 17).get_state(),
+               "torch_cpu": torch.Generator().manual_seed(cfg.train.seed).get_state()}
+        try:
+            ckpt = save_checkpoint(run.root, 0, {
+                "model.safetensors": state, "ema.safetensors": state,
+                "optimizer.safetensors": opt_tensors, "optimizer.json": opt_meta,
+                "rng.safetensors": rng,
+                "state.json": {"format_version": FORMAT_VERSION, "step": 0, "skipped_steps": 0,
+                               "world_size": 1, "time": time.time(), "imported_from": str(src)},
+            }, keep_last=cfg.train.keep_last)
+        except BaseException:
+            if aside is not None:
+                run.put_back(aside)
+            raise
+        if aside is not None and (msg := run.drop_aside(aside)):
+            warnings.warn(msg, stacklevel=2)
+        return ckpt
+    finally:
+        lock.release()
 
 
 _README = """# {name}: a ddpmlab run in diffusers' format
@@ -431,6 +451,10 @@ def export_diffusers(run_dir: str | os.PathLike, out: str | os.PathLike, *, use_
     """Write a run as a ``DDPMPipeline`` folder (``unet/``, ``scheduler/``,
     ``model_index.json``, a README); everything is checked before anything is written."""
     model, cfg, ckpt = load_run(run_dir, use_ema=use_ema)
+    if cfg.diffusion.objective != "ddpm":
+        raise InteropError(f"diffusion.objective={cfg.diffusion.objective}: diffusers' "
+                           "DDPMPipeline holds a DDPM model only; exporting an edm or flow run "
+                           "is not supported")
     ucfg = model_config_to_diffusers(cfg.model, model)
     weights = to_diffusers_state(model.state_dict(), model)
     out = Path(out)

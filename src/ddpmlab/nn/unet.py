@@ -1,7 +1,7 @@
 """The UNet noise predictor of Ho et al. 2020 (DDPM), built from a :class:`ModelConfig`.
 
 The architecture follows the DDPM TF code (``diffusion_tf/models/unet.py``) as ported by
-improved-diffusion, without the learned-variance head:
+improved-diffusion:
 
 - ``conv_in`` (3x3) to ``base_channels``;
 - per level ``l`` (channels ``base * channel_mult[l]``): ``num_res_blocks`` ResBlocks, each
@@ -11,7 +11,9 @@ improved-diffusion, without the learned-variance head:
 - the up path, per level from the deepest: ``num_res_blocks + 1`` ResBlocks, each fed the
   concatenation with one saved down-path activation (and attention as on the way down); a
   nearest x2 upsample + 3x3 conv between levels;
-- GroupNorm, SiLU, ``conv_out`` (3x3) back to ``in_channels``.
+- GroupNorm, SiLU, ``conv_out`` (3x3) to ``cfg.out_channels``: ``in_channels``, or twice as
+  many for a model that also outputs its variance (``learn_sigma``; what the extra channels
+  mean is the diffusion math's business, :func:`ddpmlab.reverse.split_output`).
 
 ResBlock: ``GN -> SiLU -> conv3x3``, plus ``Linear(SiLU(temb))`` added per channel, then
 ``GN -> SiLU -> dropout -> conv3x3``; a 1x1 conv on the skip when the channel count changes.
@@ -159,7 +161,7 @@ class Stage(nn.Module):
 
 
 class UNet(nn.Module):
-    """DDPM UNet ``(x[N,C,H,W], t[N] int64, y[N] int64 | None) -> eps-shaped [N,C,H,W]``.
+    """DDPM UNet ``(x[N,C,H,W], t[N] int64, y[N] int64 | None) -> [N, cfg.out_channels, H, W]``.
 
     ``y`` is used only when ``cfg.num_classes > 0``: labels ``0..num_classes-1``, or
     ``num_classes`` (``self.null_class``) for the null class; ``y=None`` means the null class for
@@ -231,11 +233,12 @@ class UNet(nn.Module):
                 ch = out
 
         self.norm_out = _norm(ch, groups, eps)
-        self.conv_out = _zero(nn.Conv2d(ch, cfg.in_channels, 3, padding=1))
+        self.conv_out = _zero(nn.Conv2d(ch, cfg.out_channels, 3, padding=1))
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """:param x: ``[N, C, H, W]`` noisy images; :param t: ``[N]`` timestep indices in
-        ``[0, T)``; :param y: ``[N]`` class labels or None. :return: ``[N, C, H, W]``."""
+        ``[0, T)``; :param y: ``[N]`` class labels or None. :return: ``[N, out_channels, H, W]``
+        (``C``, or ``2C`` with ``learn_sigma``)."""
         self._check(x, t, y)
         n, _, height, width = x.shape
         pad_h, pad_w = -height % self.pad_multiple, -width % self.pad_multiple

@@ -9,7 +9,9 @@ states the contract):
 * ``"dpm_solver"``: DPM-Solver++(2M), deterministic, good in 10-20 steps;
 * ``"euler"``, ``"heun"`` (EDM), ``"euler_ancestral"``, ``"dpmpp_2m_sde"``, ``"dpmpp_3m_sde"``,
   ``"unipc"``: the sigma-space samplers of k-diffusion, EDM and diffusers, on Karras et al.'s
-  rho = 7 spacing by default (fractional indices).
+  rho = 7 spacing by default (fractional indices);
+* ``"flow_heun"``: Heun on the rectified-flow ODE dx/dt = v in the flow's time t (flow matching's
+  sampler; any objective).
 
 Every sampler walks explicit (t, t_prev) pairs (:mod:`.spacing`), passes the original index to
 the model, adds no noise at the final step, and works for any shape ``[N, *]`` and any callable.
@@ -34,6 +36,7 @@ from .dpmpp_2m_sde import dpmpp_2m_sde_step
 from .dpmpp_3m_sde import dpmpp_3m_sde_step
 from .euler import euler_step
 from .euler_ancestral import euler_ancestral_step
+from .flow_heun import flow_heun_step
 from .guidance import classifier_free_guidance
 from .heun import heun_step
 from .noise import Generators, per_sample_generators, randn
@@ -51,12 +54,14 @@ SAMPLERS: dict[str, Step] = {
     "dpmpp_2m_sde": dpmpp_2m_sde_step,
     "dpmpp_3m_sde": dpmpp_3m_sde_step,
     "unipc": unipc_step,
+    "flow_heun": flow_heun_step,
 }
 
 __all__ = [
     "SAMPLERS", "SPACINGS", "Prediction", "SamplerInfo", "Step", "StepContext", "sample",
     "ddpm_step", "ddim_step", "dpm_solver_step", "euler_step", "heun_step",
     "euler_ancestral_step", "dpmpp_2m_sde_step", "dpmpp_3m_sde_step", "unipc_step",
+    "flow_heun_step",
     "classifier_free_guidance", "timestep_pairs",
     "timesteps", "per_sample_generators", "randn",
 ]
@@ -90,6 +95,7 @@ def sample(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     options: dict[str, Any] | None = None,
+    learn_sigma: bool = False,
 ) -> torch.Tensor:
     """Draw samples x0 of ``shape`` ``(n, *dims)`` from ``model`` by the named ``sampler``.
 
@@ -108,7 +114,10 @@ def sample(
     from ``generator`` (one ``torch.Generator`` or one per sample). ``callback(info)`` gets
     ``i``, ``t``, ``t_prev``, ``steps`` (how many steps the call walks), ``nfe`` (network
     evaluations so far), ``x`` (x_t), ``x0_hat`` and ``x_next`` at every step. ``dtype``
-    defaults to ``x_T``'s, else float32. Runs under ``torch.inference_mode``.
+    defaults to ``x_T``'s, else float32. ``learn_sigma``: the model returns the prediction and
+    its variance values stacked on the channel axis (``[N, 2C, ...]``, improved DDPM); the
+    ancestral sampler (``"ddpm"``) then uses the model's variance instead of ``variance``, and
+    every other sampler the prediction half alone. Runs under ``torch.inference_mode``.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
@@ -143,7 +152,7 @@ def sample(
         if guidance == 1.0:
             cond_y = yt
         else:
-            net = classifier_free_guidance(model, yt, float(guidance), null_class)
+            net = classifier_free_guidance(model, yt, float(guidance), null_class, learn_sigma)
     nfe = [0]
 
     def counted(*args: Any) -> torch.Tensor:
@@ -152,7 +161,8 @@ def sample(
 
     ctx = StepContext(counted, sched, prediction=prediction, clip_x0=clip_x0, y=cond_y,
                       generator=generator, eta=None if eta is None else float(eta),
-                      variance=variance, steps=len(pairs), options=dict(options or {}))
+                      variance=variance, steps=len(pairs), options=dict(options or {}),
+                      learn_sigma=bool(learn_sigma))
     state: dict[str, Any] = {}
     bar: Any = None
     if progress:

@@ -3,7 +3,9 @@
 x_{t-1} = mu_theta(x_t, t) + sigma_t z, z ~ N(0, I), for t = T..1, with **no noise at the last
 step** (z = 0 when t = 1, i.e. index 0 / t_prev = -1). With fewer than T steps each jump
 t -> t_prev uses the skipped chain's posterior (see :func:`ddpmlab.forward.pair_coefs`). The
-variance is ``ctx.variance``: ``"small"`` (the posterior's beta_tilde) or ``"large"`` (beta).
+variance is ``ctx.variance``: ``"small"`` (the posterior's beta_tilde) or ``"large"`` (beta); a
+learn_sigma model's own variance when the context has it (:func:`ddpmlab.reverse.learned_log_var`,
+between the skipped chain's beta' and beta_tilde' for a skipped step).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ def ddpm_step(ctx: StepContext, x: torch.Tensor, t: int, t_prev: int,
     pred = ctx.predict(x, t)
     consecutive = isinstance(t, int) and isinstance(t_prev, int) and t_prev == t - 1
     tp = None if consecutive else ctx.index(t_prev, x)
-    mean, _, log_var, x0_hat = p_from_x0(ctx.schedule, x, pred.x0, pred.t, tp, ctx.variance)
+    mean, _, log_var, x0_hat = p_from_x0(ctx.schedule, x, pred.x0, pred.t, tp, ctx.variance,
+                                         pred.var_values)
     if t_prev < 0:  # the last step: the mean, no noise
         return mean, x0_hat
     return mean + torch.exp(0.5 * log_var) * ctx.noise_like(x), x0_hat

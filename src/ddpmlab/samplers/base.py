@@ -10,8 +10,11 @@ returns the x0 estimate it used. ``state`` is a dict that lives for one call of
 the schedule and the options. :meth:`StepContext.predict` is the one prologue: index tensor,
 model call (shape checked), the prediction converted to (x0_hat, eps_hat), and clipping
 (``clip_x0``: x0_hat clamped to [-1, 1] and eps_hat recomputed from it, improved-diffusion's
-convention, so the two stay consistent). :meth:`StepContext.noise_like` is the only source of
-a step's noise.
+convention, so the two stay consistent). When the context says ``learn_sigma`` the model
+returns 2C channels: the prologue splits them (:func:`ddpmlab.reverse.split_output`), every
+sampler sees the prediction half, and ``Prediction.var_values`` carries the variance half for
+the ancestral step (the only one that uses the model's variance). :meth:`StepContext.noise_like`
+is the only source of a step's noise.
 
 Indices are ints, or floats for a fractional spacing (``"karras"``); a fractional index reaches
 the model as a float64 tensor, and its abar comes from log sigma interpolated linearly between
@@ -34,7 +37,7 @@ from typing import Any, NamedTuple
 import torch
 
 from ..parametrization import eps_from_x0, to_x0_eps
-from ..reverse import Model, call_model
+from ..reverse import Model, call_model, split_output
 from ..schedules import Schedule, index_of_sigma, sigma_at
 from .noise import Generators, randn
 
@@ -47,6 +50,7 @@ class Prediction(NamedTuple):
     t: torch.Tensor          # int64 [N], the original index
     x0: torch.Tensor         # x0_hat (clipped when the context says so)
     eps: torch.Tensor        # eps_hat, consistent with x0_hat
+    var_values: torch.Tensor | None = None  # learn_sigma: the raw variance half, else None
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,9 @@ class StepContext:
     ``noise``, when given, is used instead of drawing from ``generator`` (to compare a step
     with another implementation on the same noise). ``eta`` None means the sampler's default
     (``step.info.eta``). ``steps`` is the number of steps of the call; ``options`` holds
-    sampler-specific settings (Heun's ``churn``, ``s_tmin``, ``s_tmax``, ``s_noise``)."""
+    sampler-specific settings (Heun's ``churn``, ``s_tmin``, ``s_tmax``, ``s_noise``).
+    ``learn_sigma``: the model returns the prediction and its variance values, ``[N, 2C, ...]``
+    (:meth:`predict` splits them)."""
 
     model: Model
     schedule: Schedule
@@ -70,6 +76,7 @@ class StepContext:
     noise: torch.Tensor | None = None
     steps: int = 0
     options: dict[str, Any] = field(default_factory=dict)
+    learn_sigma: bool = False
 
     def index(self, t: Index, x: torch.Tensor) -> torch.Tensor:
         """``t`` as a tensor ``[N]`` on ``x``'s device: int64 for an int, float64 otherwise."""
@@ -95,12 +102,13 @@ class StepContext:
     def predict(self, x: torch.Tensor, t: Index) -> Prediction:
         """Call the model at index ``t`` and return (t, x0_hat, eps_hat); see the module doc."""
         tt = self.index(t, x)
-        out = call_model(self.model, x, tt, self.y)
-        x0_hat, eps_hat = to_x0_eps(self.schedule, x, tt, out, self.prediction)
+        out = call_model(self.model, x, tt, self.y, self.learn_sigma)
+        pred, var_values = split_output(out, self.learn_sigma)
+        x0_hat, eps_hat = to_x0_eps(self.schedule, x, tt, pred, self.prediction)
         if self.clip_x0:
             x0_hat = x0_hat.clamp(-1.0, 1.0)
             eps_hat = eps_from_x0(self.schedule, x, tt, x0_hat)
-        return Prediction(tt, x0_hat, eps_hat)
+        return Prediction(tt, x0_hat, eps_hat, var_values)
 
     def noise_like(self, x: torch.Tensor) -> torch.Tensor:
         """Standard normal noise of ``x``'s shape (``noise`` if given, else from ``generator``)."""

@@ -7,17 +7,21 @@ in eps for a fixed x_t, guiding any of eps, x0 or v predictions is the same oper
 
 The null class is ``null_class`` (an integer label, the UNet's ``num_classes``) when given: both
 halves then run as one batch of 2N. Without it, the unconditional half is ``model(x, t)``.
+
+A learn_sigma model (``learn_sigma=True``: outputs ``[N, 2C, ...]``) is guided on its
+prediction half only; the variance half is the conditional model's (GLIDE's practice), since
+extrapolating a log-variance interpolation weight has no meaning.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..reverse import Model
+from ..reverse import Model, split_output
 
 
 def classifier_free_guidance(model: Model, y: torch.Tensor, w: float,
-                             null_class: int | None = None) -> Model:
+                             null_class: int | None = None, learn_sigma: bool = False) -> Model:
     """An unconditional-signature model ``f(x, t)`` that guides ``model`` towards labels ``y``."""
     if not w >= 0:
         raise ValueError(f"guidance weight must be >= 0, got {w!r}")
@@ -35,6 +39,9 @@ def classifier_free_guidance(model: Model, y: torch.Tensor, w: float,
             cond, uncond = both.chunk(2)
         else:
             cond, uncond = model(x, t, yy), model(x, t)
+        if learn_sigma:
+            (cond, var_values), (uncond, _) = split_output(cond, True), split_output(uncond, True)
+            return torch.cat([uncond + w * (cond - uncond), var_values], dim=1)
         return uncond + w * (cond - uncond)
 
     return guided

@@ -7,9 +7,9 @@ This package knows nothing of sampling figures or evaluation: the run layer
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .ema import ema_decay_at, ema_update
 from .loop import Trainer, TrainingError, TrainResult
-from .step import draw, training_loss
+from .step import draw, training_loss, training_losses
 
 __all__ = [
     "Trainer", "TrainResult", "TrainingError", "draw", "ema_decay_at", "ema_update",
-    "latest_checkpoint", "load_checkpoint", "save_checkpoint", "training_loss",
+    "latest_checkpoint", "load_checkpoint", "save_checkpoint", "training_loss", "training_losses",
 ]

@@ -8,6 +8,8 @@ A run's checkpoints (where they sit in the run directory is :mod:`ddpmlab.layout
         optimizer.safetensors      optimizer tensors (Adam moments), + optimizer.json (hyper-params)
         rng.safetensors            RNG states (training noise generator, torch's global CPU RNG)
         state.json                 step, counters, format version
+        loss_history.safetensors   only with diffusion.loss=vlb: the importance sampler's
+                                   per-t loss history (:class:`ddpmlab.losses.LossHistory`)
 
 A checkpoint folder is written under a temporary name (``.tmp-step_...``), every file fsynced,
 then renamed in one ``os.rename``: a crash at any moment leaves either the old set of
@@ -22,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +32,13 @@ import torch
 
 from ..errors import CheckpointError
 from ..io import fsync_dir, load_tensors, read_json, save_tensors
-from ..layout import RunDir
+from ..layout import RunDir, remove_tree
 
 FORMAT_VERSION = 1
-_STEP_DIR = re.compile(r"^step_(\d{8,})$")
 CHECKPOINT_FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors",
                     "optimizer.json", "rng.safetensors", "state.json")
+LOSS_HISTORY = "loss_history.safetensors"
+OPTIONAL_FILES = (LOSS_HISTORY,)   # read when present (which runs write them: the trainer's)
 
 
 # ----------------------------------------------------------------------------- optimizer
@@ -84,12 +87,7 @@ def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.
 # ----------------------------------------------------------------------------- checkpoints
 def checkpoint_dirs(run_dir: str | os.PathLike) -> list[Path]:
     """Complete checkpoint folders, oldest first."""
-    root = RunDir(run_dir).checkpoints
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir()
-             if p.is_dir() and (m := _STEP_DIR.match(p.name))]
-    return [p for _, p in sorted(found)]
+    return RunDir(run_dir).checkpoint_dirs()
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
@@ -108,8 +106,8 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, files: dict[str, Any]
     aside: Path | None = None
     try:
         root.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        if os.path.lexists(tmp) and (err := remove_tree(tmp)):
+            raise OSError(err)
         tmp.mkdir()
         for name, content in files.items():
             if name.endswith(".safetensors"):
@@ -125,13 +123,13 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, files: dict[str, Any]
         os.rename(tmp, final)
         fsync_dir(root)
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp)  # (a temporary folder: whatever stays is cleaned on resume)
         if aside is not None and aside.exists() and not final.exists():
             os.rename(aside, final)
         raise CheckpointError(f"{final}: cannot write checkpoint ({e.strerror or e}); "
                               "the previous checkpoints are untouched") from None
     if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
+        _warn_left(remove_tree(aside))
     for old in checkpoint_dirs(run_dir)[:-keep_last]:
         _discard(old)
     return final
@@ -145,7 +143,13 @@ def _discard(ckpt_dir: Path) -> None:
         os.rename(ckpt_dir, aside)
     except OSError:
         aside = ckpt_dir
-    shutil.rmtree(aside, ignore_errors=True)
+    _warn_left(remove_tree(aside))
+
+
+def _warn_left(err: str | None) -> None:
+    if err is not None:
+        warnings.warn(f"could not delete an old checkpoint ({err}); the new one is complete, "
+                      "delete the rest by hand", stacklevel=3)
 
 
 def clean_partial(run_dir: str | os.PathLike) -> None:
@@ -163,7 +167,7 @@ def clean_partial(run_dir: str | os.PathLike) -> None:
                     continue
                 except OSError:
                     pass
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            _warn_left(remove_tree(p))
 
 
 def load_checkpoint(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
@@ -175,6 +179,9 @@ def load_checkpoint(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
         if not path.exists():
             raise CheckpointError(f"{path}: missing (the checkpoint folder is incomplete)")
         out[name] = load_tensors(path) if name.endswith(".safetensors") else read_json(path)
+    for name in OPTIONAL_FILES:
+        if (ckpt_dir / name).exists():
+            out[name] = load_tensors(ckpt_dir / name)
     _check_json(ckpt_dir, out)
     return out
 

@@ -12,6 +12,10 @@ machinery around it. Conventions that make runs reproducible:
   generator on every rank, then sliced, so 1 process and N processes (or 1 and k accumulation
   steps) see the same numbers. Its state is saved in every checkpoint: a resumed run continues
   with exactly the random numbers an uninterrupted one would have used.
+* ``diffusion.loss=vlb`` draws t from the importance distribution of a
+  :class:`~ddpmlab.losses.LossHistory`, which records every rank's per-sample losses of each
+  applied step in the global batch's order and is saved in every checkpoint beside the RNG
+  states (``loss_history.safetensors``).
 """
 
 from __future__ import annotations
@@ -29,15 +33,17 @@ from typing import Any
 
 import torch
 
-from .. import schedules
 from ..config import Config
 from ..data import ImageData, load_dataset, to_model_range
-from ..device import autocast, resolve_device, resolve_precision
+from ..device import autocast, check_memory, resolve_device, resolve_precision
 from ..errors import CheckpointError, ConfigError, DataError, DDPMLabError
 from ..layout import RunDir
+from ..losses import LossHistory, importance_weights
 from ..nn import UNet
+from ..objectives import schedule_for
 from . import distributed as D
 from .checkpoint import (
+    LOSS_HISTORY,
     clean_partial,
     latest_checkpoint,
     load_checkpoint,
@@ -46,7 +52,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .ema import ema_decay_at, ema_update
-from .step import draw, training_loss
+from .step import draw, training_losses
 
 
 class TrainingError(DDPMLabError):
@@ -155,20 +161,35 @@ class Trainer:
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         self.log = log if self.dist.is_main else (lambda msg: None)
+        self._lock = None
+        self._aside: Path | None = None  # the run --force moved aside (until our 1st checkpoint)
         self._check_run_dir(resume, force)
+        try:
+            self._set_up(cfg, resume, force, data)
+        except BaseException:
+            self.close()
+            raise
+
+    def _set_up(self, cfg: Config, resume: bool, force: bool, data: ImageData | None) -> None:
         self.data = data if data is not None else load_dataset(cfg.data, "train")
         cfg = resolve_config(cfg, self.data)
         if resume:
             check_same_run(self.run.read_config(), cfg, self.run.config)
         self.cfg = cfg
         self._check_batch()
-        self.schedule = schedules.get(cfg.diffusion.schedule, cfg.diffusion.timesteps)
+        self._check_memory()
+        self.schedule = schedule_for(cfg.diffusion.objective, cfg.diffusion.schedule,
+                                     cfg.diffusion.timesteps)
         self.sched_dev = self.schedule.to(self.device)
         self._build_model()
         self.opt = make_optimizer(list(self.model.parameters()), cfg.train)
         self.precision = resolve_precision(cfg.train.precision, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.gen = torch.Generator(device=self.device).manual_seed(cfg.train.seed + 17)
+        # diffusion.loss=vlb draws t by importance sampling from this history (saved with the
+        # RNG states in every checkpoint: a resumed run draws the same t)
+        self.loss_history = LossHistory(self.schedule.T) if cfg.diffusion.loss == "vlb" else None
+        self._step_losses: tuple[torch.Tensor, torch.Tensor] | None = None
         self.images = self.data.images.to(self.device)
         self.labels = None
         if cfg.model.num_classes > 0 and self.data.labels is not None:
@@ -183,10 +204,25 @@ class Trainer:
             if self.dist.is_main:
                 self.run.trim_metrics()
         elif self.dist.is_main:
-            # Only now, with the data read and the model built, is an old run (--force) replaced:
-            # a bad input fails above and leaves it as it was.
-            self.run.create(cfg.to_json(), force)
+            # Only now, with the data read and the model built, is an old run (--force) moved
+            # aside: a bad input fails above and leaves it as it was. It is deleted once this
+            # run has a complete checkpoint, and put back if this run fails before.
+            self._take_lock("train --force" if force else "train")
+            self.run.check_new(force)  # (again, locked: another process may have been first)
+            self._aside = self.run.create(cfg.to_json(), force)
         D.barrier()
+
+    def close(self) -> None:
+        """Release the run directory (also done at the end of :meth:`train`); a run that
+        --force replaced and that this one never superseded with a checkpoint is put back."""
+        if self._aside is not None:
+            aside, self._aside = self._aside, None
+            self.run.put_back(aside)
+            self.log(f"ddpmlab: no checkpoint was written; the run that --force replaced is "
+                     f"back in {self.run_dir}")
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     # ------------------------------------------------------------------ set-up helpers
     def _check_run_dir(self, resume: bool, force: bool) -> None:
@@ -196,17 +232,24 @@ class Trainer:
             try:
                 if resume:
                     self.run.check_resume()
+                    self._take_lock("train --resume")
                     clean_partial(self.run_dir)  # (may put back a checkpoint a crash moved aside)
                     if latest_checkpoint(self.run_dir) is None:
                         raise CheckpointError(
                             f"{self.run_dir}: holds no complete checkpoint to resume from")
-                else:
-                    self.run.check_new(force)
+                else:  # (locked in _set_up, once the data are read: a bad input leaves
+                    self.run.check_new(force)  # no lock file behind)
             except DDPMLabError as e:
                 problem = e
+                self.close()
         problem = D.broadcast_object(problem)
         if problem is not None:
             raise problem
+
+    def _take_lock(self, command: str) -> None:
+        self._lock = self.run.lock(command)
+        for note in ([self._lock.stale] if self._lock.stale else []) + self.run.recover_aside():
+            self.log(f"ddpmlab: {note}")
 
     def _check_batch(self) -> None:
         tc = self.cfg.train
@@ -217,6 +260,25 @@ class Trainer:
         if len(self.data) < tc.batch_size:
             raise ConfigError(f"train.batch_size={tc.batch_size} is larger than the data set "
                               f"({len(self.data)} images in {self.data.source})")
+
+    def _check_memory(self) -> None:
+        """One line, before allocating, for a model or batch this machine cannot hold: the
+        weights, their EMA copy, gradients and two Adam moments (the network is built on the
+        meta device to count them), the schedule, and a lower estimate of the activations."""
+        m, tc = self.cfg.model, self.cfg.train
+        try:
+            with torch.device("meta"):
+                n_params = sum(p.numel() for p in build_model(self.cfg).parameters())
+        except RuntimeError as e:  # e.g. "Storage size calculation overflowed"
+            raise ConfigError(f"model.base_channels={m.base_channels}, model.num_classes="
+                              f"{m.num_classes}: the network is too large to allocate "
+                              f"({str(e)[:120]})") from None
+        micro = tc.batch_size // (self.dist.world_size * tc.grad_accum)
+        act = (4.0 * micro * m.base_channels * m.image_size**2 * 4 * m.num_res_blocks
+               * len(m.channel_mult))
+        check_memory(20.0 * n_params + act + 160.0 * self.cfg.diffusion.timesteps,
+                     f"training this model ({n_params:,} parameters, batch {micro} of "
+                     f"{m.in_channels}x{m.image_size}x{m.image_size})", self.device)
 
     def _build_model(self) -> None:
         """The network (seeded), its EMA copy, and the callable that trains (compiled, DDP)."""
@@ -251,6 +313,14 @@ class Trainer:
         torch.set_rng_state(rng["torch_cpu"])
         if "torch_cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["torch_cuda"], self.device)
+        if self.loss_history is not None:
+            if LOSS_HISTORY not in files:
+                raise CheckpointError(f"{ckpt / LOSS_HISTORY}: missing (diffusion.loss=vlb "
+                                      "resumes its importance sampler's loss history)")
+            try:
+                self.loss_history.load_state_dict(files[LOSS_HISTORY])
+            except ValueError as e:
+                raise CheckpointError(f"{ckpt / LOSS_HISTORY}: {e}") from None
         state = files["state.json"]
         self.step = int(state["step"])
         self.skipped = int(state.get("skipped_steps", 0))
@@ -268,16 +338,24 @@ class Trainer:
                 rng["torch_cuda"] = torch.cuda.get_rng_state(self.device)
             state = {"format_version": 1, "step": self.step, "skipped_steps": self.skipped,
                      "world_size": self.dist.world_size, "time": time.time()}
-            path = save_checkpoint(self.run_dir, self.step, {
+            files = {
                 "model.safetensors": self.model.state_dict(),
                 "ema.safetensors": self.ema.state_dict(),
                 "optimizer.safetensors": opt_tensors,
                 "optimizer.json": opt_meta,
                 "rng.safetensors": rng,
                 "state.json": state,
-            }, keep_last=self.cfg.train.keep_last)
+            }
+            if self.loss_history is not None:
+                files[LOSS_HISTORY] = self.loss_history.state_dict()
+            path = save_checkpoint(self.run_dir, self.step, files,
+                                   keep_last=self.cfg.train.keep_last)
         D.barrier()
         self._saved = (self.step, path)
+        if self._aside is not None and path is not None:  # superseded: the old run can go
+            aside, self._aside = self._aside, None
+            if (msg := self.run.drop_aside(aside)) is not None:
+                self.log(f"ddpmlab: warning: {msg}")
         return path
 
     # ------------------------------------------------------------------ one step
@@ -298,7 +376,13 @@ class Trainer:
         B, world, accum = tc.batch_size, self.dist.world_size, tc.grad_accum
         idx = self._batch_indices(self.step)
         shape = tuple(self.images.shape[1:])
-        rnd = draw(self.gen, B, shape, self.schedule.T, self.device, self.cfg.data.p_uncond)
+        dif = cfg.diffusion
+        probs = self.loss_history.probs() if self.loss_history is not None else None
+        rnd = draw(self.gen, B, shape, self.schedule.T, self.device, self.cfg.data.p_uncond,
+                   t_probs=probs, objective=dif.objective, flow_t=dif.flow_t)
+        weights = None if probs is None else importance_weights(probs, rnd.t)  # 1 / (T p_t)
+        per_sample: list[torch.Tensor] = []
+        self._step_losses = None
         local = B // world
         micro = local // accum
         for group in self.opt.param_groups:
@@ -323,11 +407,16 @@ class Trainer:
                 sync = self.net.no_sync()
             with sync:
                 with self._autocast():
-                    loss = training_loss(self.net, self.sched_dev, x0, r.t, r.eps, y,
-                                         cfg.diffusion.prediction, cfg.diffusion.loss_weighting,
-                                         cfg.diffusion.min_snr_gamma)
+                    per = training_losses(self.net, self.sched_dev, x0, r.t, r.eps, y,
+                                          dif.prediction, dif.loss_weighting, dif.min_snr_gamma,
+                                          dif.loss, cfg.model.learn_sigma, dif.vlb_weight,
+                                          dif.objective, dif.sigma_data)
+                    loss = (per if weights is None else per * weights[sl].to(per.dtype)).mean()
                 self.scaler.scale(loss / accum).backward()
             loss_sum = loss_sum + loss.detach() / accum
+            per_sample.append(per.detach())
+        if self.loss_history is not None:  # every rank's terms, in the global batch's order
+            self._step_losses = (rnd.t, D.all_gather_cat(torch.cat(per_sample)))
         self.scaler.unscale_(self.opt)
         max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
@@ -379,8 +468,8 @@ class Trainer:
                 raise TrainingError(
                     f"non-finite {'loss' if not torch.isfinite(loss) else 'gradient'} at step "
                     f"{self.step} (loss={float(loss):.4g}, grad norm={float(gnorm):.4g}); "
-                    f"training stopped and the last checkpoint in {self.run_dir} is intact. "
-                    "Lower train.lr, or set train.skip_nonfinite=true to skip such steps")
+                    f"training stopped; {self._kept()}. Lower train.lr, or set "
+                    "train.skip_nonfinite=true to skip such steps")
             self.skipped += 1
             self.scaler.update()
             return False
@@ -389,10 +478,28 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         tc = self.cfg.train
         ema_update(self.ema, self.model, ema_decay_at(tc.ema_decay, self.step, tc.ema_warmup))
+        if self.loss_history is not None and self._step_losses is not None:
+            self.loss_history.record(*self._step_losses)  # (a skipped step records nothing)
         return True
+
+    def _kept(self) -> str:
+        if self._saved is not None and self._saved[1] is not None:
+            return f"the last checkpoint {self._saved[1]} is intact"
+        if self._aside is not None:
+            return "no checkpoint was written; the run that --force replaced is put back"
+        return f"no checkpoint was written to {self.run_dir}"
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> TrainResult:
+        """Train to ``train.max_steps`` (or a signal / the time limit), save, and release the
+        run directory. An error before the first checkpoint puts a run that --force replaced
+        back in place."""
+        try:
+            return self._train()
+        finally:
+            self.close()
+
+    def _train(self) -> TrainResult:
         tc = self.cfg.train
         t_start = time.perf_counter()
         handlers = self._install_signal_handlers()
@@ -445,16 +552,19 @@ class Trainer:
                     stopped_by = self._stop
                 if stopped_by is not None:
                     break
+            # A run resumed at its last step (e.g. max_steps reached) already has this
+            # checkpoint; the decision is the same on every rank (save() has a barrier). The
+            # signal handlers stay until it is written: a SIGTERM now waits for the save.
+            if self._saved is None or self._saved[0] != self.step:
+                self.save()
+            if stopped_by is None and self._stop is not None:
+                stopped_by = self._stop
         finally:
             if bar is not None:
                 bar.close()
             self._restore_signal_handlers(handlers)
             if flushing:
                 torch.set_flush_denormal(False)
-        # A run resumed at its last step (e.g. max_steps reached) already has this checkpoint;
-        # the decision is the same on every rank (save() has a barrier).
-        if self._saved is None or self._saved[0] != self.step:
-            self.save()
         ckpt = self._saved[1]
         return TrainResult(self.run_dir, self.step, last_loss, time.perf_counter() - t_start,
                            ckpt, None, stopped_by, self.skipped)

@@ -1,0 +1,135 @@
+"""One comparison of the objectives on the main job's data and budget (issue 15, point 5).
+
+Each row is the same network, data, optimizer, step count and seed, trained by the real
+command, with the recipe this project recommends for that objective:
+
+* ``ddpm``: the ``mnist`` preset (L_simple, v-prediction, DPM-Solver++ 20 steps);
+* ``ddpm-hybrid``: the same with ``model.learn_sigma=true diffusion.loss=hybrid`` (iDDPM's
+  learned variance and L_simple + 0.001 L_vlb);
+* ``edm``: the ``mnist-edm`` preset; ``flow``: the ``mnist-flow`` preset.
+
+Per row: training minutes (the process's wall time, alone on the machine), 1,000 guided samples
+with the preset's sampler (a balanced mix of digits, ``ddpmlab sample --npz``) and their
+seconds, then ``ddpmlab eval --samples ... --nll both``: FID (the project's MNIST classifier
+features), the share the classifier reads as the digit asked for, ELBO bits/dim (DDPM only)
+and the probability-flow ODE bits/dim.
+
+    python -m benchmarks.objectives [--rows ddpm,ddpm-hybrid,edm,flow] [--steps 850]
+        [--n 1000] [--ode-images 32] [--out-dir runs/objectives]
+
+writes ``benchmarks/results/objectives.json`` and ``.md`` (and ``--plot PNG``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import time
+
+import numpy as np
+import torch
+
+from .harness import REPO, log, machine, result_path, write_json, write_text
+from .sampler_steps import as_requested
+
+ROWS = {
+    "ddpm": ["--config", "mnist"],
+    "ddpm-hybrid": ["--config", "mnist", "model.learn_sigma=true", "diffusion.loss=hybrid"],
+    "edm": ["--config", "mnist-edm"],
+    "flow": ["--config", "mnist-flow"],
+}
+
+
+def ddpmlab(*args: str) -> float:
+    """Run the command; its wall time in seconds."""
+    exe = shutil.which("ddpmlab") or str(REPO / ".venv/bin/ddpmlab")
+    t0 = time.perf_counter()
+    subprocess.run([exe, *map(str, args)], check=True, cwd=REPO)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", default=",".join(ROWS))
+    ap.add_argument("--steps", type=int, default=850)
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--ode-images", type=int, default=32)
+    ap.add_argument("--out-dir", default="runs/objectives")
+    ap.add_argument("--plot", help="a PNG: FID and bits/dim per objective")
+    a = ap.parse_args()
+    out = REPO / a.out_dir
+    results = []
+    for name in a.rows.split(","):
+        opts = [o for o in ROWS[name] if "=" not in o]
+        sets = [o for o in ROWS[name] if "=" in o]
+        run = out / name
+        log(f"{name}: training {a.steps} steps")
+        train_s = ddpmlab("train", *opts, "--out", run, "--force", "--max-steps", a.steps,
+                          "--no-progress", "--no-samples", *sets, "train.time_limit_min=0")
+        npz = out / f"{name}_samples.npz"
+        sample_s = ddpmlab("sample", run, "--n", a.n, "--batch-size", 250, "--npz", npz,
+                           "--out", out / f"{name}_grid.png", "--no-progress", "--force")
+        js = out / f"{name}_eval.json"
+        ddpmlab("eval", run, "--samples", npz, "--nll", "both", "--ode-images", a.ode_images,
+                "--json", js, "--no-progress", "--force")
+        ev = json.loads(js.read_text())
+        cfg = json.loads((run / "config.json").read_text())
+        with np.load(npz) as z:
+            x = torch.from_numpy(z["arr_0"]).permute(0, 3, 1, 2).contiguous()
+        from ddpmlab import SAMPLERS
+
+        s = cfg["sample"]
+        row = {"objective": name, "args": ROWS[name], "steps": a.steps,
+               "train_min": train_s / 60, "sampler": s["sampler"], "sample_steps": s["steps"],
+               "nfe": SAMPLERS[s["sampler"]].info.nfe(s["steps"]), "n": a.n,
+               "sample_s": sample_s, "fid": ev.get("fid"),
+               "as_requested": as_requested(x),
+               "bpd_elbo": (ev.get("bits_per_dim") or {}).get("total"),
+               "bpd_ode": (ev.get("bits_per_dim_ode") or {}).get("total"),
+               "eval": {k: v for k, v in ev.items() if k in ("fid", "kid", "bits_per_dim",
+                                                              "bits_per_dim_ode")}}
+        log(f"{name}: {row}")
+        results.append(row)
+        write_json(result_path("objectives.json"), {"machine": machine(), "rows": results})
+    lines = ["| objective | training (850 steps) | sampler | NFE | FID | read as the digit "
+             "asked for | bits/dim ELBO | bits/dim ODE | s per 1,000 samples |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        def f(v, fmt):
+            return "-" if v is None else format(v, fmt)
+        lines.append(f"| {r['objective']} | {r['train_min']:.1f} min | {r['sampler']} "
+                     f"{r['sample_steps']} | {r['nfe']} | {f(r['fid'], '.2f')} | "
+                     f"{100 * r['as_requested']:.1f}% | {f(r['bpd_elbo'], '.3f')} | "
+                     f"{f(r['bpd_ode'], '.3f')} | {r['sample_s']:.0f} |")
+    m = machine()
+    lines.append(f"\nMachine: {m['cpu']} ({', '.join(m['cpu_flags'])}), torch {m['torch']}, "
+                 f"{m['threads']} threads.")
+    write_text(result_path("objectives.md"), "\n".join(lines))
+    print("\n".join(lines))
+    if a.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+        names = [r["objective"] for r in results]
+        axes[0].bar(names, [r["fid"] for r in results], color="tab:blue")
+        axes[0].set_title("FID (MNIST classifier features, 1,000 samples)", fontsize=8)
+        axes[1].bar(names, [r["bpd_ode"] or 0 for r in results], color="tab:orange",
+                    label="ODE")
+        axes[1].bar(names, [r["bpd_elbo"] or 0 for r in results], color="none",
+                    edgecolor="black", label="ELBO")
+        axes[1].set_title("bits/dim (held-out digits)", fontsize=8)
+        axes[1].legend(fontsize=7)
+        for ax in axes:
+            ax.tick_params(labelsize=7)
+        fig.tight_layout()
+        fig.savefig(a.plot, dpi=120)
+        log(f"wrote {a.plot}")
+
+
+if __name__ == "__main__":
+    main()

@@ -60,8 +60,11 @@ def main() -> None:
     ap.add_argument("--plot", help="a PNG: FID and bits/dim per objective")
     a = ap.parse_args()
     out = REPO / a.out_dir
-    results = []
-    for name in a.rows.split(","):
+    done = result_path("objectives.json")  # rows measured earlier are kept (a later run adds)
+    wanted = a.rows.split(",")
+    results = [r for r in (json.loads(done.read_text())["rows"] if done.exists() else [])
+               if r["objective"] not in wanted]
+    for name in wanted:
         opts = [o for o in ROWS[name] if "=" not in o]
         sets = [o for o in ROWS[name] if "=" in o]
         run = out / name

@@ -206,3 +206,23 @@ def test_sample_with_any_registered_sampler(run_dir, tmp_path, capsys, sampler, 
                  str(steps), "--out", str(out), "--no-progress"]) == 0
     assert f"{steps} steps = {nfe} network evaluations" in capsys.readouterr().out
     assert out.is_file()
+
+
+def test_the_command_lets_openmp_threads_sleep_before_torch_loads():
+    """`ddpmlab` sets OMP_WAIT_POLICY=PASSIVE (BENCHMARKS.md §8) only in a process where torch
+    is not loaded yet (libgomp reads it once) and never over a user's own setting."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys; from ddpmlab.cli import openmp_policy; "
+            "print(openmp_policy(), os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["True", "PASSIVE", "False"]
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "ACTIVE", "False"]
+    out = subprocess.run([sys.executable, "-c", "import torch; " + code], env=env,
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "None", "True"]

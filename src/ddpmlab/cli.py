@@ -556,8 +556,8 @@ def openmp_policy() -> bool:
 
     libgomp's threads spin at every barrier waiting for the slowest one. Beside another
     CPU-bound process on a 2-core machine the slowest one is descheduled, and its partner spins
-    through its time slice: training fell to ~28% of its quiet speed beside a single
-    ``yes > /dev/null`` (issue 18; BENCHMARKS.md §8). Sleeping waiters give the core back. Only
+    through its time slice: beside a single ``yes > /dev/null`` training kept 41% of its quiet
+    speed spinning and 60% sleeping, for no measurable cost alone (BENCHMARKS.md §8). Only
     the ``ddpmlab`` command sets it, before torch is imported (libgomp reads it once, when it
     loads); an ``OMP_WAIT_POLICY`` already set is kept. Returns whether it was set."""
     if "OMP_WAIT_POLICY" in os.environ or "torch" in sys.modules:

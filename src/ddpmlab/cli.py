@@ -570,23 +570,38 @@ class _Terminated(BaseException):  # (not Exception: no "except Exception" may s
     """SIGTERM outside the training loop (which saves a checkpoint and stops on its own)."""
 
 
+_SIGINTS: list[int] = []  # SIGINTs seen by the command (one may be swallowed by a library)
+
+
 def _on_sigterm(signum, frame) -> None:
     raise _Terminated
 
 
+def _on_sigint(signum, frame) -> None:
+    _SIGINTS.append(signum)
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
-    """The command. Its first line takes over SIGTERM (SIGINT is Python's KeyboardInterrupt),
-    so a signal at any moment, even while torch is still being imported, ends with one line and
-    exit 130 / 143; the training loop installs its own handlers (finish the step, save)."""
+    """The command. Its first line takes over SIGTERM and SIGINT, so a signal at any moment,
+    even while torch is still being imported, ends with one line and exit 130 / 143 (a Ctrl-C
+    that library code caught is still reported as one); the training loop installs its own
+    handlers (finish the step, save)."""
     import signal
     import threading
 
     main_thread = threading.current_thread() is threading.main_thread()
     old_term = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
+    old_int = signal.signal(signal.SIGINT, _on_sigint) if main_thread else None
+    _SIGINTS.clear()
     if argv is None:  # the command's own process, before torch (and its OpenMP) is loaded
         openmp_policy()
     try:
-        return _main(argv)
+        code = _main(argv)
+        if _SIGINTS and code == 0:  # a Ctrl-C that library code caught: still an interruption
+            print("\nddpmlab: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED["SIGINT"]
+        return code
     except KeyboardInterrupt:
         print("\nddpmlab: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED["SIGINT"]
@@ -596,6 +611,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, old_term)
+            signal.signal(signal.SIGINT, old_int)
 
 
 def _main(argv: list[str] | None) -> int:

@@ -77,33 +77,12 @@ def _seed(value: int | None) -> None:
         raise ConfigError(f"--seed={value} must be in 0..2**63-1")
 
 
-def _looks_like_ours(path: Path, kind: str) -> bool:
-    """Whether an existing file is one ddpmlab wrote (:mod:`ddpmlab.io`'s mark: a PNG's
-    ``Software: ddpmlab`` chunk, a samples .npz's ``ddpmlab`` member, an eval JSON's keys).
-    Only such a file is replaced without --force."""
-    from .io import is_our_npz, is_our_png
-
-    if kind == "png":
-        return is_our_png(path)
-    if kind == "npz":
-        return is_our_npz(path)
-    try:  # what `eval --json` writes: an object with its metrics
-        if path.stat().st_size > 1 << 24:
-            return False
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        return isinstance(doc, dict) and {"fid", "features", "memorization"} <= set(doc)
-    except (OSError, ValueError):
-        return False
-
-
 def _check_output(path: Path, kind: str, force: bool) -> None:
-    """Before any work: refuse to overwrite a user's file, and make sure ``path`` is writable."""
-    what = {"png": "a PNG", "npz": "a samples .npz", "json": "an eval result"}[kind]
-    if path.is_dir():
-        raise DDPMLabError(f"{path}: is a directory; give a file path")
-    if path.exists() and not force and not _looks_like_ours(path, kind):
-        raise DDPMLabError(f"{path}: exists and is not {what} written by ddpmlab; refusing to "
-                           "overwrite it (use --force, or another path)")
+    """Before any work: refuse to overwrite a user's file (:func:`ddpmlab.io.check_replaceable`),
+    and make sure ``path`` is writable."""
+    from .io import check_replaceable
+
+    check_replaceable(path, kind, force)
     probe = path.with_name(f".write-test-{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

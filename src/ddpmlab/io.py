@@ -144,6 +144,33 @@ def is_our_npz(path: str | os.PathLike) -> bool:
                                                          f"{SOFTWARE}.npy"}
 
 
+def is_our_eval(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is what ``ddpmlab eval`` writes: a JSON object with its metrics."""
+    try:
+        if os.stat(path).st_size > 1 << 24:
+            return False
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and {"fid", "features", "memorization"} <= set(doc)
+
+
+_OURS = {"png": (is_our_png, "a PNG"), "npz": (is_our_npz, "a samples .npz"),
+         "json": (is_our_eval, "an eval result")}
+
+
+def check_replaceable(path: str | os.PathLike, kind: str, force: bool) -> None:
+    """Before any work: refuse a directory, and (unless ``force``) an existing file that does
+    not carry ddpmlab's mark for ``kind`` (``png``, ``npz`` or ``json``)."""
+    path = Path(path)
+    ours, what = _OURS[kind]
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory; give a file path")
+    if path.exists() and not force and not ours(path):
+        raise CheckpointError(f"{path}: exists and is not {what} written by ddpmlab; refusing "
+                              "to overwrite it (use --force, or another path)")
+
+
 def png_bytes(image: Any) -> bytes:
     """A PIL image as PNG bytes carrying ddpmlab's mark (every PNG ddpmlab writes but the
     matplotlib figures, which set the same ``Software`` text themselves)."""

@@ -35,16 +35,15 @@ from . import schedules
 from .config import Config
 from .data import BUILTINS, load_dataset, to_model_range, to_uint8
 from .device import check_memory
-from .errors import CheckpointError, ConfigError, DDPMLabError
+from .errors import CheckpointError, ConfigError
 from .evaluate import evaluate_samples, load_samples_npz, save_memorization_figure
 from .features import get_feature_extractor
 from .io import (
     SOFTWARE,
     atomic_write_bytes,
     atomic_write_text,
-    is_our_png,
+    check_replaceable,
     load_tensors,
-    read_json,
 )
 from .layout import RunDir
 from .likelihood import bits_per_dim
@@ -305,14 +304,7 @@ def score_run(run_dir: str | os.PathLike, *, samples_npz: str | os.PathLike | No
     run = RunDir(run_dir)
     model, cfg, ckpt = load_run(run.root, use_ema=True, device=device)
     check_outputs([run.figures / "memorization.png", run.figures / "vlb.png"], force)
-    if run.eval_results.exists() and not force:   # replaced only when an earlier eval wrote it
-        try:
-            doc = read_json(run.eval_results)
-        except CheckpointError:
-            doc = None
-        if not (isinstance(doc, dict) and {"fid", "memorization"} <= set(doc)):
-            raise DDPMLabError(f"{run.eval_results}: exists and is not an eval result written by "
-                               "ddpmlab; refusing to overwrite it (use --force)")
+    check_replaceable(run.eval_results, "json", force)  # replaced only if an eval wrote it
     train = load_dataset(cfg.data, "train")
     held = load_dataset(cfg.data, "test")
     data_name = cfg.data.dataset.strip().lower()
@@ -415,13 +407,9 @@ FIGURE_NAMES = ("noising_strip.png", "denoising_chain.png", "schedule.png", "los
 
 
 def check_outputs(paths: list[Path], force: bool) -> None:
-    """Refuse (before any work) to replace a file that ddpmlab did not write, unless ``force``."""
+    """Refuse (before any work) to replace a PNG that ddpmlab did not write, unless ``force``."""
     for p in paths:
-        if p.is_dir():
-            raise DDPMLabError(f"{p}: is a directory; refusing to write a figure there")
-        if p.exists() and not force and not is_our_png(p):
-            raise DDPMLabError(f"{p}: exists and is not a PNG written by ddpmlab; refusing to "
-                               "overwrite it (use --force, or another folder)")
+        check_replaceable(p, "png", force)
 
 
 def run_figures(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,

@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Creates .venv (if needed) and installs ddpmlab with its test tools. Idempotent.
+# Creates .venv (if needed) and installs ddpmlab. Idempotent.
+#   bash scripts/setup.sh          what the main job needs (./run.sh): torch and ddpmlab
+#   bash scripts/setup.sh --tests  also the test tools (the [dev] extra) and, as root, the Debian
+#                                  packages below (./test.sh, CI)
 # DDPMLAB_TORCH: the pip requirement for torch (default: the CPU wheel pinned in
 # requirements/cpu.txt). Set DDPMLAB_TORCH=skip to keep the torch already in the venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+tests=0
+[ "${1:-}" = "--tests" ] && tests=1
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
@@ -17,7 +22,12 @@ if [ "${DDPMLAB_TORCH:-}" != "skip" ]; then
         pip install -q --disable-pip-version-check -r requirements/cpu.txt
     fi
 fi
-pip install -q --disable-pip-version-check -e ".[dev]"
+if [ "$tests" = 1 ]; then
+    pip install -q --disable-pip-version-check -e ".[dev]"
+else
+    pip install -q --disable-pip-version-check -e .
+    exit 0
+fi
 # Debian packages, installed when this runs as root (as in CI) and they are missing; best effort,
 # DDPMLAB_SKIP_APT=1 skips them:
 #   dataset-fashion-mnist  the optional Fashion-MNIST data (IDX files under

@@ -54,6 +54,25 @@ def test_default_preset_is_conditional_with_one_row_per_class(run_dir, uncond_ru
     assert main(["train", "--conditional", "--unconditional", "--out", "/tmp/x"]) == 2
 
 
+def test_the_preset_is_sized_by_time_and_max_steps_turns_that_off(run_dir, tmp_path, capsys):
+    """The mnist preset has a time budget; --max-steps N trains exactly N steps (config.json:
+    no budget), a budget with max_steps as its cap times steps 5-40 and says what it chose."""
+    import json
+
+    from ddpmlab.config import load_config
+
+    assert load_config("mnist").train.time_budget_min > 0
+    assert json.loads((run_dir / "config.json").read_text())["train"]["time_budget_min"] == 0
+    out = tmp_path / "budget"
+    assert main(["train", "--dataset", "digits", "--out", str(out), "--no-progress",
+                 "--no-samples", "--device", "cpu", "--time-budget", "5", *TINY,
+                 "train.max_steps=41", "train.log_every=50"]) == 0
+    said = capsys.readouterr().out
+    assert "time budget 5 min:" in said and "max_steps 41 (the max_steps cap)" in said
+    stored = json.loads((out / "config.json").read_text())["train"]
+    assert (stored["max_steps"], stored["time_budget_min"]) == (41, 0)
+
+
 def test_sample_defaults_to_a_balanced_mix_of_classes(run_dir, tmp_path):
     npz = tmp_path / "s.npz"
     assert main(["sample", str(run_dir), "--n", "13", "--steps", "2", "--npz", str(npz),
@@ -206,23 +225,3 @@ def test_sample_with_any_registered_sampler(run_dir, tmp_path, capsys, sampler, 
                  str(steps), "--out", str(out), "--no-progress"]) == 0
     assert f"{steps} steps = {nfe} network evaluations" in capsys.readouterr().out
     assert out.is_file()
-
-
-def test_the_command_lets_openmp_threads_sleep_before_torch_loads():
-    """`ddpmlab` sets OMP_WAIT_POLICY=PASSIVE (BENCHMARKS.md §8) only in a process where torch
-    is not loaded yet (libgomp reads it once) and never over a user's own setting."""
-    import subprocess
-    import sys
-
-    code = ("import os, sys; from ddpmlab.cli import openmp_policy; "
-            "print(openmp_policy(), os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True).stdout.split()
-    assert out == ["True", "PASSIVE", "False"]
-    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
-                         capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["False", "ACTIVE", "False"]
-    out = subprocess.run([sys.executable, "-c", "import torch; " + code], env=env,
-                         capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["False", "None", "True"]

@@ -149,3 +149,67 @@ def test_fused_adamw_matches_the_default_loop(device, tiny_cfg):
 def test_trainer_uses_the_fused_optimizer_where_available(tmp_path, tiny_cfg):
     tr = Trainer(tiny_cfg, tmp_path / "run", progress=False)
     assert bool(tr.opt.defaults.get("fused")) == _fused_adamw_available("cpu")
+
+
+# ----------------------------------------------------------------------------- thread governor
+class _FakeMachine:
+    """A clock, the CPUs' busy seconds and this process's own CPU seconds, advanced by hand."""
+
+    def __init__(self):
+        self.t = self.busy = self.own = 0.0
+
+    def run(self, seconds: float, ours: float, others: float) -> None:
+        self.t += seconds
+        self.own += ours * seconds
+        self.busy += (ours + others) * seconds
+
+
+def test_the_thread_governor_leaves_the_cores_others_use():
+    """2 cores: another process using one core takes the training to 1 thread; when it ends, 2
+    again. Readings closer than every_s do nothing; the start's thread count is the most."""
+    from ddpmlab.device import ThreadGovernor
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    m = _FakeMachine()
+    try:
+        g = ThreadGovernor(5.0, read_busy=lambda: m.busy, read_own=lambda: m.own,
+                           clock=lambda: m.t, cores=2)
+        m.run(6, ours=2.0, others=0.0)
+        assert g.poll() is None and torch.get_num_threads() == 2          # quiet
+        m.run(6, ours=1.0, others=1.0)                                     # `yes` started
+        assert g.poll() == 1 and torch.get_num_threads() == 1
+        m.run(2, ours=1.0, others=0.0)
+        assert g.poll() is None                                            # too soon to tell
+        m.run(6, ours=1.0, others=0.1)                                     # it ended
+        assert g.poll() == 2 and torch.get_num_threads() == 2
+        m.run(6, ours=2.0, others=0.4)                                     # a light load stays
+        assert g.poll() is None
+        m.run(6, ours=0.5, others=1.6)                                     # most of 2 cores
+        assert g.poll() == 1
+        m.run(6, ours=1.0, others=3.0)                                     # never below 1
+        assert g.poll() is None and g.threads == 1
+        assert [c[1] for c in g.changes] == [1, 2, 1]
+        g.restore()
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)                                           # one thread to start:
+        g1 = ThreadGovernor(5.0, read_busy=lambda: m.busy, read_own=lambda: m.own,
+                            clock=lambda: m.t, cores=2)
+        m.run(6, ours=0.0, others=0.0)
+        assert g1.poll() is None and torch.get_num_threads() == 1          # never above it
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_the_thread_governor_reads_this_machine():
+    """/proc/stat's busy seconds grow with work done here, by at least this process's share."""
+    from ddpmlab.device import _cpu_busy_seconds
+
+    b0, o0 = _cpu_busy_seconds(), sum(__import__("os").times()[:2])
+    if b0 is None:
+        pytest.skip("no /proc/stat here")
+    x = 0
+    for i in range(3_000_000):
+        x += i
+    b1, o1 = _cpu_busy_seconds(), sum(__import__("os").times()[:2])
+    assert b1 - b0 >= 0.8 * (o1 - o0) > 0

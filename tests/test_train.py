@@ -314,3 +314,62 @@ def test_compiled_training_equals_the_plain_path(tmp_path, tiny_cfg):
         pytest.skip("torch.compile does not work on this machine")
     for k in plain:
         assert torch.allclose(plain[k], comp[k], atol=1e-4, rtol=1e-4), k
+
+
+# ----------------------------------------------------------------------------- time budget
+def test_steps_within_counts_the_steps_that_fit():
+    from ddpmlab.train.loop import steps_within
+
+    # 60 s budget, 20 s gone at step 40, 0.5 s per step: 80 more steps fit
+    assert steps_within(60.0, 20.0, 40, 0.5, 10_000) == 120
+    assert steps_within(60.0, 20.0, 40, 0.5, 100) == 100       # the cap
+    assert steps_within(60.0, 70.0, 40, 0.5, 10_000) == 40     # over budget: stop where it is
+    assert steps_within(60.0, 59.9, 40, 0.5, 10_000) == 40     # not one whole step left
+
+
+def _budget_cfg(tiny_cfg, **train):
+    return tiny_cfg.override({"train.max_steps": "200", "train.ckpt_every": "1000",
+                              "train.log_every": "10", "train.time_budget_min": "0.02",
+                              **{f"train.{k}": str(v) for k, v in train.items()}})
+
+
+def test_a_time_budget_sets_max_steps_and_max_steps_repeats_the_run(tiny_cfg, tmp_path):
+    """A budget of 1.2 s: steps 5-40 are timed, max_steps is chosen (>= 40, <= the cap) and
+    written to config.json with the budget resolved to 0; a new run with that max_steps (no
+    budget) ends with bit-identical weights, optimizer state and RNG states."""
+    cfg = _budget_cfg(tiny_cfg, lr_decay="cosine", warmup_steps=40)
+    logged = []
+    tr = Trainer(cfg, tmp_path / "budget", progress=False, log=logged.append)
+    res = tr.train()
+    stored = json.loads((tmp_path / "budget" / "config.json").read_text())["train"]
+    n = stored["max_steps"]
+    assert 40 <= n <= 200 and res.step == n and stored["time_budget_min"] == 0
+    events = [json.loads(line) for line in (tmp_path / "budget" / "metrics.jsonl").read_text()
+              .splitlines() if '"time_budget"' in line]
+    assert len(events) == 1 and events[0]["max_steps"] == n and events[0]["timed_steps"] == [5, 40]
+    assert any(f"max_steps {n}" in m and f"--max-steps {n}" in m for m in logged)
+    again = Trainer(cfg.override({"train.max_steps": str(n), "train.time_budget_min": "0"}),
+                    tmp_path / "steps", progress=False, log=lambda m: None).train()
+    assert again.step == n
+    _same_files(res.checkpoint, again.checkpoint)
+
+
+def test_a_time_budget_shorter_than_its_timed_steps_stops_at_step_40(tiny_cfg, tmp_path):
+    cfg = _budget_cfg(tiny_cfg, time_budget_min=1e-6)
+    res = Trainer(cfg, tmp_path / "r", progress=False, log=lambda m: None).train()
+    assert res.step == 40
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["train"]["max_steps"] == 40
+
+
+def test_a_time_budget_that_cannot_time_its_steps_says_so(tiny_cfg, tmp_path):
+    logged = []
+    cfg = _budget_cfg(tiny_cfg, max_steps=30)
+    res = Trainer(cfg, tmp_path / "r", progress=False, log=logged.append).train()
+    assert res.step == 30
+    assert any("not applied" in m and "training to step 30" in m for m in logged)
+
+
+def test_a_time_budget_with_a_decaying_lr_inside_the_timed_steps_is_refused(tiny_cfg):
+    with pytest.raises(ConfigError, match=r"train.time_budget_min=0.02 with "
+                       r"train.lr_decay=cosine needs train.warmup_steps >= 40"):
+        _budget_cfg(tiny_cfg, lr_decay="cosine", warmup_steps=10)

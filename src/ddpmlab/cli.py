@@ -115,8 +115,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = load_config(args.config or "mnist")
     if args.dataset:
         ov["data.dataset"] = args.dataset
-    if args.max_steps is not None:
-        ov["train.max_steps"] = str(args.max_steps)
+    if args.max_steps is not None:  # exactly N steps: no time budget (unless one is given too;
+        ov["train.max_steps"] = str(args.max_steps)  # then N is its most)
+        ov.setdefault("train.time_budget_min", "0")
+    if args.time_budget is not None:
+        ov["train.time_budget_min"] = str(args.time_budget)
     if args.seed is not None:
         _seed(args.seed)
         ov["train.seed"] = str(args.seed)
@@ -394,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ignore the labels (the mnist preset trains with them)")
     t.add_argument("--time-limit", type=float, metavar="MIN",
                    help="stop (and save) after MIN minutes")
+    t.add_argument("--time-budget", type=float, metavar="MIN",
+                   help="size the run by time: time steps 5-40, then train the steps that end "
+                        "within MIN minutes (max_steps becomes the most; 0: off)")
     t.add_argument("--no-samples", action="store_true", help="skip the final sample grid")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("set", nargs="*", metavar="section.key=value", help="config overrides")
@@ -530,21 +536,6 @@ def tune_allocator() -> bool:
     return mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
 
 
-def openmp_policy() -> bool:
-    """Let idle OpenMP threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``).
-
-    libgomp's threads spin at every barrier waiting for the slowest one. Beside another
-    CPU-bound process on a 2-core machine the slowest one is descheduled, and its partner spins
-    through its time slice: beside a single ``yes > /dev/null`` training kept 41% of its quiet
-    speed spinning and 60% sleeping, for no measurable cost alone (BENCHMARKS.md §8). Only
-    the ``ddpmlab`` command sets it, before torch is imported (libgomp reads it once, when it
-    loads); an ``OMP_WAIT_POLICY`` already set is kept. Returns whether it was set."""
-    if "OMP_WAIT_POLICY" in os.environ or "torch" in sys.modules:
-        return False
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    return True
-
-
 class _Terminated(BaseException):  # (not Exception: no "except Exception" may swallow it)
     """SIGTERM outside the training loop (which saves a checkpoint and stops on its own)."""
 
@@ -573,8 +564,6 @@ def main(argv: list[str] | None = None) -> int:
     old_term = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     old_int = signal.signal(signal.SIGINT, _on_sigint) if main_thread else None
     _SIGINTS.clear()
-    if argv is None:  # the command's own process, before torch (and its OpenMP) is loaded
-        openmp_policy()
     try:
         code = _main(argv)
         if _SIGINTS and code == 0:  # a Ctrl-C that library code caught: still an interruption

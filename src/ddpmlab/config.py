@@ -124,6 +124,10 @@ class TrainConfig:
     ckpt_every: int = 1000                 # steps between checkpoints
     keep_last: int = 2                     # checkpoints kept on disk
     time_limit_min: float = 0.0            # stop (and save) after this many minutes; 0: no limit
+    time_budget_min: float = 0.0           # size the run by time: steps 5-40 are timed and
+                                           # max_steps (now the most) is set so that training
+                                           # ends within this many minutes; 0: off. config.json
+                                           # records the max_steps chosen (and 0 here)
     skip_nonfinite: bool = False           # skip (and count) steps with a NaN/Inf loss or gradient
 
 
@@ -152,6 +156,9 @@ SECTIONS: dict[str, type] = {
     "sample": SampleConfig,
 }
 
+#: train.time_budget_min times the steps from the end of step 5 (past the first steps' one-off
+#: costs) to the end of step 40, then sets max_steps; owned here: the trainer reads it
+BUDGET_WINDOW = (5, 40)
 LR_DECAYS = ("none", "cosine")             # owned here: the trainer reads train.lr_decay
 DOWNSAMPLE_PADS = ("symmetric", "right")    # owned here: the UNet reads model.downsample_pad
 CONDITIONAL = ("auto", "true", "false")     # data.conditional's tri-state
@@ -270,6 +277,7 @@ class Config:
             "data.channels": data.channels, "train.warmup_steps": tr.warmup_steps,
             "train.weight_decay": tr.weight_decay, "train.grad_clip": tr.grad_clip,
             "train.sample_every": tr.sample_every, "train.time_limit_min": tr.time_limit_min,
+            "train.time_budget_min": tr.time_budget_min,
             "sample.steps": s.steps, "sample.eta": 0.0 if s.eta is None else s.eta,
             "sample.guidance": s.guidance,
             "diffusion.min_snr_gamma": dif.min_snr_gamma,
@@ -290,6 +298,10 @@ class Config:
             raise bad("train.lr", tr.lr, "must be a finite number > 0")
         if not 0 <= tr.ema_decay < 1:
             raise bad("train.ema_decay", tr.ema_decay, "must be in [0, 1)")
+        if tr.time_budget_min and tr.lr_decay != "none" and tr.warmup_steps < BUDGET_WINDOW[1]:
+            raise bad("train.time_budget_min", tr.time_budget_min, f"with train.lr_decay="
+                      f"{tr.lr_decay} needs train.warmup_steps >= {BUDGET_WINDOW[1]} (the LR of "
+                      "the timed steps must not depend on the max_steps they choose)")
         if s.steps > dif.timesteps:
             raise bad("sample.steps", s.steps, f"exceeds diffusion.timesteps={dif.timesteps}")
         if data.channels not in (0, 1, 3):
@@ -333,7 +345,7 @@ class Config:
                       "run samples with its own")
 
 
-PRESETS = ("mnist", "fashion-mnist", "cifar10", "mnist-flow", "mnist-edm")
+PRESETS = ("mnist", "fashion-mnist", "fashion-mnist-10min", "cifar10", "mnist-flow", "mnist-edm")
 
 
 def preset_path(name: str) -> Path:

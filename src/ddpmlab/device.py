@@ -7,11 +7,15 @@ evaluation and figures.
 * :func:`resolve_precision`: ``auto`` is bf16 autocast on a CUDA device that supports it and
   fp32 elsewhere; fp16 needs CUDA.
 * :func:`autocast`: the matching ``torch.autocast`` context (a no-op for fp32).
+* :class:`ThreadGovernor`: torch's CPU thread count follows the cores other processes leave.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import time
+from collections.abc import Callable
 
 import torch
 
@@ -89,3 +93,107 @@ def check_memory(need: float, what: str, device: torch.device | str = "cpu") -> 
     if free is not None and need > free:
         raise ConfigError(f"{what} needs about {_gib(need)} of memory; {torch.device(device)} has "
                           f"{_gib(free)} free")
+
+
+# ----------------------------------------------------------------------------- CPU threads
+def _usable_cpus() -> set[int] | None:
+    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+
+
+def _cpu_busy_seconds(cpus: set[int] | None = None) -> float | None:
+    """Seconds the CPUs ``cpus`` (default: those this process may run on) have spent busy since
+    boot (their /proc/stat lines: everything but idle and iowait); None where it cannot be
+    read."""
+    cpus = _usable_cpus() if cpus is None else cpus
+    try:
+        busy = 0
+        with open("/proc/stat", encoding="ascii") as f:
+            for line in f:
+                name, *vals = line.split()
+                if not name.startswith("cpu"):
+                    break
+                if name == "cpu" or (cpus is not None and int(name[3:]) not in cpus):
+                    continue
+                fields = [int(v) for v in vals]
+                busy += sum(fields[:8]) - fields[3] - fields[4]
+        return busy / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class ThreadGovernor:
+    """Keep torch's CPU threads at the cores other processes leave free.
+
+    With more threads than free cores, OpenMP's threads wait for a partner that is descheduled
+    at every parallel region, and beside one competing process a 2-thread training runs at a
+    quarter of its quiet speed (BENCHMARKS.md §8). Every ``every_s`` seconds :meth:`poll` reads
+    the busy time of the CPUs this process may run on (/proc/stat) less this process's own
+    (``os.times``): the cores the others used since the last reading. The thread count becomes
+    the cores left, rounded, between 1 and the count at the start (``OMP_NUM_THREADS`` or
+    torch's default); it goes back up as the others finish. ``read_busy`` / ``read_own`` /
+    ``clock`` are injectable for tests.
+    Off where /proc/stat cannot be read. Thread counts change float rounding in some kernels:
+    a run that adapted is repeatable on a quiet machine, not bit for bit."""
+
+    def __init__(self, every_s: float = 5.0, *, read_busy: Callable[[], float | None] | None = None,
+                 read_own: Callable[[], float] | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 cores: int | None = None):
+        self.every_s = every_s
+        self.read_busy = read_busy or _cpu_busy_seconds
+        self.read_own = read_own or (lambda: sum(os.times()[:2]))
+        self.clock = clock
+        self.max_threads = torch.get_num_threads()
+        self.cores = cores or len(_usable_cpus() or ()) or os.cpu_count() or 1
+        self.threads = self.max_threads
+        self.changes: list[tuple[float, int, float]] = []  # (time, threads, others' cores)
+        self._last = self._reading()
+
+    def _reading(self) -> tuple[float, float, float] | None:
+        busy = self.read_busy()
+        return None if busy is None else (self.clock(), busy, self.read_own())
+
+    def poll(self) -> int | None:
+        """Re-read the load if ``every_s`` has passed; returns the new thread count when it
+        changed, else None."""
+        if self._last is None or self.max_threads <= 1:
+            return None
+        now = self.clock()
+        if now - self._last[0] < self.every_s:
+            return None
+        cur = self._reading()
+        if cur is None:
+            return None
+        (t0, b0, o0), (t1, b1, o1) = self._last, cur
+        self._last = cur
+        others = max(0.0, ((b1 - b0) - (o1 - o0)) / (t1 - t0))
+        want = max(1, min(self.max_threads, int(self.cores - others + 0.5)))
+        if want == self.threads:
+            return None
+        self.threads = want
+        self.changes.append((now, want, others))
+        torch.set_num_threads(want)
+        return want
+
+    @classmethod
+    def for_device(cls, device: torch.device | str) -> ThreadGovernor | None:
+        """A governor for work on ``device``; None on a GPU, with one thread to start with,
+        where /proc/stat cannot be read, or when ``DDPMLAB_THREADS=fixed``."""
+        if (torch.device(device).type != "cpu" or torch.get_num_threads() <= 1
+                or os.environ.get("DDPMLAB_THREADS", "").lower() == "fixed"
+                or _cpu_busy_seconds() is None):
+            return None
+        return cls()
+
+    def governed(self, fn: Callable) -> Callable:
+        """``fn`` with a :meth:`poll` before each call (e.g. a sampler's network)."""
+        def call(*args, **kwargs):
+            self.poll()
+            return fn(*args, **kwargs)
+        return call
+
+    def restore(self) -> None:
+        """Back to the thread count of the start."""
+        if self.threads != self.max_threads:
+            torch.set_num_threads(self.max_threads)
+            self.threads = self.max_threads

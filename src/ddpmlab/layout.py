@@ -255,6 +255,14 @@ class RunDir:
             raise CheckpointError(f"{self.root}: cannot write there ({e.strerror or e})") from None
         return aside
 
+    def write_config(self, config_json: str) -> None:
+        """Replace ``config.json`` (atomically) with a config resolved during training (the
+        max_steps a time budget chose)."""
+        try:
+            atomic_write_text(self.config, config_json)
+        except OSError as e:
+            raise CheckpointError(f"{self.config}: cannot write ({e.strerror or e})") from None
+
     # ------------------------------------------------------------------ --force, by renames
     def set_aside(self) -> Path | None:
         """Move the run's own entries (:data:`RUN_ENTRIES`) into ``RUN/.replaced-PID/`` by

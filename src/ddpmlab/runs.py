@@ -34,7 +34,7 @@ from torch import nn
 from . import schedules
 from .config import Config
 from .data import BUILTINS, load_dataset, to_model_range, to_uint8
-from .device import check_memory
+from .device import ThreadGovernor, check_memory
 from .errors import CheckpointError, ConfigError
 from .evaluate import evaluate_samples, load_samples_npz, save_memorization_figure
 from .features import get_feature_extractor
@@ -169,6 +169,9 @@ def sample_images(model: nn.Module, cfg: Config, n: int, seed: int = 0,
     null = m.null_class
     if y is not None and null is None:
         raise CheckpointError("this run's model is unconditional: it cannot sample a class")
+    governor = ThreadGovernor.for_device(device)  # threads follow the free cores
+    if governor is not None:
+        net = governor.governed(net)
     was_training = model.training
     model.eval()
     out = []
@@ -193,6 +196,8 @@ def sample_images(model: nn.Module, cfg: Config, n: int, seed: int = 0,
     finally:
         if bar is not None:
             bar.close()
+        if governor is not None:
+            governor.restore()
         model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, *shape)
 

@@ -33,9 +33,9 @@ from typing import Any
 
 import torch
 
-from ..config import Config
+from ..config import BUDGET_WINDOW, Config
 from ..data import ImageData, load_dataset, to_model_range
-from ..device import autocast, check_memory, resolve_device, resolve_precision
+from ..device import ThreadGovernor, autocast, check_memory, resolve_device, resolve_precision
 from ..errors import CheckpointError, ConfigError, DataError, DDPMLabError
 from ..layout import RunDir
 from ..losses import LossHistory, importance_weights
@@ -121,6 +121,16 @@ def lr_at(step: int, cfg) -> float:
         frac = min(1.0, (step - cfg.warmup_steps) / span)
         return lr * 0.5 * (1.0 + math.cos(math.pi * frac))
     return lr
+
+
+def steps_within(budget_s: float, elapsed_s: float, step: int, seconds_per_step: float,
+                 cap: int) -> int:
+    """``max_steps`` for a run at ``step`` after ``elapsed_s`` of a ``budget_s`` budget, its steps
+    taking ``seconds_per_step``: the steps that fit in what is left, at least ``step`` and at
+    most ``cap``."""
+    left = max(0.0, budget_s - elapsed_s)
+    fit = int(left / seconds_per_step) if seconds_per_step > 0 else cap
+    return max(step, min(cap, step + fit))
 
 
 def make_optimizer(params: list[torch.nn.Parameter], tc) -> torch.optim.AdamW:
@@ -503,12 +513,20 @@ class Trainer:
         tc = self.cfg.train
         t_start = time.perf_counter()
         handlers = self._install_signal_handlers()
+        # train.time_budget_min: a new run times its steps 5-40, then sets max_steps (a resumed
+        # run keeps the max_steps its config.json has)
+        sizing = bool(tc.time_budget_min) and self.step == 0 and BUDGET_WINDOW[1] < tc.max_steps
+        if tc.time_budget_min and not sizing:
+            why = ("this run was stopped before its steps were timed" if self.step else
+                   f"max_steps={tc.max_steps} ends before the timed steps")
+            self.log(f"ddpmlab: train.time_budget_min={tc.time_budget_min:g} not applied: {why}; "
+                     f"training to step {tc.max_steps}")
         bar = None
         if self.progress and self.dist.is_main:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=tc.max_steps, initial=self.step, desc="training", unit="step",
-                       dynamic_ncols=True, smoothing=0.05)
+            bar = tqdm(total=None if sizing else tc.max_steps, initial=self.step,
+                       desc="training", unit="step", dynamic_ncols=True, smoothing=0.05)
         window_loss = torch.zeros((), device=self.device)
         window_n, window_t0 = 0, time.perf_counter()
         last_loss = float("nan")
@@ -517,6 +535,8 @@ class Trainer:
         # Denormal floats (tiny Adam moments and weights) can slow x86 arithmetic sharply; flush
         # them to zero while training (restored afterwards). A precaution, not measured here.
         flushing = torch.set_flush_denormal(True) if self.device.type == "cpu" else None
+        marks: dict[int, float] = {}
+        governor = ThreadGovernor.for_device(self.device)  # threads follow the free cores
         try:
             while self.step < tc.max_steps:
                 loss, gnorm = self.train_step()
@@ -526,6 +546,20 @@ class Trainer:
                 self.step += 1
                 if bar is not None:
                     bar.update(1)
+                if governor is not None and (threads := governor.poll()) is not None:
+                    note = (f"ddpmlab: other processes use {governor.changes[-1][2]:.1f} of "
+                            f"{governor.cores} cores: training on {threads} thread"
+                            f"{'s' if threads > 1 else ''} (DDPMLAB_THREADS=fixed keeps "
+                            f"{governor.max_threads})")
+                    (bar.write if bar is not None else self.log)(note)
+                if sizing and self.step in BUDGET_WINDOW:
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize(self.device)
+                    marks[self.step] = time.perf_counter()
+                    if self.step == BUDGET_WINDOW[1]:
+                        self._size_by_time(marks, t_start, bar)
+                        tc = self.cfg.train
+                        sizing = False
                 if self.step % tc.log_every == 0 or self.step == tc.max_steps:
                     mean_loss = float(D.all_reduce_mean(window_loss / window_n))
                     dt = time.perf_counter() - window_t0
@@ -533,7 +567,7 @@ class Trainer:
                            "grad_norm": float(gnorm), "steps_per_s": window_n / dt,
                            "images_per_s": window_n * tc.batch_size / dt,
                            "elapsed_s": time.perf_counter() - t_start,
-                           "skipped_steps": self.skipped}
+                           "skipped_steps": self.skipped, "threads": torch.get_num_threads()}
                     last_loss = mean_loss
                     if self.dist.is_main:
                         self.run.append_metrics(rec)
@@ -563,11 +597,38 @@ class Trainer:
             if bar is not None:
                 bar.close()
             self._restore_signal_handlers(handlers)
+            if governor is not None:
+                governor.restore()
             if flushing:
                 torch.set_flush_denormal(False)
         ckpt = self._saved[1]
         return TrainResult(self.run_dir, self.step, last_loss, time.perf_counter() - t_start,
                            ckpt, None, stopped_by, self.skipped)
+
+    def _size_by_time(self, marks: dict[int, float], t_start: float, bar) -> None:
+        """Set ``max_steps`` from the timed steps (rank 0's clock, on every rank) and write it
+        to ``config.json`` with ``time_budget_min`` 0: that file (or ``--max-steps N``) repeats
+        the run step for step. The choice is printed and kept in the run's metrics."""
+        tc = self.cfg.train
+        a, b = BUDGET_WINDOW
+        per_step = (marks[b] - marks[a]) / (b - a)
+        elapsed = marks[b] - t_start
+        n = steps_within(tc.time_budget_min * 60, elapsed, self.step, per_step, tc.max_steps)
+        n = int(D.broadcast_object(n))
+        self.cfg = replace(self.cfg, train=replace(tc, max_steps=n, time_budget_min=0.0))
+        capped = " (the max_steps cap)" if n == tc.max_steps else ""
+        msg = (f"ddpmlab: time budget {tc.time_budget_min:g} min: {1 / per_step:.2f} steps/s "
+               f"(steps {a}-{b}) -> max_steps {n}{capped}; --max-steps {n} repeats this run")
+        if bar is not None:  # (rank 0 only)
+            bar.total = n
+            bar.refresh()
+        (bar.write if bar is not None else self.log)(msg)
+        if self.dist.is_main:
+            self.run.write_config(self.cfg.to_json())
+            self.run.append_metrics({"event": "time_budget", "time": time.time(),
+                                     "budget_min": tc.time_budget_min, "timed_steps": [a, b],
+                                     "steps_per_s": 1 / per_step, "elapsed_s": elapsed,
+                                     "max_steps": n, "cap": tc.max_steps})
 
     # ------------------------------------------------------------------ signals
     def _install_signal_handlers(self):

@@ -1,6 +1,7 @@
 """Config: strict loading (unknown keys, wrong types, ranges) naming the key and the file."""
 
 import json
+import re
 
 import pytest
 
@@ -116,3 +117,13 @@ def test_overrides_parse_types():
         Config().override({"train.nope": "1"})
     with pytest.raises(ConfigError, match="train.max_steps"):
         Config().override({"train.max_steps": "many"})
+
+
+def test_every_preset_is_named_by_train_help_and_has_a_file():
+    from ddpmlab.cli import build_parser
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    help_text = next(a.help for a in train._actions if "--config" in a.option_strings)
+    for name in PRESETS:
+        assert name in re.split(r"[ ,()]+", help_text), name
+        assert preset_path(name).is_file(), name

@@ -349,8 +349,7 @@ PRESETS = ("mnist", "fashion-mnist", "fashion-mnist-10min", "cifar10", "mnist-fl
 
 
 def preset_path(name: str) -> Path:
-    """The packaged config file of a preset (``mnist``, ``fashion-mnist``, ``cifar10``,
-    ``mnist-flow``, ``mnist-edm``)."""
+    """The packaged config file of a preset (one of :data:`PRESETS`)."""
     return Path(__file__).parent / "configs" / f"{name}.yaml"
 
 

@@ -320,11 +320,11 @@ def test_compiled_training_equals_the_plain_path(tmp_path, tiny_cfg):
 def test_steps_within_counts_the_steps_that_fit():
     from ddpmlab.train.loop import steps_within
 
-    # 60 s budget, 20 s gone at step 40, 0.5 s per step: 80 more steps fit
-    assert steps_within(60.0, 20.0, 40, 0.5, 10_000) == 120
+    # 60 s budget, 20 s gone at step 40, 0.5 s per step: 0.95 x 40 s = 38 s hold 76 more steps
+    assert steps_within(60.0, 20.0, 40, 0.5, 10_000) == 116
     assert steps_within(60.0, 20.0, 40, 0.5, 100) == 100       # the cap
     assert steps_within(60.0, 70.0, 40, 0.5, 10_000) == 40     # over budget: stop where it is
-    assert steps_within(60.0, 59.9, 40, 0.5, 10_000) == 40     # not one whole step left
+    assert steps_within(60.0, 59.6, 40, 0.5, 10_000) == 40     # not one whole step left
 
 
 def _budget_cfg(tiny_cfg, **train):

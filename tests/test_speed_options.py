@@ -6,6 +6,8 @@ CUDA (bf16 autocast, compile and channels_last together). Compiled CPU training 
 with eager training in tests/test_train.py.
 """
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -197,6 +199,58 @@ def test_the_thread_governor_leaves_the_cores_others_use():
                             clock=lambda: m.t, cores=2)
         m.run(6, ours=0.0, others=0.0)
         assert g1.poll() is None and torch.get_num_threads() == 1          # never above it
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_evaluation_networks_are_governed_and_released(tmp_path, tiny_cfg, monkeypatch):
+    """`score_run`'s feature, ELBO and ODE networks poll the governor (here a fake machine
+    where another process takes one of 2 cores): they run on 1 thread, and after the
+    evaluation the hooks are gone and the start's 2 threads are back."""
+    from ddpmlab import runs
+    from ddpmlab.device import ThreadGovernor
+    from ddpmlab.train import Trainer
+
+    Trainer(tiny_cfg.override({"train.max_steps": "2"}), tmp_path / "r", progress=False).train()
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    m = _FakeMachine()
+    seen: list[int] = []
+    made: list[ThreadGovernor] = []
+
+    def fake(device):
+        g = ThreadGovernor(0.0, read_busy=lambda: m.busy, read_own=lambda: m.own,
+                           clock=lambda: m.t, cores=2)
+        made.append(g)
+        return g
+
+    def busy_clock_poll(orig):
+        def poll(self):
+            m.run(1, ours=1.0, others=1.0)       # the other process runs throughout
+            out = orig(self)
+            seen.append(torch.get_num_threads())
+            return out
+        return poll
+
+    hooked: list = []
+    orig_hooked = ThreadGovernor.hooked
+
+    def spy_hooked(self, *mods):
+        hooked.extend(mods)
+        return orig_hooked(self, *mods)
+
+    monkeypatch.setattr(ThreadGovernor, "hooked", spy_hooked)
+    monkeypatch.setattr(ThreadGovernor, "for_device", staticmethod(fake))
+    monkeypatch.setattr(ThreadGovernor, "poll", busy_clock_poll(ThreadGovernor.poll))
+    try:
+        out = runs.score_run(tmp_path / "r", n=8, steps=2, bpd_images=4, bpd_timesteps=3,
+                             nll="both", ode_images=2, ode_steps=2, progress=False)
+        assert math.isfinite(out["fid"]) and "bits_per_dim_ode" in out
+        assert len(made) == 2                    # sampling's governor, then the evaluation's
+        assert len(seen) > 20 and set(seen[2:]) == {1}, seen[:10]
+        assert torch.get_num_threads() == 2
+        assert len(hooked) == 2 and all(isinstance(x, nn.Module) for x in hooked)
+        assert not any(sub._forward_pre_hooks for x in hooked for sub in x.modules())
     finally:
         torch.set_num_threads(old)
 

@@ -192,6 +192,23 @@ class ThreadGovernor:
             return fn(*args, **kwargs)
         return call
 
+    @contextlib.contextmanager
+    def hooked(self, *modules: torch.nn.Module):
+        """Within the block, a :meth:`poll` before the forward of every layer of ``modules``
+        (e.g. an evaluation's networks, whichever method calls them: a poll is a clock
+        reading until ``every_s`` has passed); the thread count of the start at its end."""
+        def pre_hook(_module, _args) -> None:  # None: the layer's inputs stay as they are
+            self.poll()
+
+        handles = [sub.register_forward_pre_hook(pre_hook) for m in modules
+                   for sub in m.modules()]
+        try:
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+            self.restore()
+
     def restore(self) -> None:
         """Back to the thread count of the start."""
         if self.threads != self.max_threads:

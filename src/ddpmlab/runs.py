@@ -18,6 +18,7 @@ processes sharing the work, change nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -325,40 +326,43 @@ def score_run(run_dir: str | os.PathLike, *, samples_npz: str | os.PathLike | No
         x = to_uint8(imgs)
         source = f"{n} samples ({sampler or cfg.sample.sampler}, " \
                  f"{steps or cfg.sample.steps or cfg.diffusion.timesteps} steps, seed {seed})"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the baseline is reported beside the numbers instead
-        out = evaluate_samples(x, cfg.data, extractor=ext, reference=train, heldout=held,
-                               device=device, seed=seed)
-    out["samples"] = source
-    out["checkpoint"] = str(ckpt)
-    run.figures.mkdir(exist_ok=True)
-    worst = [(w["sample"], w["train"], w["ratio"]) for w in out["memorization"]["worst"]]
-    if worst:
-        out["memorization"]["figure"] = str(save_memorization_figure(
-            x, train.images, worst, run.figures / "memorization.png"))
-    elbo = nll != "ode" and bpd_images > 0
-    if elbo and cfg.diffusion.objective != "ddpm":
-        out["bits_per_dim_note"] = (f"ELBO bits/dim: not defined for objective "
-                                    f"{cfg.diffusion.objective} (use the ODE likelihood)")
-    elif elbo:
-        g = torch.Generator().manual_seed(seed)
-        pick = torch.randperm(len(held), generator=g)[:bpd_images]
-        x0 = to_model_range(held.images[pick]).to(device)
-        sched = schedules.get(cfg.diffusion.schedule, cfg.diffusion.timesteps)
-        bpd = bits_per_dim(model, sched, x0, prediction=cfg.diffusion.prediction,
-                           variance=cfg.sample.variance, n_timesteps=bpd_timesteps,
-                           generator=g, progress=progress, learn_sigma=cfg.model.learn_sigma)
-        out["bits_per_dim"] = {
-            "total": bpd.total, "prior": bpd.prior, "decoder": bpd.decoder,
-            "diffusion": bpd.diffusion, "images": int(len(pick)), "split": held.source,
-            "timesteps_evaluated": int(len(bpd.timesteps)),
-            "terms": {int(t): float(bpd.terms[t]) for t in bpd.timesteps.tolist()},
-            "figure": str(vlb_plot(bpd.terms, run.figures / "vlb.png", total=bpd.total)),
-        }
-    if nll != "elbo" and ode_images > 0:
-        out["bits_per_dim_ode"] = ode_bits_report(model, cfg, held, seed=seed, images=ode_images,
-                                                  steps=ode_steps, probes=ode_probes,
-                                                  device=device, progress=progress)
+    governor = ThreadGovernor.for_device(device)  # features, ELBO, ODE: threads follow the
+    with (governor.hooked(model, ext.net) if governor is not None  # free cores, as sampling's
+          else contextlib.nullcontext()):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the baseline is reported beside the numbers instead
+            out = evaluate_samples(x, cfg.data, extractor=ext, reference=train, heldout=held,
+                                   device=device, seed=seed)
+        out["samples"] = source
+        out["checkpoint"] = str(ckpt)
+        run.figures.mkdir(exist_ok=True)
+        worst = [(w["sample"], w["train"], w["ratio"]) for w in out["memorization"]["worst"]]
+        if worst:
+            out["memorization"]["figure"] = str(save_memorization_figure(
+                x, train.images, worst, run.figures / "memorization.png"))
+        elbo = nll != "ode" and bpd_images > 0
+        if elbo and cfg.diffusion.objective != "ddpm":
+            out["bits_per_dim_note"] = (f"ELBO bits/dim: not defined for objective "
+                                        f"{cfg.diffusion.objective} (use the ODE likelihood)")
+        elif elbo:
+            g = torch.Generator().manual_seed(seed)
+            pick = torch.randperm(len(held), generator=g)[:bpd_images]
+            x0 = to_model_range(held.images[pick]).to(device)
+            sched = schedules.get(cfg.diffusion.schedule, cfg.diffusion.timesteps)
+            bpd = bits_per_dim(model, sched, x0, prediction=cfg.diffusion.prediction,
+                               variance=cfg.sample.variance, n_timesteps=bpd_timesteps,
+                               generator=g, progress=progress, learn_sigma=cfg.model.learn_sigma)
+            out["bits_per_dim"] = {
+                "total": bpd.total, "prior": bpd.prior, "decoder": bpd.decoder,
+                "diffusion": bpd.diffusion, "images": int(len(pick)), "split": held.source,
+                "timesteps_evaluated": int(len(bpd.timesteps)),
+                "terms": {int(t): float(bpd.terms[t]) for t in bpd.timesteps.tolist()},
+                "figure": str(vlb_plot(bpd.terms, run.figures / "vlb.png", total=bpd.total)),
+            }
+        if nll != "elbo" and ode_images > 0:
+            out["bits_per_dim_ode"] = ode_bits_report(model, cfg, held, seed=seed, images=ode_images,
+                                                      steps=ode_steps, probes=ode_probes,
+                                                      device=device, progress=progress)
     summary = {k: out[k] for k in ("fid", "kid_mean", "precision", "recall") if k in out}
     summary["memorization_share"] = out["memorization"]["share"]
     if "bits_per_dim" in out:

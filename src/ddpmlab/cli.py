@@ -383,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train on a data set and write a run directory. Any config "
                        "key can be overridden as section.key=value (e.g. train.lr=5e-4).")
     t.add_argument("--config", help="a preset (mnist, mnist-edm, mnist-flow, fashion-mnist, "
-                   "fashion-mnist-10min, cifar10) or a YAML/TOML file (default: mnist)")
+                   "fashion-mnist-10min, fashion-mnist-60min, cifar10) or a YAML/TOML file (default: mnist)")
     t.add_argument("--dataset", help="mnist | fashion-mnist | digits | a folder | a .npz")
     t.add_argument("--out", help="run directory (default: runs/<dataset>, a new one if taken)")
     t.add_argument("--max-steps", type=int, help="optimizer steps in all")

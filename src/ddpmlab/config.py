@@ -345,7 +345,8 @@ class Config:
                       "run samples with its own")
 
 
-PRESETS = ("mnist", "fashion-mnist", "fashion-mnist-10min", "cifar10", "mnist-flow", "mnist-edm")
+PRESETS = ("mnist", "fashion-mnist", "fashion-mnist-10min", "fashion-mnist-60min",
+           "cifar10", "mnist-flow", "mnist-edm")
 
 
 def preset_path(name: str) -> Path:

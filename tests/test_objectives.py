@@ -190,6 +190,35 @@ def test_edm_sigma_draws_are_log_normal():
     ln = s.log()
     assert ln.mean().item() == pytest.approx(-1.2, abs=5 * 1.2 / math.sqrt(n))
     assert ln.std().item() == pytest.approx(1.2, rel=5 * math.sqrt(0.5 / n))
+    # diffusion.p_mean / p_std move the log-normal; a draw that ignored them would stay at -1.2
+    s2 = objectives.draw_levels("edm", torch.Generator().manual_seed(2), n, dtype=F64,
+                                p_mean=0.3, p_std=1.7)
+    assert s2.log().mean().item() == pytest.approx(0.3, abs=5 * 1.7 / math.sqrt(n))
+    assert s2.log().std().item() == pytest.approx(1.7, rel=5 * math.sqrt(0.5 / n))
+    # the same normal draws, rescaled: ln s2 = 0.3 + 1.7 (ln s + 1.2) / 1.2
+    torch.testing.assert_close(s2.log(), 0.3 + 1.7 * (ln + 1.2) / 1.2)
+
+
+def test_the_trainer_draws_edm_levels_with_the_configs_p_mean_and_p_std(tiny_cfg, tmp_path,
+                                                                        monkeypatch):
+    import ddpmlab.train.loop as loop
+    from ddpmlab.train import Trainer
+
+    seen = []
+    real = loop.draw
+
+    def spy(*args, **kw):
+        r = real(*args, **kw)
+        seen.append((kw["p_mean"], kw["p_std"], r.t))
+        return r
+
+    monkeypatch.setattr(loop, "draw", spy)
+    cfg = tiny_cfg.override({"diffusion.objective": "edm", "diffusion.p_mean": "2.5",
+                             "diffusion.p_std": "0.01", "train.max_steps": "2"})
+    Trainer(cfg, tmp_path / "r", progress=False).train()
+    assert [(m, sd) for m, sd, _ in seen] == [(2.5, 0.01)] * 2
+    for *_, t in seen:                       # ln s within 0.01 * 6 of 2.5
+        assert ((t.log() - 2.5).abs() < 0.06).all(), t
 
 
 # =========================================================================== flow
@@ -568,6 +597,9 @@ def test_config_keys_and_presets():
     ({"diffusion": {"flow_t": "logit_normal"}}, "diffusion.flow_t='logit_normal' applies"),
     ({"diffusion": {"objective": "edm", "sigma_data": 0}}, "diffusion.sigma_data=0.0 must be"),
     ({"diffusion": {"sigma_data": 0.7}}, "diffusion.sigma_data=0.7 applies"),
+    ({"diffusion": {"p_mean": -0.4}}, "diffusion.p_mean=-0.4 applies to diffusion.objective=edm"),
+    ({"diffusion": {"objective": "edm", "p_std": 0}}, "diffusion.p_std=0.0 must be"),
+    ({"diffusion": {"objective": "edm", "p_mean": float("nan")}}, "diffusion.p_mean=nan must"),
 ])
 def test_bad_objective_configs_are_one_line(doc, needle):
     with pytest.raises(ConfigError) as e:

@@ -26,7 +26,7 @@ from typing import Any
 from .device import PRECISIONS
 from .errors import ConfigError
 from .losses import LOSSES, WEIGHTINGS
-from .objectives import FLOW_TIMES, OBJECTIVES
+from .objectives import EDM_P_MEAN, EDM_P_STD, FLOW_TIMES, OBJECTIVES
 from .parametrization import PREDICTIONS
 from .reverse import VARIANCES
 from .samplers import SAMPLERS, SPACINGS
@@ -85,6 +85,8 @@ class DiffusionConfig:
                                            # grid (ddpmlab.objectives)
     flow_t: str = "uniform"                # flow: t uniform on [0, 1] | logit_normal (SD3)
     sigma_data: float = 0.5                # edm: the data's std in EDM's preconditioning
+    p_mean: float = EDM_P_MEAN             # edm: training draws ln sigma ~ N(p_mean, p_std^2)
+    p_std: float = EDM_P_STD               # (EDM's CIFAR-10 values, -1.2 and 1.2)
 
 
 @dataclass(frozen=True)
@@ -337,9 +339,16 @@ class Config:
             raise bad("diffusion.flow_t", dif.flow_t, "applies to diffusion.objective=flow only")
         if not (dif.sigma_data > 0 and math.isfinite(dif.sigma_data)):
             raise bad("diffusion.sigma_data", dif.sigma_data, "must be a finite number > 0")
-        if dif.objective != "edm" and dif.sigma_data != 0.5:
-            raise bad("diffusion.sigma_data", dif.sigma_data, "applies to "
-                      "diffusion.objective=edm only")
+        if not math.isfinite(dif.p_mean):
+            raise bad("diffusion.p_mean", dif.p_mean, "must be a finite number")
+        if not (dif.p_std > 0 and math.isfinite(dif.p_std)):
+            raise bad("diffusion.p_std", dif.p_std, "must be a finite number > 0")
+        if dif.objective != "edm":
+            default = DiffusionConfig()
+            for key in ("sigma_data", "p_mean", "p_std"):
+                if getattr(dif, key) != getattr(default, key):
+                    raise bad(f"diffusion.{key}", getattr(dif, key), "applies to "
+                              "diffusion.objective=edm only")
         if m.learn_sigma and s.variance != "small":
             raise bad("sample.variance", s.variance, "is a fixed variance; a model.learn_sigma "
                       "run samples with its own")

@@ -22,6 +22,9 @@ sd = ``sigma_data``::
     c_in   = 1 / sqrt(s^2 + sd^2)    c_noise = ln(s) / 4
     ln s ~ N(P_mean = -1.2, P_std^2 = 1.2^2),  lambda(s) = (s^2 + sd^2) / (s sd)^2
 
+(P_mean and P_std are EDM's CIFAR-10 values and the defaults of ``diffusion.p_mean`` and
+``diffusion.p_std``.)
+
 The network sees c_noise through its sinusoidal embedding as EDM's ADM network does. The loss
 is the mean over the elements (EDM sums them: a constant factor). With this weighting the
 network's effective target (x0 - c_skip x) / c_out has unit variance at every s when the data
@@ -74,6 +77,7 @@ FLOW_TIMES = ("uniform", "logit_normal")       # the owner of diffusion.flow_t's
 
 EDM_SIGMA_MIN, EDM_SIGMA_MAX = 0.002, 80.0     # EDM's sigma range (Karras et al. 2022, Table 1)
 EDM_P_MEAN, EDM_P_STD = -1.2, 1.2              # ln sigma ~ N(P_mean, P_std^2) in training
+                                               # (EDM's; diffusion.p_mean / p_std change them)
 FLOW_TIME_SCALE = 1000.0                       # the network sees 1000 t
 
 
@@ -181,9 +185,11 @@ def flow_loss(net: Callable, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tenso
 
 # ============================================================================ training
 def draw_levels(objective: str, generator: torch.Generator, batch: int,
-                flow_t: str = "uniform", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                flow_t: str = "uniform", dtype: torch.dtype = torch.float32,
+                p_mean: float = EDM_P_MEAN, p_std: float = EDM_P_STD) -> torch.Tensor:
     """A training batch's noise levels ``[B]`` on ``generator.device``: the flow's t
-    (``flow_t``: uniform on [0, 1) or sigmoid of N(0, 1)), or EDM's s = exp(P_mean + P_std n)."""
+    (``flow_t``: uniform on [0, 1) or sigmoid of N(0, 1)), or EDM's s = exp(P_mean + P_std n)
+    (``p_mean``, ``p_std``: EDM's -1.2 and 1.2 unless the run sets ``diffusion.p_mean/p_std``)."""
     gdev = generator.device
     if objective == "flow":
         if flow_t not in FLOW_TIMES:
@@ -193,7 +199,7 @@ def draw_levels(objective: str, generator: torch.Generator, batch: int,
         return torch.sigmoid(torch.randn(batch, generator=generator, device=gdev, dtype=dtype))
     if objective == "edm":
         n = torch.randn(batch, generator=generator, device=gdev, dtype=dtype)
-        return torch.exp(EDM_P_MEAN + EDM_P_STD * n)
+        return torch.exp(p_mean + p_std * n)
     raise ValueError(f"objective {objective!r} draws integer timesteps (ddpmlab.train.step.draw)")
 
 

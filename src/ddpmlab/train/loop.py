@@ -395,7 +395,8 @@ class Trainer:
         dif = cfg.diffusion
         probs = self.loss_history.probs() if self.loss_history is not None else None
         rnd = draw(self.gen, B, shape, self.schedule.T, self.device, self.cfg.data.p_uncond,
-                   t_probs=probs, objective=dif.objective, flow_t=dif.flow_t)
+                   t_probs=probs, objective=dif.objective, flow_t=dif.flow_t,
+                   p_mean=dif.p_mean, p_std=dif.p_std)
         weights = None if probs is None else importance_weights(probs, rnd.t)  # 1 / (T p_t)
         per_sample: list[torch.Tensor] = []
         self._step_losses = None

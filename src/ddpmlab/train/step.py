@@ -24,7 +24,7 @@ import torch
 
 from ..forward import q_sample
 from ..losses import diffusion_loss
-from ..objectives import draw_levels, objective_loss
+from ..objectives import EDM_P_MEAN, EDM_P_STD, draw_levels, objective_loss
 from ..schedules import Schedule
 
 
@@ -49,18 +49,19 @@ def draw(generator: torch.Generator, batch: int, sample_shape: tuple[int, ...], 
          device: torch.device, p_uncond: float = 0.0,
          dtype: torch.dtype = torch.float32,
          t_probs: torch.Tensor | None = None, objective: str = "ddpm",
-         flow_t: str = "uniform") -> StepRandomness:
+         flow_t: str = "uniform", p_mean: float = EDM_P_MEAN,
+         p_std: float = EDM_P_STD) -> StepRandomness:
     """Draw a step's timesteps, noise and masks from ``generator`` (on ``generator.device``).
 
     The same four draws happen every step whatever the options, so that a run's random stream
     does not depend on whether labels or flips are used. ``t_probs`` (``[T]``, the ``vlb``
     loss's importance distribution) draws t from it instead of uniformly (None: uniform).
     ``objective`` ``edm`` / ``flow`` draws its noise levels in t's place
-    (:func:`ddpmlab.objectives.draw_levels`).
+    (:func:`ddpmlab.objectives.draw_levels`; ``p_mean``/``p_std``: EDM's log-normal).
     """
     gdev = generator.device
     if objective != "ddpm":
-        t = draw_levels(objective, generator, batch, flow_t, dtype)
+        t = draw_levels(objective, generator, batch, flow_t, dtype, p_mean, p_std)
     elif t_probs is None:
         t = torch.randint(0, T, (batch,), generator=generator, device=gdev)
     else:

@@ -56,8 +56,6 @@ def main(argv=None) -> None:
         jobs[spec["lib"]], data[spec["lib"]] = job, job.data(a.batch)
     settings = {"ddpmlab": "AdamW defaults, fp32", "diffusers": "AdamW defaults, fp32"}
     if a.ddpmlab_defaults:
-        import contextlib
-
         from ddpmlab.config import TrainConfig
         from ddpmlab.device import autocast, resolve_precision
         from ddpmlab.train.loop import make_optimizer
@@ -65,8 +63,7 @@ def main(argv=None) -> None:
         job = jobs["ddpmlab"]
         job.opt = make_optimizer(job.params, TrainConfig(lr=train_sample.LR))
         precision = resolve_precision(TrainConfig().precision, dev)
-        job.autocast = autocast(precision, dev) if precision != "fp32" else \
-            contextlib.nullcontext()
+        job.autocast = autocast(precision, dev)   # a null context for fp32
         fused = bool(job.opt.defaults.get("fused"))
         settings["ddpmlab"] = f"ddpmlab train's: {'fused ' if fused else ''}AdamW, {precision}"
     print(f"settings: {settings}", flush=True)

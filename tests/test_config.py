@@ -86,6 +86,13 @@ def test_bad_values_name_key_and_file(tmp_path, doc, needle):
     assert needle in str(e.value) and str(p) in str(e.value)
 
 
+@pytest.mark.parametrize("timesteps, size", [(10**7, "1.5 GiB"), (10**400, "over 1,000,000 GiB")])
+def test_too_many_timesteps_says_what_the_schedule_would_take(timesteps, size):
+    """The message's size is integer arithmetic: JSON allows 10**400, beyond any float."""
+    with pytest.raises(ConfigError, match=f"diffusion.timesteps=.* must be <= 1,000,000 .*{size}"):
+        Config.from_dict({"diffusion": {"timesteps": timesteps}})
+
+
 def test_unparsable_and_missing_files(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text("train: [unclosed\n")

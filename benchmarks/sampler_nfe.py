@@ -7,6 +7,12 @@ Two steps, from the repository root:
         [--samplers heun,unipc] [--reference ddpm:1000] [--device cuda]
     python -m benchmarks.sampler_nfe score [--plot docs/images/sampler_nfe.png]
 
+A draw too long for one sitting (the 1000-step reference: hours on 2 CPU cores) is made in
+parts, ``sample ... --start 0 --n 250 --out part0.npz``, ``--start 250 ...``: a sample's noise
+and class are fixed by its number, so ``join OUT.npz part0.npz part250.npz ...`` gives the set one
+draw would. ``join --first N`` keeps every array's first N samples (the same N noises and
+classes in each), to compare sets of different sizes at the size they share.
+
 For a budget B each sampler gets the most steps whose evaluations fit (``step.info.nfe``: one
 per step, Heun two per step and one for the last, so 5 NFE = 3 Heun steps), its own default
 spacing and eta, the run's guidance (w = 2, the two halves as one batch: one evaluation) on a
@@ -19,8 +25,10 @@ benchmarks/results/sampler_nfe{_samples.npz,.json,.md}.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from benchmarks.harness import log, machine, time_calls, write_json
@@ -56,7 +64,7 @@ def cmd_sample(a: argparse.Namespace) -> None:
     device = torch.device(a.device)
     ck = snapshots_of(Path(a.run))[-1][2]
     names = a.samplers.split(",") if a.samplers else list(SAMPLERS)
-    jobs = [(s, steps_for(s, int(b)), int(b)) for b in a.budgets.split(",") for s in names]
+    jobs = [(s, steps_for(s, int(b)), int(b)) for b in a.budgets.split(",") if b for s in names]
     if a.reference:
         s, _, k = a.reference.partition(":")
         jobs.insert(0, (s, int(k), None))
@@ -68,15 +76,54 @@ def cmd_sample(a: argparse.Namespace) -> None:
             continue
 
         def draw(s=sampler, k=steps, key=key):
-            arrays[key] = sample_ddpmlab(ck, a.n, device, a.batch, s, k)
+            arrays[key] = sample_ddpmlab(ck, a.n, device, a.batch, s, k, start=a.start)
 
         dt = time_calls(draw, warmup=0, reps=1, device=device)["median_s"]
         nfe = SAMPLERS[sampler].info.nfe(steps)
         meta.append({"key": key, "lib": "ddpmlab", "sampler": sampler, "steps": steps,
                      "nfe": nfe, "budget": budget, "reference": budget is None, "n": a.n,
-                     "seconds": dt, "device": str(device), "machine": machine()})
-        log(f"{key} ({nfe} NFE): {a.n} samples in {dt:.1f} s")
+                     "start": a.start, "seconds": dt, "device": str(device),
+                     "machine": machine()})
+        log(f"{key} ({nfe} NFE): samples {a.start}..{a.start + a.n - 1} in {dt:.1f} s")
     save_samples(a.out, arrays, meta)
+
+
+def join_parts(parts: list[str], first: int | None = None) -> tuple[dict, list[dict]]:
+    """The arrays of several ``sample`` outputs as one set: a key's parts in sample order (they
+    must follow each other from sample 0, no gap, no overlap), seconds summed; ``first`` keeps
+    each array's first samples, its seconds scaled to them (``seconds_measured`` and
+    ``n_measured`` keep what was timed)."""
+    pieces: dict[str, list[tuple[dict, np.ndarray]]] = {}
+    for npz in parts:
+        meta = {m["key"]: m for m in json.loads(Path(npz).with_suffix(".json").read_text())}
+        with np.load(npz) as f:
+            for key in f.files:
+                pieces.setdefault(key, []).append((meta[key], f[key]))
+    arrays, metas = {}, []
+    for key, got in pieces.items():
+        got.sort(key=lambda p: p[0].get("start", 0))
+        at = 0
+        for m, x in got:
+            if m.get("start", 0) != at or len(x) != m["n"]:
+                raise SystemExit(f"{key}: a part starts at sample {m.get('start', 0)}, "
+                                 f"expected {at} (parts must follow each other from 0)")
+            at += len(x)
+        x = np.concatenate([x for _, x in got])
+        m = {**got[0][0], "n": len(x), "start": 0,
+             "seconds": sum(p[0]["seconds"] for p in got), "parts": len(got)}
+        if first is not None:
+            if first > len(x):
+                raise SystemExit(f"{key}: has {len(x)} samples, fewer than --first {first}")
+            m |= {"n_measured": len(x), "seconds_measured": m["seconds"],
+                  "seconds": m["seconds"] * first / len(x), "n": first}
+            x = x[:first]
+        arrays[key] = x
+        metas.append(m)
+    return arrays, metas
+
+
+def cmd_join(a: argparse.Namespace) -> None:
+    save_samples(a.out, *join_parts(a.parts, a.first))
 
 
 def cmd_score(a: argparse.Namespace) -> None:
@@ -119,8 +166,14 @@ def main() -> None:
     s.add_argument("--budgets", default="5,10,20,50", help="NFE budgets, comma-separated")
     s.add_argument("--samplers", help="comma-separated names (default: every registered one)")
     s.add_argument("--reference", help="SAMPLER:STEPS, the row every FID is compared with")
+    s.add_argument("--start", type=int, default=0,
+                   help="the first sample's number (a part of a longer draw; see join)")
+    j = sub.add_parser("join", help="several sample outputs (parts of one draw) as one .npz")
+    j.add_argument("out")
+    j.add_argument("parts", nargs="+")
+    j.add_argument("--first", type=int, help="keep each array's first N samples")
     a = p.parse_args()
-    {"sample": cmd_sample, "score": cmd_score}[a.cmd](a)
+    {"sample": cmd_sample, "score": cmd_score, "join": cmd_join}[a.cmd](a)
 
 
 if __name__ == "__main__":

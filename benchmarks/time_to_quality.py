@@ -283,13 +283,18 @@ def sample_peer(lib: str, snap: Path, n: int, device: torch.device, batch: int,
 
 @torch.inference_mode()
 def sample_ddpmlab(ckpt: Path, n: int, device: torch.device, batch: int, sampler=None,
-                   steps=None, guidance=None) -> np.ndarray:
+                   steps=None, guidance=None, start: int = 0) -> np.ndarray:
+    """Samples ``start .. start + n - 1`` (each one's noise and class fixed by its number, so
+    parts drawn apart join into the same set as one draw)."""
     from ddpmlab import load_run, sample_images
     from ddpmlab.runs import default_labels
 
     model, cfg, _ = load_run(ckpt.parent.parent, device=device, checkpoint=ckpt)  # EMA weights
+    labels = default_labels(cfg, start + n)
     x = sample_images(model, cfg, n=n, seed=0, device=device, sampler=sampler, steps=steps,
-                      y=default_labels(cfg, n), guidance=guidance, batch_size=batch)
+                      indices=list(range(start, start + n)),
+                      y=None if labels is None else labels[start:], guidance=guidance,
+                      batch_size=batch)
     return nhwc_uint8(x)
 
 

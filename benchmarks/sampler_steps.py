@@ -91,16 +91,17 @@ def cmd_sample(a: argparse.Namespace) -> None:
     save_samples(a.out, arrays, meta)
 
 
-def as_requested(x_u8: torch.Tensor) -> float:
-    """Share of a conditional MNIST run's samples that the project's MNIST classifier reads as
-    the digit asked for (``sample_ddpmlab`` asks for the run's ``default_labels``)."""
+def as_requested(x_u8: torch.Tensor, dataset: str = "mnist") -> float:
+    """Share of a conditional run's samples that the project's classifier for ``dataset``
+    (mnist, fashion-mnist) reads as the class asked for (``sample_ddpmlab`` and ``ddpmlab
+    sample`` ask for the run's ``default_labels``)."""
     from ddpmlab.config import Config, ModelConfig
     from ddpmlab.data import to_model_range
     from ddpmlab.features import load_feature_net
     from ddpmlab.runs import default_labels
 
     asked = default_labels(Config(model=ModelConfig(num_classes=10)), len(x_u8))
-    net = load_feature_net("mnist")
+    net = load_feature_net(dataset)
     with torch.no_grad():
         pred = net(to_model_range(x_u8)).argmax(1)
     return float((pred == asked).float().mean())

@@ -46,8 +46,8 @@ from .sampler_steps import as_requested
 ROWS = {
     "ddpm": ["--config", "mnist"],
     "ddpm-hybrid": ["--config", "mnist", "model.learn_sigma=true", "diffusion.loss=hybrid"],
-    # the preset: EDM with its training noise levels spread like the flow's (ln s of the
-    # flow's uniform t is logistic(0, 1): mean 0, std 1.81), p_mean 0 and p_std 1.8
+    # the preset: EDM with its training noise levels as wide as uniform t in the flow's time
+    # (ln s = logit t is logistic(0, 1): mean 0, std 1.81), p_mean 0 and p_std 1.8
     "edm": ["--config", "mnist-edm"],
     # EDM's own N(-1.2, 1.2^2), the preset before: it trains 3x less often at the levels where
     # a digit's class is decided (s in 1..10: 16% of draws against 40-43%)

@@ -56,13 +56,31 @@ def steps_for(sampler: str, budget: int) -> int:
     return steps
 
 
+def sampler_eta(sampler: str, steps: int, run_eta: float | None) -> tuple:
+    """(the eta ``sampler`` runs at, its table label, its array's key) for a run whose config
+    says ``run_eta`` (None: each sampler's own default). The key and label name an eta only
+    where it is not the sampler's default (``euler_ancestral:10:eta0``, "euler_ancestral (eta
+    0)"): an SDE sampler at eta 0 is its ODE limit, another algorithm."""
+    from ddpmlab import SAMPLERS
+
+    default = SAMPLERS[sampler].info.eta
+    if default is None:  # it takes no eta
+        return None, sampler, f"{sampler}:{steps}"
+    eta = default if run_eta is None else run_eta
+    if eta == default:
+        return eta, sampler, f"{sampler}:{steps}"
+    return eta, f"{sampler} (eta {eta:g})", f"{sampler}:{steps}:eta{eta:g}"
+
+
 def cmd_sample(a: argparse.Namespace) -> None:
     from ddpmlab import SAMPLERS
     from ddpmlab.cli import tune_allocator
+    from ddpmlab.config import Config
 
     tune_allocator()  # what the `ddpmlab` command does for its own process (2x faster on CPU)
     device = torch.device(a.device)
     ck = snapshots_of(Path(a.run))[-1][2]
+    run_eta = Config.from_file(Path(a.run) / "config.json").sample.eta
     names = a.samplers.split(",") if a.samplers else list(SAMPLERS)
     jobs = [(s, steps_for(s, int(b)), int(b)) for b in a.budgets.split(",") if b for s in names]
     if a.reference:
@@ -71,7 +89,7 @@ def cmd_sample(a: argparse.Namespace) -> None:
     arrays, meta = {}, []
     sample_ddpmlab(ck, min(a.batch, 16), device, a.batch, names[0], 2)  # untimed warm-up
     for sampler, steps, budget in jobs:
-        key = f"{sampler}:{steps}"
+        eta, label, key = sampler_eta(sampler, steps, run_eta)
         if key in arrays:
             continue
 
@@ -80,7 +98,8 @@ def cmd_sample(a: argparse.Namespace) -> None:
 
         dt = time_calls(draw, warmup=0, reps=1, device=device)["median_s"]
         nfe = SAMPLERS[sampler].info.nfe(steps)
-        meta.append({"key": key, "lib": "ddpmlab", "sampler": sampler, "steps": steps,
+        meta.append({"key": key, "lib": "ddpmlab", "sampler": sampler, "label": label,
+                     "eta": eta, "steps": steps,
                      "nfe": nfe, "budget": budget, "reference": budget is None, "n": a.n,
                      "start": a.start, "seconds": dt, "device": str(device),
                      "machine": machine()})
@@ -144,7 +163,8 @@ def cmd_score(a: argparse.Namespace) -> None:
     for r in rows:
         vs = "" if r["fid_vs_ref"] is None else f"{100 * r['fid_vs_ref']:+.1f}%"
         conf = "" if r["confident"] is None else f"{100 * r['confident']:.1f}%"
-        lines.append(f"| {r['nfe']} | {r['sampler']} | {r['steps']} | {r['fid']:.2f} | {vs} | "
+        lines.append(f"| {r['nfe']} | {r.get('label', r['sampler'])} | {r['steps']} | "
+                     f"{r['fid']:.2f} | {vs} | "
                      f"{100 * r['as_requested']:.1f}% | {conf} | {r['seconds']:.1f} |")
     lines.append(f"\nMachine: {dev}, torch {m.get('torch')}, {m.get('threads')} threads.")
     write_table(lines, rows, a.out_md)
@@ -152,7 +172,7 @@ def cmd_score(a: argparse.Namespace) -> None:
         series: dict[str, list[tuple[float, float]]] = {}
         for r in rows:
             if not r["reference"]:
-                series.setdefault(r["sampler"], []).append((r["nfe"], r["fid"]))
+                series.setdefault(r.get("label", r["sampler"]), []).append((r["nfe"], r["fid"]))
         fid_plot(series, a.plot, "network evaluations (NFE)", xlog=True,
                  baseline=ref["fid"] if ref else None)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .device import PRECISIONS
+from .device import PRECISIONS, format_size
 from .errors import ConfigError
 from .losses import LOSSES, WEIGHTINGS
 from .objectives import EDM_P_MEAN, EDM_P_STD, FLOW_TIMES, OBJECTIVES
@@ -269,7 +269,7 @@ class Config:
                 raise bad(key, value, "must be >= 1")
         if dif.timesteps > MAX_TIMESTEPS:  # (the schedule's float64 columns: ~160 bytes per t)
             raise bad("diffusion.timesteps", dif.timesteps, f"must be <= {MAX_TIMESTEPS:,} (its "
-                      f"schedule alone would take {_gib(dif.timesteps * 160)})")
+                      f"schedule alone would take {format_size(dif.timesteps * 160)})")
         if not m.channel_mult or any(c < 1 for c in m.channel_mult):
             raise bad("model.channel_mult", list(m.channel_mult), "must be positive integers")
         if any(r < 1 for r in m.attention_resolutions):
@@ -506,12 +506,6 @@ def _coerce(value: Any, typ: Any, key: str, source: str) -> Any:
             raise wrong()
         return value
     raise wrong()
-
-
-def _gib(nbytes: int) -> str:
-    """``nbytes`` in GiB for a message; integer arithmetic, so any size (JSON allows 10**400)."""
-    gib = nbytes // 2**30
-    return f"{nbytes / 2**30:,.1f} GiB" if gib < 10**6 else f"over {10**6:,} GiB"
 
 
 def _type_name(typ: Any) -> str:

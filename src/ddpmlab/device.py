@@ -82,7 +82,12 @@ def available_memory(device: torch.device | str = "cpu") -> int | None:
         return None
 
 
-def _gib(n: float) -> str:
+def format_size(n: float) -> str:
+    """``n`` bytes for a message: MiB below 256 MiB, GiB above, "over 1,000,000 GiB" past that
+    (compared before any division, so an integer beyond the float range, which a JSON config
+    can hold, is not converted)."""
+    if n > 10**6 * 2**30:
+        return f"over {10**6:,} GiB"
     return f"{n / 2**30:,.1f} GiB" if n >= 2**28 else f"{n / 2**20:,.0f} MiB"
 
 
@@ -91,8 +96,8 @@ def check_memory(need: float, what: str, device: torch.device | str = "cpu") -> 
     free (an estimate: a little more than the tensors ``what`` holds)."""
     free = available_memory(device)
     if free is not None and need > free:
-        raise ConfigError(f"{what} needs about {_gib(need)} of memory; {torch.device(device)} has "
-                          f"{_gib(free)} free")
+        raise ConfigError(f"{what} needs about {format_size(need)} of memory; "
+                          f"{torch.device(device)} has {format_size(free)} free")
 
 
 # ----------------------------------------------------------------------------- CPU threads

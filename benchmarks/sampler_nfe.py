@@ -25,6 +25,7 @@ benchmarks/results/sampler_nfe{_samples.npz,.json,.md}.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from pathlib import Path
 
@@ -80,6 +81,8 @@ def cmd_sample(a: argparse.Namespace) -> None:
     tune_allocator()  # what the `ddpmlab` command does for its own process (2x faster on CPU)
     device = torch.device(a.device)
     ck = snapshots_of(Path(a.run))[-1][2]
+    weights = ck / "ema.safetensors" if (ck / "ema.safetensors").exists() else ck / "model.safetensors"
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]  # parts must share the model
     run_eta = Config.from_file(Path(a.run) / "config.json").sample.eta
     names = a.samplers.split(",") if a.samplers else list(SAMPLERS)
     jobs = [(s, steps_for(s, int(b)), int(b)) for b in a.budgets.split(",") if b for s in names]
@@ -102,14 +105,15 @@ def cmd_sample(a: argparse.Namespace) -> None:
                      "eta": eta, "steps": steps,
                      "nfe": nfe, "budget": budget, "reference": budget is None, "n": a.n,
                      "start": a.start, "seconds": dt, "device": str(device),
-                     "machine": machine()})
+                     "checkpoint_sha256": digest, "machine": machine()})
         log(f"{key} ({nfe} NFE): samples {a.start}..{a.start + a.n - 1} in {dt:.1f} s")
     save_samples(a.out, arrays, meta)
 
 
 def join_parts(parts: list[str], first: int | None = None) -> tuple[dict, list[dict]]:
     """The arrays of several ``sample`` outputs as one set: a key's parts in sample order (they
-    must follow each other from sample 0, no gap, no overlap), seconds summed; ``first`` keeps
+    must follow each other from sample 0, no gap, no overlap, and come from one checkpoint where
+    their metadata names it), seconds summed; ``first`` keeps
     each array's first samples, its seconds scaled to them (``seconds_measured`` and
     ``n_measured`` keep what was timed)."""
     pieces: dict[str, list[tuple[dict, np.ndarray]]] = {}
@@ -127,6 +131,10 @@ def join_parts(parts: list[str], first: int | None = None) -> tuple[dict, list[d
                 raise SystemExit(f"{key}: a part starts at sample {m.get('start', 0)}, "
                                  f"expected {at} (parts must follow each other from 0)")
             at += len(x)
+        digests = {m["checkpoint_sha256"] for m, _ in got if "checkpoint_sha256" in m}
+        if len(digests) > 1:
+            raise SystemExit(f"{key}: its parts come from different checkpoints "
+                             f"(sha256 {', '.join(sorted(digests))})")
         x = np.concatenate([x for _, x in got])
         m = {**got[0][0], "n": len(x), "start": 0,
              "seconds": sum(p[0]["seconds"] for p in got), "parts": len(got)}

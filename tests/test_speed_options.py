@@ -267,3 +267,88 @@ def test_the_thread_governor_reads_this_machine():
         x += i
     b1, o1 = _cpu_busy_seconds(), sum(__import__("os").times()[:2])
     assert b1 - b0 >= 0.8 * (o1 - o0) > 0
+
+
+# =========================================================================== precision: auto
+def _cpuinfo_flags() -> set[str] | None:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            return {w for line in f if line.startswith("flags") for w in line.split()[2:]}
+    except OSError:
+        return None
+
+
+def test_native_bf16_cpu_agrees_with_the_cpu_flags():
+    """torch's probes against the kernel's own list of CPU features: bf16 is native where the
+    CPU has AVX512-BF16 or AMX tiles (an independent reading of the same hardware)."""
+    from ddpmlab.device import native_bf16_cpu
+
+    flags = _cpuinfo_flags()
+    if not flags:
+        pytest.skip("no /proc/cpuinfo flags here")
+    expect = ("AMX" if "amx_tile" in flags else
+              "AVX512-BF16" if "avx512_bf16" in flags else None)
+    assert native_bf16_cpu() == expect
+
+
+@pytest.mark.parametrize("feature", ["AVX512-BF16", "AMX", None])
+def test_auto_precision_on_a_cpu_follows_native_bf16(monkeypatch, feature):
+    from ddpmlab import device as D
+
+    monkeypatch.setattr(D, "native_bf16_cpu", lambda: feature)
+    cpu = torch.device("cpu")
+    assert D.resolve_precision("auto", cpu) == ("bf16" if feature else "fp32")
+    why = D.precision_reason("auto", cpu)
+    assert why.startswith("bf16 autocast: auto" if feature else "fp32: auto")
+    assert (feature in why) if feature else ("emulated" in why)
+    for asked in ("fp32", "bf16"):  # what is asked for is kept, on any CPU
+        assert D.resolve_precision(asked, cpu) == asked
+        assert D.precision_reason(asked, cpu).endswith("asked for")
+
+
+@pytest.mark.parametrize("feature", ["AVX512-BF16", None])
+def test_the_trainer_uses_and_records_the_resolved_precision(monkeypatch, tmp_path, tiny_cfg,
+                                                             feature):
+    """auto trains in bf16 autocast where the CPU has native bf16 (the step's forward pass
+    really runs in bf16) and in fp32 elsewhere; the run's metrics say which and why."""
+    import json
+
+    from ddpmlab import device as D
+
+    monkeypatch.setattr(D, "native_bf16_cpu", lambda: feature)
+    tr = Trainer(tiny_cfg.override({"train.max_steps": "2"}), tmp_path / "run", progress=False)
+    want = "bf16" if feature else "fp32"
+    assert tr.precision == want
+    seen = []
+    hook = tr.model.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    tr.train()
+    hook.remove()
+    assert seen and set(seen) == {torch.bfloat16 if feature else torch.float32}
+    events = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    rec = next(e for e in events if e.get("event") == "precision")
+    assert (rec["setting"], rec["precision"]) == ("auto", want)
+    assert rec["reason"] == D.precision_reason("auto", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("setting", ["auto", "fp16"])
+def test_sampling_follows_the_same_precision_rule(monkeypatch, tmp_path, tiny_cfg, setting):
+    """sample_images runs the network in the run's precision resolved as training resolves
+    it (a CUDA-only fp16 run samples on a CPU by the auto rule), returns float32, and a bf16
+    draw stays close to the fp32 draw of the same noise; fp32 asked for is exactly fp32."""
+    from ddpmlab import device as D
+    from ddpmlab.runs import load_run, sample_images
+
+    monkeypatch.setattr(D, "native_bf16_cpu", lambda: "AVX512-BF16")
+    Trainer(tiny_cfg.override({"train.max_steps": "1", "train.precision": "fp32"}),
+            tmp_path / "run", progress=False).train()
+    model, cfg, _ = load_run(tmp_path / "run")
+    cfg = cfg.override({"train.precision": setting, "sample.clip_x0": "false"})
+    seen = []
+    model.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    x16 = sample_images(model, cfg, n=3, sampler="ddim", steps=4)
+    assert set(seen) == {torch.bfloat16} and x16.dtype == torch.float32
+    seen.clear()
+    x32 = sample_images(model, cfg, n=3, sampler="ddim", steps=4, precision="fp32")
+    assert set(seen) == {torch.float32}
+    err = (x16 - x32).abs().max().item()
+    assert 0 < err < 0.1, err  # bf16's 8-bit mantissa: close, not equal

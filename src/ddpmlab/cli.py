@@ -147,7 +147,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"ddpmlab: training on {describe(trainer.data)}; {how}", flush=True)
         n_params = sum(p.numel() for p in trainer.model.parameters())
         print(f"ddpmlab: model {n_params / 1e6:.2f}M parameters on {trainer.device} "
-              f"({trainer.precision}); run directory {run_dir}", flush=True)
+              f"({trainer.precision_reason}); run directory {run_dir}", flush=True)
     start = trainer.step  # (a resumed run starts at its checkpoint's step)
     result = trainer.train()
     if result.stopped_by in EXIT_INTERRUPTED:
@@ -246,6 +246,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
                                    sampler=args.sampler, steps=args.steps, eta=args.eta, y=y,
                                    spacing=args.spacing,
                                    guidance=args.guidance, batch_size=args.batch_size,
+                                   precision=args.precision,
                                    progress=not args.no_progress and info.is_main)
     D.cleanup()
     if images is None:  # not rank 0: rank 0 writes the files
@@ -258,8 +259,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     save_grid(images, out, nrow=nrow, scale=2)
     nfe = SAMPLERS[name].info.nfe(n_steps)
-    print(f"ddpmlab: {n} samples ({name}, {n_steps} steps = {nfe} network evaluations each) "
-          f"from {ckpt} -> {out}")
+    from .device import inference_precision, precision_reason
+
+    why = precision_reason(inference_precision(args.precision or cfg.train.precision, device),
+                           device)
+    print(f"ddpmlab: {n} samples ({name}, {n_steps} steps = {nfe} network evaluations each; "
+          f"{why}) from {ckpt} -> {out}")
     if args.npz:
         npz = save_npz(images, args.npz, labels=y)
         print(f"ddpmlab: uint8 NxHxWxC array (key arr_0) -> {npz}")
@@ -429,6 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--guidance", type=float,
                    help="classifier-free guidance w: eps_u + w (eps_c - eps_u); 1 = conditional")
     s.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    s.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+                   help="the network's precision (default: the run's train.precision; auto = "
+                        "bf16 autocast on CUDA and on CPUs with native bf16, else fp32)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_sample)
 

@@ -116,7 +116,8 @@ class TrainConfig:
     grad_clip: float = 1.0                 # max global grad norm; 0 disables
     ema_decay: float = 0.9999
     ema_warmup: bool = True                # decay_t = min(decay, (1 + t) / (10 + t))
-    precision: str = "auto"                # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    precision: str = "auto"                # auto (bf16 autocast on CUDA and on CPUs with native
+                                           # bf16: AVX512-BF16, AMX; else fp32) | fp32 | bf16 | fp16
     device: str = "auto"                   # auto | cpu | cuda | cuda:N
     compile: bool = False                  # torch.compile the network
     channels_last: bool = False

@@ -5,8 +5,11 @@ evaluation and figures.
   ``cuda:N``; a name torch does not know, or CUDA asked for where there is none, raises
   :class:`~ddpmlab.errors.ConfigError` naming the value.
 * :func:`resolve_precision`: ``auto`` is bf16 autocast on a CUDA device that supports it and
-  fp32 elsewhere; fp16 needs CUDA.
-* :func:`autocast`: the matching ``torch.autocast`` context (a no-op for fp32).
+  on a CPU with native bf16 arithmetic (AVX512-BF16 or AMX: :func:`native_bf16_cpu`), fp32
+  elsewhere (a CPU without it emulates bf16, several times slower); fp16 needs CUDA.
+  :func:`precision_reason` says why, in words, for the command's start-up line.
+* :func:`autocast`: the matching ``torch.autocast`` context (a no-op for fp32);
+  :func:`autocast_call` wraps a sampler's network in it (sampling follows the same rule).
 * :class:`ThreadGovernor`: torch's CPU thread count follows the cores other processes leave.
 """
 
@@ -42,15 +45,63 @@ def resolve_device(name: str, key: str = "train.device") -> torch.device:
     return dev
 
 
+def native_bf16_cpu() -> str | None:
+    """The feature this CPU does bf16 arithmetic with, as PyTorch detects it (``"AMX"``,
+    ``"AVX512-BF16"``), or None where bf16 would be emulated in fp32 code."""
+    probes = (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported"))
+    for name, probe in probes:
+        try:
+            if getattr(torch.cpu, probe)():
+                return name
+        except (AttributeError, RuntimeError):  # a torch without the probe: its flags decide
+            if _cpu_flag("amx_bf16" if name == "AMX" else "avx512_bf16"):
+                return name
+    return None
+
+
+def _cpu_flag(flag: str) -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            return any(line.startswith("flags") and flag in line.split() for line in f)
+    except OSError:
+        return False
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> ``bf16`` on CUDA with bf16 support, else ``fp32``; fp16 on a CPU is refused."""
+    """``auto`` -> ``bf16`` on CUDA with bf16 support and on a CPU with native bf16
+    (:func:`native_bf16_cpu`), else ``fp32``; fp16 on a CPU is refused."""
     if precision not in PRECISIONS:
         raise ConfigError(f"train.precision={precision!r} is not one of {', '.join(PRECISIONS)}")
     if precision == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if native_bf16_cpu() else "fp32"
     if precision == "fp16" and device.type == "cpu":
         raise ConfigError("train.precision=fp16 needs CUDA; use fp32 or bf16 on a CPU")
     return precision
+
+
+def inference_precision(setting: str, device: torch.device) -> str:
+    """The precision setting a run's network is sampled or evaluated with on ``device``: its
+    ``train.precision``, except that a run trained in fp16 (CUDA only) samples on a CPU by the
+    ``auto`` rule."""
+    return "auto" if setting == "fp16" and device.type == "cpu" else setting
+
+
+def precision_reason(precision: str, device: torch.device) -> str:
+    """Why ``precision`` (a ``train.precision`` value) resolves as it does on ``device``: the
+    words the start-up line prints and the run's metrics record."""
+    got = resolve_precision(precision, device)
+    what = "bf16 autocast" if got == "bf16" else got
+    if precision != "auto":
+        return f"{what}: asked for"
+    if device.type == "cuda":
+        return f"{what}: auto, " + ("this GPU has bf16" if got == "bf16" else
+                                    "this GPU has no bf16")
+    feature = native_bf16_cpu()
+    if feature:
+        return f"{what}: auto, this CPU has native bf16 ({feature})"
+    return f"{what}: auto, this CPU has no native bf16 (AVX512-BF16 or AMX): it would be emulated"
 
 
 def autocast(precision: str, device: torch.device):
@@ -59,6 +110,18 @@ def autocast(precision: str, device: torch.device):
         dtype = torch.bfloat16 if precision == "bf16" else torch.float16
         return torch.autocast(device.type, dtype=dtype)
     return contextlib.nullcontext()
+
+
+def autocast_call(fn: Callable, precision: str, device: torch.device) -> Callable:
+    """``fn`` (a network) run under :func:`autocast` for ``precision``, its output returned in
+    float32 so that the sampler's arithmetic around it stays fp32; ``fn`` itself for fp32."""
+    if precision == "fp32":
+        return fn
+
+    def call(*args, **kwargs):
+        with autocast(precision, device):
+            return fn(*args, **kwargs).float()
+    return call
 
 
 # ----------------------------------------------------------------------------- memory

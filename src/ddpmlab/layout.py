@@ -3,7 +3,8 @@
 ::
 
     RUN/config.json          the resolved Config (rebuilding the model needs nothing else)
-    RUN/metrics.jsonl        one JSON object per logged step (and one per ``eval``)
+    RUN/metrics.jsonl        one JSON object per logged step, and events (``precision``,
+                             ``time_budget``, ``eval``)
     RUN/samples.png          the end-of-training sample grid
     RUN/samples/             grids drawn during training and by ``ddpmlab sample``
     RUN/figures/             the tutorial's figures (``ddpmlab figures``, ``ddpmlab eval``)

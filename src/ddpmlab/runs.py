@@ -35,7 +35,13 @@ from torch import nn
 from . import schedules
 from .config import Config
 from .data import BUILTINS, load_dataset, to_model_range, to_uint8
-from .device import ThreadGovernor, check_memory
+from .device import (
+    ThreadGovernor,
+    autocast_call,
+    check_memory,
+    inference_precision,
+    resolve_precision,
+)
 from .errors import CheckpointError, ConfigError
 from .evaluate import evaluate_samples, load_samples_npz, save_memorization_figure
 from .features import get_feature_extractor
@@ -144,8 +150,13 @@ def sample_images(model: nn.Module, cfg: Config, n: int, seed: int = 0,
                   sampler: str | None = None, steps: int | None = None,
                   eta: float | None = None, y: torch.Tensor | None = None,
                   guidance: float | None = None, batch_size: int | None = None,
-                  spacing: str | None = None, progress: bool = False) -> torch.Tensor:
+                  spacing: str | None = None, progress: bool = False,
+                  precision: str | None = None) -> torch.Tensor:
     """``n`` samples (floats in [-1, 1], ``[n, C, H, W]``, on the CPU) of a trained model.
+
+    The network runs in ``precision`` (default: the run's ``train.precision``, resolved on
+    ``device`` as training resolves it: ``auto`` is bf16 autocast on CUDA and on CPUs with
+    native bf16); the sampler's own arithmetic is always float32.
 
     Defaults come from ``cfg.sample``; ``indices`` (default ``range(n)``) are the sample
     numbers, which fix each sample's noise together with ``seed``. ``y`` gives one label per
@@ -170,6 +181,9 @@ def sample_images(model: nn.Module, cfg: Config, n: int, seed: int = 0,
     null = m.null_class
     if y is not None and null is None:
         raise CheckpointError("this run's model is unconditional: it cannot sample a class")
+    dev = torch.device(device)
+    net = autocast_call(net, resolve_precision(
+        inference_precision(precision or cfg.train.precision, dev), dev), dev)
     governor = ThreadGovernor.for_device(device)  # threads follow the free cores
     if governor is not None:
         net = governor.governed(net)

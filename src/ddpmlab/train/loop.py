@@ -35,7 +35,14 @@ import torch
 
 from ..config import BUDGET_WINDOW, Config
 from ..data import ImageData, load_dataset, to_model_range
-from ..device import ThreadGovernor, autocast, check_memory, resolve_device, resolve_precision
+from ..device import (
+    ThreadGovernor,
+    autocast,
+    check_memory,
+    precision_reason,
+    resolve_device,
+    resolve_precision,
+)
 from ..errors import CheckpointError, ConfigError, DataError, DDPMLabError
 from ..layout import RunDir
 from ..losses import LossHistory, importance_weights
@@ -200,6 +207,7 @@ class Trainer:
         self._build_model()
         self.opt = make_optimizer(list(self.model.parameters()), cfg.train)
         self.precision = resolve_precision(cfg.train.precision, self.device)
+        self.precision_reason = precision_reason(cfg.train.precision, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.gen = torch.Generator(device=self.device).manual_seed(cfg.train.seed + 17)
         # diffusion.loss=vlb draws t by importance sampling from this history (saved with the
@@ -528,6 +536,10 @@ class Trainer:
                    f"max_steps={tc.max_steps} ends before the timed steps")
             self.log(f"ddpmlab: train.time_budget_min={tc.time_budget_min:g} not applied: {why}; "
                      f"training to step {tc.max_steps}")
+        if self.dist.is_main:  # which precision, and why (auto differs from machine to machine)
+            self.run.append_metrics({"event": "precision", "time": time.time(), "step": self.step,
+                                     "setting": tc.precision, "precision": self.precision,
+                                     "reason": self.precision_reason})
         bar = None
         if self.progress and self.dist.is_main:
             from tqdm.auto import tqdm

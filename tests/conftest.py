@@ -9,7 +9,8 @@ torch.set_num_threads(1)
 
 @pytest.fixture
 def tiny_cfg():
-    """A seconds-fast config on the built-in 8x8 digits."""
+    """A seconds-fast config on the built-in 8x8 digits, in fp32 (``auto`` would be bf16 on a
+    CPU with native bf16: the exactness checks compare fp32 paths; bf16 tests ask for it)."""
     from ddpmlab.config import Config
 
     return Config.from_dict({
@@ -19,6 +20,6 @@ def tiny_cfg():
         "data": {"dataset": "digits"},
         "train": {"batch_size": 8, "lr": 1e-3, "warmup_steps": 2, "max_steps": 6,
                   "ema_decay": 0.9, "log_every": 2, "ckpt_every": 3, "keep_last": 2,
-                  "device": "cpu"},
+                  "device": "cpu", "precision": "fp32"},
         "sample": {"n": 4, "sampler": "ddim", "steps": 5},
     })

@@ -1,5 +1,6 @@
 """torchrun + DDP on CPU (gloo, 2 processes): equal to one process with the same global batch."""
 
+import json
 import os
 import socket
 import subprocess
@@ -16,7 +17,8 @@ from ddpmlab.train import latest_checkpoint
 TINY = ["model.base_channels=16", "model.channel_mult=1,2", "model.num_res_blocks=1",
         "model.attention_resolutions=4", "model.num_heads=2", "model.norm_groups=8",
         "diffusion.timesteps=50", "train.batch_size=8", "train.log_every=1",
-        "train.ckpt_every=2", "sample.n=4", "sample.sampler=ddim", "sample.steps=4"]
+        "train.ckpt_every=2", "sample.n=4", "sample.sampler=ddim", "sample.steps=4",
+        "train.precision=fp32"]  # DDP against one process: fp32 (auto is bf16 on some CPUs)
 
 
 def _free_port() -> int:
@@ -63,8 +65,10 @@ def test_two_processes_equal_one(runs):
 
 def test_rank0_alone_writes(runs):
     _, _, two = runs
-    lines = (two / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 4  # one line per logged step, not one per rank
+    lines = [json.loads(s) for s in (two / "metrics.jsonl").read_text().splitlines()]
+    # one line per logged step and one precision event, not one per rank
+    assert sum("loss" in r for r in lines) == 4
+    assert [r["event"] for r in lines if "event" in r] == ["precision"]
 
 
 def test_resume_under_two_processes(runs):

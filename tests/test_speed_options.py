@@ -316,7 +316,8 @@ def test_the_trainer_uses_and_records_the_resolved_precision(monkeypatch, tmp_pa
     from ddpmlab import device as D
 
     monkeypatch.setattr(D, "native_bf16_cpu", lambda: feature)
-    tr = Trainer(tiny_cfg.override({"train.max_steps": "2"}), tmp_path / "run", progress=False)
+    tr = Trainer(tiny_cfg.override({"train.max_steps": "2", "train.precision": "auto"}),
+                 tmp_path / "run", progress=False)
     want = "bf16" if feature else "fp32"
     assert tr.precision == want
     seen = []

@@ -161,7 +161,7 @@ def test_save_load_gives_identical_outputs(tmp_path, tiny_cfg):
     assert [p.name for p in checkpoint_dirs(tmp_path / "run")] == ["step_00000003",
                                                                    "step_00000006"]
     lines = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in lines] == [2, 4, 6]
+    assert [r["step"] for r in lines if "loss" in r] == [2, 4, 6]
     # an older checkpoint by name: its own weights, not the newest's
     older = checkpoint_dirs(tmp_path / "run")[0]
     old_model, _, old_ckpt = load_run(tmp_path / "run", checkpoint=older)

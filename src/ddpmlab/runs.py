@@ -122,6 +122,20 @@ def sampler_view(model: nn.Module, cfg: Config,
             sampler_prediction(d.objective, d.prediction))
 
 
+def sampling_view(model: nn.Module, cfg: Config, sched: schedules.Schedule,
+                  device: torch.device | str = "cpu",
+                  precision: str | None = None) -> tuple[Any, str]:
+    """:func:`sampler_view` with the network run in the precision sampling uses on ``device``
+    (``precision``, default the run's ``train.precision``, resolved as training resolves it):
+    what every drawing of samples (``sample_images``, the figures' and the report's chains)
+    calls, so that all of them draw the same images. Likelihoods keep :func:`sampler_view`'s
+    fp32."""
+    net, prediction = sampler_view(model, cfg, sched)
+    dev = torch.device(device)
+    chosen = resolve_precision(inference_precision(precision or cfg.train.precision, dev), dev)
+    return autocast_call(net, chosen, dev), prediction
+
+
 def default_labels(cfg: Config, n: int) -> torch.Tensor | None:
     """The classes a conditional run draws when none is asked for: sample k gets class
     ``k % num_classes`` (a balanced mix, fixed by the sample's number like its noise), drawn
@@ -177,13 +191,10 @@ def sample_images(model: nn.Module, cfg: Config, n: int, seed: int = 0,
     check_sample_memory(cfg, n if indices is None else len(indices), batch_size)
     indices = list(range(n)) if indices is None else list(indices)
     sched = run_schedule(cfg)
-    net, prediction = sampler_view(model, cfg, sched)
+    net, prediction = sampling_view(model, cfg, sched, device, precision)
     null = m.null_class
     if y is not None and null is None:
         raise CheckpointError("this run's model is unconditional: it cannot sample a class")
-    dev = torch.device(device)
-    net = autocast_call(net, resolve_precision(
-        inference_precision(precision or cfg.train.precision, dev), dev), dev)
     governor = ThreadGovernor.for_device(device)  # threads follow the free cores
     if governor is not None:
         net = governor.governed(net)
@@ -452,7 +463,7 @@ def run_figures(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = 
     check_outputs([out / name for name in FIGURE_NAMES], force)
     out.mkdir(parents=True, exist_ok=True)
     sched = run_schedule(cfg)       # (edm, flow: the forward process on the objective's grid)
-    net, prediction = sampler_view(model, cfg, sched)
+    net, prediction = sampling_view(model, cfg, sched, device)
     g = torch.Generator().manual_seed(seed)
     written = []
     data = load_dataset(cfg.data, "train")

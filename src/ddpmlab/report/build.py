@@ -41,7 +41,7 @@ from ..runs import (
     load_run,
     run_schedule,
     sample_images,
-    sampler_view,
+    sampling_view,
 )
 from ..samplers import SAMPLERS, per_sample_generators, sample
 from ..schedules import Schedule
@@ -239,7 +239,7 @@ def _chain(imgs: _Images, tag: str, model: nn.Module, cfg: Config, sched: Schedu
         done[0] = int(info["nfe"])
 
     gens = per_sample_generators(seed, list(range(n)), device=device)
-    net, prediction = sampler_view(model, cfg, sched)
+    net, prediction = sampling_view(model, cfg, sched, device)
     out = sample(net, dev_sched, shape, sampler=sampler, steps=steps, eta=s.eta,
                  variance=s.variance, prediction=prediction,
                  y=None if y is None else y.to(device), guidance=w, generator=gens,

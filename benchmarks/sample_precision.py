@@ -1,0 +1,68 @@
+"""Sampling with the network in bf16 autocast against fp32: one run, the same noises and
+classes, rounds alternating the two; wall time, FID and the share read as the digit asked for.
+
+    python -m benchmarks.sample_precision runs/mnist [--n 1000] [--rounds 1] [--steps 20]
+
+Writes benchmarks/results/sample_precision.json (BENCHMARKS.md §8: issue 18's "sampling and
+eval follow the same rule").
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+from benchmarks.harness import log, machine, result_path, write_json
+from benchmarks.sampler_steps import as_requested
+
+
+def main() -> None:
+    from ddpmlab import load_run, sample_images
+    from ddpmlab.cli import tune_allocator
+    from ddpmlab.data import to_uint8
+    from ddpmlab.evaluate import evaluate_samples
+    from ddpmlab.features import get_feature_extractor
+    from ddpmlab.runs import default_labels
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.sample_precision",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("run")
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--sampler", default="dpm_solver")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--batch", type=int, default=250)
+    p.add_argument("--out-json", default=str(result_path("sample_precision.json")))
+    a = p.parse_args()
+    tune_allocator()  # as the ddpmlab command does
+    model, cfg, _ = load_run(a.run, device="cpu")
+    labels = default_labels(cfg, a.n)
+    times: dict[str, list[float]] = {}
+    images = {}
+    for rnd in range(a.rounds):
+        for precision in ("fp32", "bf16"):
+            t0 = time.perf_counter()
+            images[precision] = sample_images(model, cfg, n=a.n, seed=0, sampler=a.sampler,
+                                              steps=a.steps, y=labels, batch_size=a.batch,
+                                              precision=precision)
+            times.setdefault(precision, []).append(time.perf_counter() - t0)
+            log(f"round {rnd}: {precision} {times[precision][-1]:.1f} s")
+    ext = get_feature_extractor("mnist")
+    rows = []
+    for precision, x in images.items():
+        u8 = to_uint8(x)  # as the .npz of `ddpmlab sample` holds them
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            r = evaluate_samples(u8, "mnist", extractor=ext, seed=0)
+        rows.append({"precision": precision, "seconds": times[precision], "fid": r["fid"],
+                     "as_requested": as_requested(u8),
+                     "confident": r["classifier"]["confident_share"]})
+        log(f"{precision}: FID {r['fid']:.2f}, read as asked {100 * rows[-1]['as_requested']:.1f}%"
+            f", {min(times[precision]):.1f} s")
+    write_json(a.out_json, {"run": a.run, "sampler": a.sampler, "steps": a.steps, "n": a.n,
+                            "rows": rows, "machine": machine()}, indent=1)
+
+
+if __name__ == "__main__":
+    main()

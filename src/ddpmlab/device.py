@@ -48,13 +48,15 @@ def resolve_device(name: str, key: str = "train.device") -> torch.device:
 def native_bf16_cpu() -> str | None:
     """The feature this CPU does bf16 arithmetic with, as PyTorch detects it (``"AMX"``,
     ``"AVX512-BF16"``), or None where bf16 would be emulated in fp32 code."""
-    probes = (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported"))
-    for name, probe in probes:
+    # (name, torch's probe, the /proc/cpuinfo flag that probe reads)
+    probes = (("AMX", "_is_amx_tile_supported", "amx_tile"),
+              ("AVX512-BF16", "_is_avx512_bf16_supported", "avx512_bf16"))
+    for name, probe, flag in probes:
         try:
             if getattr(torch.cpu, probe)():
                 return name
-        except (AttributeError, RuntimeError):  # a torch without the probe: its flags decide
-            if _cpu_flag("amx_bf16" if name == "AMX" else "avx512_bf16"):
+        except (AttributeError, RuntimeError):  # a torch without the probe: its flag decides
+            if _cpu_flag(flag):
                 return name
     return None
 

@@ -3,26 +3,24 @@ classes, rounds alternating the two; wall time, FID and the share read as the di
 
     python -m benchmarks.sample_precision runs/mnist [--n 1000] [--rounds 1] [--steps 20]
 
-Writes benchmarks/results/sample_precision.json (BENCHMARKS.md §8: issue 18's "sampling and
-eval follow the same rule").
+Writes the arrays to benchmarks/results/sample_precision_samples.npz (ignored) and the table
+to benchmarks/results/sample_precision.json (BENCHMARKS.md §8b: issue 18's "sampling and eval
+follow the same rule"); scored as every sample benchmark is (``time_to_quality.score_arrays``).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-import warnings
 
 from benchmarks.harness import log, machine, result_path, write_json
 from benchmarks.sampler_steps import as_requested
+from benchmarks.time_to_quality import nhwc_uint8, save_samples, score_arrays, summary
 
 
 def main() -> None:
     from ddpmlab import load_run, sample_images
     from ddpmlab.cli import tune_allocator
-    from ddpmlab.data import to_uint8
-    from ddpmlab.evaluate import evaluate_samples
-    from ddpmlab.features import get_feature_extractor
     from ddpmlab.runs import default_labels
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.sample_precision",
@@ -33,6 +31,7 @@ def main() -> None:
     p.add_argument("--sampler", default="dpm_solver")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch", type=int, default=250)
+    p.add_argument("--out", default=str(result_path("sample_precision_samples.npz")))
     p.add_argument("--out-json", default=str(result_path("sample_precision.json")))
     a = p.parse_args()
     tune_allocator()  # as the ddpmlab command does
@@ -48,18 +47,14 @@ def main() -> None:
                                               precision=precision)
             times.setdefault(precision, []).append(time.perf_counter() - t0)
             log(f"round {rnd}: {precision} {times[precision][-1]:.1f} s")
-    ext = get_feature_extractor("mnist")
+    save_samples(a.out, {k: nhwc_uint8(x) for k, x in images.items()},
+                 [{"key": k, "precision": k, "seconds": times[k]} for k in images])
     rows = []
-    for precision, x in images.items():
-        u8 = to_uint8(x)  # as the .npz of `ddpmlab sample` holds them
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            r = evaluate_samples(u8, "mnist", extractor=ext, seed=0)
-        rows.append({"precision": precision, "seconds": times[precision], "fid": r["fid"],
-                     "as_requested": as_requested(u8),
-                     "confident": r["classifier"]["confident_share"]})
-        log(f"{precision}: FID {r['fid']:.2f}, read as asked {100 * rows[-1]['as_requested']:.1f}%"
-            f", {min(times[precision]):.1f} s")
+    for m, _, r in score_arrays(a.out):
+        rows.append({"precision": m["precision"], "seconds": m["seconds"], **summary(r),
+                     "as_requested": as_requested(r["_x"])})
+        log(f"{m['precision']}: FID {r['fid']:.2f}, read as asked "
+            f"{100 * rows[-1]['as_requested']:.1f}%, {min(m['seconds']):.1f} s")
     write_json(a.out_json, {"run": a.run, "sampler": a.sampler, "steps": a.steps, "n": a.n,
                             "rows": rows, "machine": machine()}, indent=1)
 

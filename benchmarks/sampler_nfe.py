@@ -57,20 +57,25 @@ def steps_for(sampler: str, budget: int) -> int:
     return steps
 
 
-def sampler_eta(sampler: str, steps: int, run_eta: float | None) -> tuple:
+def sampler_eta(sampler: str, steps: int, run_eta: float | None,
+                spacing: str | None = None) -> tuple:
     """(the eta ``sampler`` runs at, its table label, its array's key) for a run whose config
     says ``run_eta`` (None: each sampler's own default). The key and label name an eta only
     where it is not the sampler's default (``euler_ancestral:10:eta0``, "euler_ancestral (eta
-    0)"): an SDE sampler at eta 0 is its ODE limit, another algorithm."""
+    0)"): an SDE sampler at eta 0 is its ODE limit, another algorithm. A ``spacing`` other than
+    the sampler's default is named the same way (``dpmpp_3m_sde:10:logsnr``)."""
     from ddpmlab import SAMPLERS
 
-    default = SAMPLERS[sampler].info.eta
-    if default is None:  # it takes no eta
-        return None, sampler, f"{sampler}:{steps}"
-    eta = default if run_eta is None else run_eta
-    if eta == default:
-        return eta, sampler, f"{sampler}:{steps}"
-    return eta, f"{sampler} (eta {eta:g})", f"{sampler}:{steps}:eta{eta:g}"
+    info = SAMPLERS[sampler].info
+    names, key = [], f"{sampler}:{steps}"
+    eta = None if info.eta is None else (info.eta if run_eta is None else run_eta)
+    if eta is not None and eta != info.eta:
+        names.append(f"eta {eta:g}")
+        key += f":eta{eta:g}"
+    if spacing is not None and spacing != info.spacing:
+        names.append(spacing)
+        key += f":{spacing}"
+    return eta, (f"{sampler} ({', '.join(names)})" if names else sampler), key
 
 
 def cmd_sample(a: argparse.Namespace) -> None:
@@ -92,17 +97,19 @@ def cmd_sample(a: argparse.Namespace) -> None:
     arrays, meta = {}, []
     sample_ddpmlab(ck, min(a.batch, 16), device, a.batch, names[0], 2)  # untimed warm-up
     for sampler, steps, budget in jobs:
-        eta, label, key = sampler_eta(sampler, steps, run_eta)
+        eta, label, key = sampler_eta(sampler, steps, run_eta, a.spacing)
         if key in arrays:
             continue
 
         def draw(s=sampler, k=steps, key=key):
-            arrays[key] = sample_ddpmlab(ck, a.n, device, a.batch, s, k, start=a.start)
+            arrays[key] = sample_ddpmlab(ck, a.n, device, a.batch, s, k, start=a.start,
+                                         spacing=a.spacing)
 
         dt = time_calls(draw, warmup=0, reps=1, device=device)["median_s"]
         nfe = SAMPLERS[sampler].info.nfe(steps)
         meta.append({"key": key, "lib": "ddpmlab", "sampler": sampler, "label": label,
-                     "eta": eta, "steps": steps,
+                     "eta": eta, "spacing": a.spacing or SAMPLERS[sampler].info.spacing,
+                     "steps": steps,
                      "nfe": nfe, "budget": budget, "reference": budget is None, "n": a.n,
                      "start": a.start, "seconds": dt, "device": str(device),
                      "checkpoint_sha256": digest, "machine": machine()})
@@ -194,6 +201,8 @@ def main() -> None:
     s.add_argument("--budgets", default="5,10,20,50", help="NFE budgets, comma-separated")
     s.add_argument("--samplers", help="comma-separated names (default: every registered one)")
     s.add_argument("--reference", help="SAMPLER:STEPS, the row every FID is compared with")
+    s.add_argument("--spacing", help="every sampler's spacing (default: each one's own); "
+                   "a non-default one is named in the key and label")
     s.add_argument("--start", type=int, default=0,
                    help="the first sample's number (a part of a longer draw; see join)")
     j = sub.add_parser("join", help="several sample outputs (parts of one draw) as one .npz")

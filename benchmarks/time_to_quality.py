@@ -283,7 +283,8 @@ def sample_peer(lib: str, snap: Path, n: int, device: torch.device, batch: int,
 
 @torch.inference_mode()
 def sample_ddpmlab(ckpt: Path, n: int, device: torch.device, batch: int, sampler=None,
-                   steps=None, guidance=None, start: int = 0) -> np.ndarray:
+                   steps=None, guidance=None, start: int = 0,
+                   spacing: str | None = None) -> np.ndarray:
     """Samples ``start .. start + n - 1`` (each one's noise and class fixed by its number, so
     parts drawn apart join into the same set as one draw)."""
     from ddpmlab import load_run, sample_images
@@ -294,7 +295,7 @@ def sample_ddpmlab(ckpt: Path, n: int, device: torch.device, batch: int, sampler
     x = sample_images(model, cfg, n=n, seed=0, device=device, sampler=sampler, steps=steps,
                       indices=list(range(start, start + n)),
                       y=None if labels is None else labels[start:], guidance=guidance,
-                      batch_size=batch)
+                      batch_size=batch, spacing=spacing)
     return nhwc_uint8(x)
 
 

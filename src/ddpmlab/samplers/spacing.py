@@ -9,7 +9,7 @@ the original index: nothing is remapped or rescaled.
 * ``"trailing"``: ``round(T - k T / steps) - 1`` for k = 0..steps-1: starts at T-1 and leaves the
   last jump from ``T / steps - 1`` straight to x0 (Lin et al. 2023, "Common diffusion noise
   schedules and sample steps are flawed", table 2).
-* ``"logsnr"`` (the default of DDPM, DDIM and DPM-Solver++(2M)): equally spaced in the log-SNR
+* ``"logsnr"`` (the default of DDPM, DDIM, DPM-Solver++(2M) and (3M) SDE): equally spaced in the log-SNR
   lambda_t = log(alpha_bar / (1 - alpha_bar)) between index T-1 and index 0, as DPM-Solver
   recommends for pixel data (Lu et al. 2022, sec. 3.3); needs the schedule's ``log_snr``. Each
   target lambda is mapped to the nearest index; collisions at the high-noise end (where lambda

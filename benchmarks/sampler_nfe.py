@@ -189,7 +189,8 @@ def cmd_score(a: argparse.Namespace) -> None:
             if not r["reference"]:
                 series.setdefault(r.get("label", r["sampler"]), []).append((r["nfe"], r["fid"]))
         fid_plot(series, a.plot, "network evaluations (NFE)", xlog=True,
-                 baseline=ref["fid"] if ref else None)
+                 baseline=ref["fid"] if ref else None,
+                 baseline_label=f"{ref['sampler']} {ref['steps']} steps" if ref else "")
 
 
 def main() -> None:

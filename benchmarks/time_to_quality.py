@@ -367,7 +367,8 @@ def write_table(lines: list[str], rows: list[dict], out_md) -> None:
 
 
 def fid_plot(series: dict[str, list[tuple[float, float]]], path: str, xlabel: str,
-             baseline: float | None = None, xlog: bool = False) -> None:
+             baseline: float | None = None, xlog: bool = False,
+             baseline_label: str = "real vs real") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -377,7 +378,7 @@ def fid_plot(series: dict[str, list[tuple[float, float]]], path: str, xlabel: st
     for label, pts in series.items():
         ax.plot(*zip(*sorted(pts), strict=True), marker="o", label=label)
     if baseline:
-        ax.axhline(baseline, color="grey", ls=":", label="real vs real")
+        ax.axhline(baseline, color="grey", ls=":", label=baseline_label)
     if xlog:
         ax.set_xscale("log")
     ax.set_yscale("log")

@@ -11,7 +11,9 @@ A draw too long for one sitting (the 1000-step reference: hours on 2 CPU cores) 
 parts, ``sample ... --start 0 --n 250 --out part0.npz``, ``--start 250 ...``: a sample's noise
 and class are fixed by its number, so ``join OUT.npz part0.npz part250.npz ...`` gives the set one
 draw would. ``join --first N`` keeps every array's first N samples (the same N noises and
-classes in each), to compare sets of different sizes at the size they share.
+classes in each), to compare sets of different sizes at the size they share. ``merge OUT ...``
+puts the rows of several ``score`` outputs (.json) in one table and plot, for rows scored in
+different sittings whose samples are gone: it refuses rows of different sizes or models.
 
 For a budget B each sampler gets the most steps whose evaluations fit (``step.info.nfe``: one
 per step, Heun two per step and one for the last, so 5 NFE = 3 Heun steps), its own default
@@ -160,14 +162,54 @@ def cmd_join(a: argparse.Namespace) -> None:
     save_samples(a.out, *join_parts(a.parts, a.first))
 
 
+def row_label(m: dict) -> str:
+    """A drawn row's table label, named against today's defaults from the eta and spacing its
+    metadata records (a default that changed after the draw, as 3M SDE's spacing did, then
+    shows without relabelling by hand); rows drawn before the spacing was recorded keep their
+    stored label."""
+    from ddpmlab import SAMPLERS
+
+    if m["sampler"] not in SAMPLERS or "spacing" not in m:
+        return m.get("label", m["sampler"])
+    return sampler_eta(m["sampler"], m["steps"], m.get("eta"), m["spacing"])[1]
+
+
 def cmd_score(a: argparse.Namespace) -> None:
-    rows = [{**m, **summary(r), "as_requested": as_requested(r["_x"])}
+    rows = [{**m, **summary(r), "as_requested": as_requested(r["_x"]), "label": row_label(m)}
             for m, _, r in score_arrays(a.npz)]
+    report(rows, a.out_md, a.out_json, a.plot)
+
+
+def merge_rows(paths: list[str]) -> list[dict]:
+    """The rows of several ``score`` outputs (.json) as one table's: a key scored twice keeps
+    its last file's row. Refused where a FID would be compared across set sizes (every row
+    must have the same n) or models (every recorded checkpoint digest must agree)."""
+    rows: dict[str, dict] = {}
+    for path in paths:
+        for r in json.loads(Path(path).read_text()):
+            rows[r["key"]] = r
+    sizes = {r["n"] for r in rows.values()}
+    if len(sizes) > 1:
+        raise SystemExit(f"merge: rows of different sizes ({', '.join(map(str, sorted(sizes)))} "
+                         "samples): FID depends on n; join --first N to one size first")
+    digests = {r["checkpoint_sha256"] for r in rows.values() if "checkpoint_sha256" in r}
+    if len(digests) > 1:
+        raise SystemExit(f"merge: rows from different checkpoints (sha256 "
+                         f"{', '.join(sorted(digests))})")
+    return [{**r, "label": row_label(r)} for r in rows.values()]
+
+
+def cmd_merge(a: argparse.Namespace) -> None:
+    report(merge_rows(a.parts), a.out_md, a.out_json, a.plot)
+
+
+def report(rows: list[dict], out_md, out_json, plot) -> None:
+    """The table (.md), the rows (.json) and the FID-against-NFE plot of scored rows."""
     ref = next((r for r in rows if r["reference"]), None)
     for r in rows:
         r["fid_vs_ref"] = None if ref is None else r["fid"] / ref["fid"] - 1
     rows.sort(key=lambda r: (r["reference"] is False, r["nfe"], r["fid"]))
-    write_json(a.out_json, [{k: v for k, v in r.items() if k != "machine"} | {
+    write_json(out_json, [{k: v for k, v in r.items() if k != "machine"} | {
         "machine": rows[0]["machine"]} for r in rows], indent=1)
     m = rows[0]["machine"]
     dev = m.get("gpu") or f"{m.get('cpu')} ({', '.join(m.get('cpu_flags', []))})"
@@ -178,17 +220,17 @@ def cmd_score(a: argparse.Namespace) -> None:
     for r in rows:
         vs = "" if r["fid_vs_ref"] is None else f"{100 * r['fid_vs_ref']:+.1f}%"
         conf = "" if r["confident"] is None else f"{100 * r['confident']:.1f}%"
-        lines.append(f"| {r['nfe']} | {r.get('label', r['sampler'])} | {r['steps']} | "
+        lines.append(f"| {r['nfe']} | {r['label']} | {r['steps']} | "
                      f"{r['fid']:.2f} | {vs} | "
                      f"{100 * r['as_requested']:.1f}% | {conf} | {r['seconds']:.1f} |")
     lines.append(f"\nMachine: {dev}, torch {m.get('torch')}, {m.get('threads')} threads.")
-    write_table(lines, rows, a.out_md)
-    if a.plot:
+    write_table(lines, rows, out_md)
+    if plot:
         series: dict[str, list[tuple[float, float]]] = {}
         for r in rows:
             if not r["reference"]:
-                series.setdefault(r.get("label", r["sampler"]), []).append((r["nfe"], r["fid"]))
-        fid_plot(series, a.plot, "network evaluations (NFE)", xlog=True,
+                series.setdefault(r["label"], []).append((r["nfe"], r["fid"]))
+        fid_plot(series, plot, "network evaluations (NFE)", xlog=True,
                  baseline=ref["fid"] if ref else None,
                  baseline_label=f"{ref['sampler']} {ref['steps']} steps" if ref else "")
 
@@ -210,8 +252,13 @@ def main() -> None:
     j.add_argument("out")
     j.add_argument("parts", nargs="+")
     j.add_argument("--first", type=int, help="keep each array's first N samples")
+    g = sub.add_parser("merge", help="the rows of several score outputs (.json) as one table")
+    g.add_argument("parts", nargs="+", help="score's .json files; a key in two keeps the last")
+    g.add_argument("--out-md", required=True)
+    g.add_argument("--out-json", required=True)
+    g.add_argument("--plot", help="also draw FID against NFE into this image file")
     a = p.parse_args()
-    {"sample": cmd_sample, "score": cmd_score, "join": cmd_join}[a.cmd](a)
+    {"sample": cmd_sample, "score": cmd_score, "join": cmd_join, "merge": cmd_merge}[a.cmd](a)
 
 
 if __name__ == "__main__":

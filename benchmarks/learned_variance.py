@@ -8,8 +8,14 @@ and at its own 1000 steps (the reference), all with ``benchmarks.sampler_nfe`` (
 samples per row; the reference's 500 first, in parts), then scored. This script only puts the
 scored rows side by side::
 
-    python -m benchmarks.learned_variance --fixed F.json [F2.json ...] --learned L.json [...]
-        [--out-md benchmarks/results/learned_variance.md] [--plot PNG]
+    python -m benchmarks.learned_variance table --fixed F.json [F2.json ...] --learned L.json
+        [...] [--out-md benchmarks/results/learned_variance.md] [--plot PNG]
+
+and shows what the network learned: ``frac RUN`` prints, at several t, the interpolation weight
+frac = (v + 1) / 2 between log beta_t (1) and log beta_tilde_t (0) that a learn_sigma run outputs
+on held-out images noised to t (its mean, spread over pixels and images, and extremes)::
+
+    python -m benchmarks.learned_variance frac runs/objectives/ddpm-hybrid [--images 128]
 
 Each ``.json`` is a ``sampler_nfe score`` (or ``merge``) output. Rows are matched by their
 ``ddpm:STEPS`` key; a FID is compared with its own model's 1000-step FID only at the same number
@@ -57,15 +63,63 @@ def table(fixed: dict, learned: dict) -> list[str]:
     return lines
 
 
+def frac_by_t(run: str, images: int, ts: list[int]) -> list[dict]:
+    """The learned interpolation weight frac at each t in ``ts``, on the run's first ``images``
+    held-out images (with their labels on a conditional run) noised by q(x_t | x0)."""
+    import torch
+
+    from ddpmlab import load_run
+    from ddpmlab.data import load_dataset, to_model_range
+    from ddpmlab.forward import q_sample
+    from ddpmlab.objectives import schedule_for
+    from ddpmlab.reverse import call_model, split_output
+
+    model, cfg, _ = load_run(run)
+    if not cfg.model.learn_sigma:
+        raise SystemExit(f"{run}: not a learn_sigma run (model.learn_sigma is false)")
+    d = cfg.diffusion
+    sched = schedule_for(d.objective, d.schedule, d.timesteps)
+    data = load_dataset(cfg.data, "test")
+    x0 = to_model_range(data.images[:images])
+    y = data.labels[:images] if cfg.data.conditional and data.labels is not None else None
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    with torch.no_grad():
+        for t in ts:
+            tt = torch.full((len(x0),), t)
+            xt = q_sample(sched, x0, tt, generator=gen)
+            _, v = split_output(call_model(model, xt, tt, y, True), True)
+            frac = (v + 1.0) / 2.0
+            out.append({"t": t, "mean": float(frac.mean()), "std": float(frac.std()),
+                        "min": float(frac.min()), "max": float(frac.max()),
+                        "outside_0_1": float(((frac < 0) | (frac > 1)).float().mean())})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.learned_variance",
                                  description=__doc__.split("\n")[0])
-    ap.add_argument("--fixed", nargs="+", required=True, help="score .json files, fixed variance")
-    ap.add_argument("--learned", nargs="+", required=True, help="score .json files, learned")
-    ap.add_argument("--out-md", default=str(result_path("learned_variance.md")))
-    ap.add_argument("--plot", help="FID against ancestral steps, both models, at the largest n "
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    tb = sub.add_parser("table", help="ancestral rows of both models side by side")
+    tb.add_argument("--fixed", nargs="+", required=True, help="score .json files, fixed variance")
+    tb.add_argument("--learned", nargs="+", required=True, help="score .json files, learned")
+    tb.add_argument("--out-md", default=str(result_path("learned_variance.md")))
+    tb.add_argument("--plot", help="FID against ancestral steps, both models, at the largest n "
                     "both have")
+    fr = sub.add_parser("frac", help="the learned interpolation weight at several t")
+    fr.add_argument("run")
+    fr.add_argument("--images", type=int, default=128)
+    fr.add_argument("--t", default="0,5,20,50,100,200,400,600,800,999")
     a = ap.parse_args()
+    if a.cmd == "frac":
+        rows = frac_by_t(a.run, a.images, [int(t) for t in a.t.split(",")])
+        print(f"{a.run}: frac = (v + 1) / 2 (1: beta_t, 0: beta_tilde_t), {a.images} held-out "
+              "images noised to t")
+        print("| t | mean | std | min | max | outside [0, 1] |\n|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['t']} | {r['mean']:.3f} | {r['std']:.3f} | {r['min']:.2f} | "
+                  f"{r['max']:.2f} | {100 * r['outside_0_1']:.1f}% |")
+        return
     fixed, learned = ancestral_rows(a.fixed), ancestral_rows(a.learned)
     text = "\n".join(table(fixed, learned))
     print(text)

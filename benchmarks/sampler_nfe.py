@@ -14,6 +14,7 @@ draw would. ``join --first N`` keeps every array's first N samples (the same N n
 classes in each), to compare sets of different sizes at the size they share. ``merge OUT ...``
 puts the rows of several ``score`` outputs (.json) in one table and plot, for rows scored in
 different sittings whose samples are gone: it refuses rows of different sizes or models.
+``halves NPZ`` scores each array's two halves apart: how far a FID of that size moves by chance.
 
 For a budget B each sampler gets the most steps whose evaluations fit (``step.info.nfe``: one
 per step, Heun two per step and one for the last, so 5 NFE = 3 Heun steps), its own default
@@ -199,6 +200,29 @@ def merge_rows(paths: list[str]) -> list[dict]:
     return [{**r, "label": row_label(r)} for r in rows.values()]
 
 
+def cmd_halves(a: argparse.Namespace) -> None:
+    """FID of each array's first and second half: two independent draws of the same sampler
+    at half the size, i.e. how far a FID at that size moves by chance."""
+    import warnings
+
+    from ddpmlab.evaluate import evaluate_samples
+    from ddpmlab.features import get_feature_extractor
+
+    ext = get_feature_extractor("mnist")
+    lines = ["| array | n per half | FID, first half | FID, second half | difference |",
+             "|---|---|---|---|---|"]
+    with np.load(a.npz) as f:
+        for key in f.files:
+            x = torch.from_numpy(f[key]).permute(0, 3, 1, 2).contiguous()
+            h = len(x) // 2
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # below the recommended n, as asked
+                one, two = (evaluate_samples(p, "mnist", extractor=ext, seed=0)["fid"]
+                            for p in (x[:h], x[h:2 * h]))
+            lines.append(f"| {key} | {h} | {one:.2f} | {two:.2f} | {two - one:+.2f} |")
+    print("\n".join(lines))
+
+
 def cmd_merge(a: argparse.Namespace) -> None:
     report(merge_rows(a.parts), a.out_md, a.out_json, a.plot)
 
@@ -257,8 +281,11 @@ def main() -> None:
     g.add_argument("--out-md", required=True)
     g.add_argument("--out-json", required=True)
     g.add_argument("--plot", help="also draw FID against NFE into this image file")
+    h = sub.add_parser("halves", help="FID of each array's two halves (FID's spread by chance)")
+    h.add_argument("npz")
     a = p.parse_args()
-    {"sample": cmd_sample, "score": cmd_score, "join": cmd_join, "merge": cmd_merge}[a.cmd](a)
+    {"sample": cmd_sample, "score": cmd_score, "join": cmd_join, "merge": cmd_merge,
+     "halves": cmd_halves}[a.cmd](a)
 
 
 if __name__ == "__main__":

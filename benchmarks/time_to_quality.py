@@ -374,9 +374,13 @@ def fid_plot(series: dict[str, list[tuple[float, float]]], path: str, xlabel: st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
-    for label, pts in series.items():
-        ax.plot(*zip(*sorted(pts), strict=True), marker="o", label=label)
+    fig, ax = plt.subplots(figsize=(5.5, 3.6) if len(series) <= 10 else (7.5, 4.6), dpi=120)
+    colors = plt.get_cmap("tab10" if len(series) <= 10 else "tab20").colors
+    markers, styles = "os^vDP*Xph", ("-", "--", ":")
+    for i, (label, pts) in enumerate(series.items()):  # > 10 series: no colour twice
+        ax.plot(*zip(*sorted(pts), strict=True), marker=markers[i % len(markers)],
+                ls=styles[i // len(markers) % len(styles)], color=colors[i % len(colors)],
+                label=label)
     if baseline:
         ax.axhline(baseline, color="grey", ls=":", label=baseline_label)
     if xlog:
@@ -384,7 +388,8 @@ def fid_plot(series: dict[str, list[tuple[float, float]]], path: str, xlabel: st
     ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("FID (project MNIST features)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left" if len(series) > 10 else "best",
+              bbox_to_anchor=(1.0, 0.5) if len(series) > 10 else None)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)

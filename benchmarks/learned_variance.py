@@ -13,7 +13,9 @@ scored rows side by side::
 
 and shows what the network learned: ``frac RUN`` prints, at several t, the interpolation weight
 frac = (v + 1) / 2 between log beta_t (1) and log beta_tilde_t (0) that a learn_sigma run outputs
-on held-out images noised to t (its mean, spread over pixels and images, and extremes)::
+on held-out images noised to t (its mean, spread over pixels and images, and extremes) beside
+log(beta_t / beta_tilde_t), the distance between the two ends at t (where it is ~0 the VLB
+cannot tell frac's values apart, so they stay near the zero-initialized head's 0.5)::
 
     python -m benchmarks.learned_variance frac runs/objectives/ddpm-hybrid [--images 128]
 
@@ -90,7 +92,10 @@ def frac_by_t(run: str, images: int, ts: list[int]) -> list[dict]:
             xt = q_sample(sched, x0, tt, generator=gen)
             _, v = split_output(call_model(model, xt, tt, y, True), True)
             frac = (v + 1.0) / 2.0
-            out.append({"t": t, "mean": float(frac.mean()), "std": float(frac.std()),
+            # how far apart the two ends are at t: the VLB's only handle on frac there
+            span = float(torch.log(sched.betas[t]) - sched.posterior_log_var[t])
+            out.append({"t": t, "log_beta_over_tilde": span,
+                        "mean": float(frac.mean()), "std": float(frac.std()),
                         "min": float(frac.min()), "max": float(frac.max()),
                         "outside_0_1": float(((frac < 0) | (frac > 1)).float().mean())})
     return out
@@ -115,10 +120,12 @@ def main() -> None:
         rows = frac_by_t(a.run, a.images, [int(t) for t in a.t.split(",")])
         print(f"{a.run}: frac = (v + 1) / 2 (1: beta_t, 0: beta_tilde_t), {a.images} held-out "
               "images noised to t")
-        print("| t | mean | std | min | max | outside [0, 1] |\n|---|---|---|---|---|---|")
+        print("| t | log(beta_t / beta_tilde_t) | mean | std | min | max | outside [0, 1] |\n"
+              "|---|---|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['t']} | {r['mean']:.3f} | {r['std']:.3f} | {r['min']:.2f} | "
-                  f"{r['max']:.2f} | {100 * r['outside_0_1']:.1f}% |")
+            print(f"| {r['t']} | {r['log_beta_over_tilde']:.2g} | {r['mean']:.3f} | "
+                  f"{r['std']:.3f} | {r['min']:.2f} | {r['max']:.2f} | "
+                  f"{100 * r['outside_0_1']:.1f}% |")
         return
     fixed, learned = ancestral_rows(a.fixed), ancestral_rows(a.learned)
     text = "\n".join(table(fixed, learned))

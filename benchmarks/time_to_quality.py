@@ -383,9 +383,15 @@ def fid_plot(series: dict[str, list[tuple[float, float]]], path: str, xlabel: st
                 label=label)
     if baseline:
         ax.axhline(baseline, color="grey", ls=":", label=baseline_label)
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")  # 20, not 2 x 10^1
     if xlog:
         ax.set_xscale("log")
+        ax.set_xticks(sorted({x for pts in series.values() for x, _ in pts}))
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("FID (project MNIST features)")
     ax.legend(fontsize=7, loc="center left" if len(series) > 10 else "best",

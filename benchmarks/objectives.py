@@ -21,12 +21,12 @@ and the probability-flow ODE bits/dim.
 writes ``benchmarks/results/objectives.json`` and ``.md`` (and ``--plot PNG``).
 
 ``--data fashion-mnist`` is the longer-budget comparison: the same rows on Fashion-MNIST with
-the ``fashion-mnist-60min`` recipe (its EMA 0.9995; give ``--steps 5600``, what its 57-minute
-budget trained on the 2-core AVX2 machine), EDM's sigma_data set to Fashion-MNIST's pixel std
-(0.71), FID and the shares on the project's Fashion-MNIST classifier; outputs
+the ``fashion-mnist-60min`` recipe (its EMA 0.9995), EDM's sigma_data set to Fashion-MNIST's
+pixel std (0.71), FID and the shares on the project's Fashion-MNIST classifier; outputs
 ``objectives_fashion-mnist.{json,md}`` and runs under ``runs/objectives-fashion-mnist``.
-Each row there is about an hour on 2 CPU cores: ``--rows`` runs them one sitting at a time
-(rows measured earlier are kept).
+BENCHMARKS.md §9c gives ``--steps 2850`` (3.4 times the main job's 850; half of what the
+60-minute preset's budget trains on the 2-core AVX2 machine, 5600): each row is then ~35 min
+there, and ``--rows`` runs them one at a time (rows measured earlier are kept).
 """
 
 from __future__ import annotations

@@ -38,7 +38,9 @@ import torch
 from benchmarks.harness import log, machine, time_calls, write_json
 from benchmarks.sampler_steps import as_requested
 from benchmarks.time_to_quality import (
+    evaluate_mnist,
     fid_plot,
+    npz_images,
     sample_and_score_parsers,
     sample_ddpmlab,
     save_samples,
@@ -203,23 +205,15 @@ def merge_rows(paths: list[str]) -> list[dict]:
 def cmd_halves(a: argparse.Namespace) -> None:
     """FID of each array's first and second half: two independent draws of the same sampler
     at half the size, i.e. how far a FID at that size moves by chance."""
-    import warnings
-
-    from ddpmlab.evaluate import evaluate_samples
     from ddpmlab.features import get_feature_extractor
 
     ext = get_feature_extractor("mnist")
     lines = ["| array | n per half | FID, first half | FID, second half | difference |",
              "|---|---|---|---|---|"]
-    with np.load(a.npz) as f:
-        for key in f.files:
-            x = torch.from_numpy(f[key]).permute(0, 3, 1, 2).contiguous()
-            h = len(x) // 2
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # below the recommended n, as asked
-                one, two = (evaluate_samples(p, "mnist", extractor=ext, seed=0)["fid"]
-                            for p in (x[:h], x[h:2 * h]))
-            lines.append(f"| {key} | {h} | {one:.2f} | {two:.2f} | {two - one:+.2f} |")
+    for key, x in npz_images(a.npz):
+        h = len(x) // 2
+        one, two = (evaluate_mnist(p, ext)["fid"] for p in (x[:h], x[h:2 * h]))
+        lines.append(f"| {key} | {h} | {one:.2f} | {two:.2f} | {two - one:+.2f} |")
     print("\n".join(lines))
 
 

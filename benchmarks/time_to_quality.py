@@ -328,26 +328,38 @@ def save_samples(npz, arrays: dict[str, np.ndarray], meta: list[dict]) -> None:
 
 
 # =========================================================================== score
-def score_arrays(npz: str) -> list[tuple[dict, int, dict]]:
-    """(the sample step's metadata, n, ``evaluate_samples`` result) for every array of ``npz``:
-    FID/KID/classifier on the project's MNIST features against the training digits."""
+def npz_images(npz: str):
+    """Every array of a sample step's ``npz`` as (key, N x C x H x W uint8 tensor)."""
+    with np.load(npz) as f:
+        for key in f.files:
+            yield key, torch.from_numpy(f[key]).permute(0, 3, 1, 2).contiguous()
+
+
+def evaluate_mnist(x: torch.Tensor, extractor) -> dict:
+    """``evaluate_samples`` of ``x`` on the project's MNIST features against the training
+    digits, quiet about a set below the recommended size (the real-vs-real baseline says it)."""
     import warnings
 
     from ddpmlab.evaluate import evaluate_samples
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return evaluate_samples(x, "mnist", extractor=extractor, seed=0)
+
+
+def score_arrays(npz: str) -> list[tuple[dict, int, dict]]:
+    """(the sample step's metadata, n, ``evaluate_mnist`` result) for every array of ``npz``:
+    FID/KID/classifier on the project's MNIST features against the training digits."""
     from ddpmlab.features import get_feature_extractor
 
     meta = {m["key"]: m for m in json.loads(Path(npz).with_suffix(".json").read_text())}
     ext = get_feature_extractor("mnist")
     out = []
-    with np.load(npz) as f:
-        for key in f.files:
-            x = torch.from_numpy(f[key]).permute(0, 3, 1, 2).contiguous()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the real-vs-real baseline is reported instead
-                r = evaluate_samples(x, "mnist", extractor=ext, seed=0)
-            r["_x"] = x
-            out.append((meta[key], int(len(x)), r))
-            log(f"{key}: FID {r['fid']:.2f}")
+    for key, x in npz_images(npz):
+        r = evaluate_mnist(x, ext)
+        r["_x"] = x
+        out.append((meta[key], int(len(x)), r))
+        log(f"{key}: FID {r['fid']:.2f}")
     return out
 
 
@@ -373,29 +385,31 @@ def fid_plot(series: dict[str, list[tuple[float, float]]], path: str, xlabel: st
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.6) if len(series) <= 10 else (7.5, 4.6), dpi=120)
-    colors = plt.get_cmap("tab10" if len(series) <= 10 else "tab20").colors
+    many = len(series) > 10  # more than tab10's colours: tab20, a larger figure, legend outside
+    fig, ax = plt.subplots(figsize=(7.5, 4.6) if many else (5.5, 3.6), dpi=120)
+    colors = plt.get_cmap("tab20" if many else "tab10").colors
     markers, styles = "os^vDP*Xph", ("-", "--", ":")
-    for i, (label, pts) in enumerate(series.items()):  # > 10 series: no colour twice
+    for i, (label, pts) in enumerate(series.items()):  # no colour twice
         ax.plot(*zip(*sorted(pts), strict=True), marker=markers[i % len(markers)],
                 ls=styles[i // len(markers) % len(styles)], color=colors[i % len(colors)],
                 label=label)
     if baseline:
         ax.axhline(baseline, color="grey", ls=":", label=baseline_label)
-    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")  # 20, not 2 x 10^1
+    plain = ticker.FuncFormatter(lambda v, _: f"{v:g}")  # 20, not 2 x 10^1
     if xlog:
         ax.set_xscale("log")
         ax.set_xticks(sorted({x for pts in series.values() for x, _ in pts}))
         ax.xaxis.set_major_formatter(plain)
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(plain)
     ax.yaxis.set_minor_formatter(plain)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("FID (project MNIST features)")
-    ax.legend(fontsize=7, loc="center left" if len(series) > 10 else "best",
-              bbox_to_anchor=(1.0, 0.5) if len(series) > 10 else None)
+    ax.legend(fontsize=7, loc="center left" if many else "best",
+              bbox_to_anchor=(1.0, 0.5) if many else None)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)

@@ -5,7 +5,7 @@ shared machine whose speed drifts by 10-15% over minutes, the ratio of two such 
 as much. This script builds both jobs of one setting (the same networks and steps as
 ``train_sample``: ddpmlab's UNet and the same architecture as a diffusers ``UNet2DModel``,
 parameter for parameter) and times them in alternating rounds, so both see the same machine;
-it reports each round and the median ratio, and writes benchmarks/results/ab_train_SETTING.json.
+it reports each round and the median ratio, and writes benchmarks/results/ab_train/ab_train_SETTING.json.
 Within a round the two libraries' timed steps alternate one by one (A, B, A, B, ...; each
 round's figure is the median of its steps), so a drift of the machine's speed within a round
 meets both alike.
@@ -43,7 +43,7 @@ def main(argv=None) -> None:
     p.add_argument("--ddpmlab-defaults", action="store_true",
                    help="ddpmlab's job with ddpmlab train's own optimizer and precision")
     p.add_argument("--out-json", default=None,
-                   help="default: benchmarks/results/ab_train_SETTING[_channels_last].json")
+                   help="default: benchmarks/results/ab_train/ab_train_SETTING[_channels_last].json")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -89,7 +89,7 @@ def main(argv=None) -> None:
           f"{min(q['ratio'] for q in rounds):.3f}-{max(q['ratio'] for q in rounds):.3f})")
     name = (f"ab_train_{a.setting}{'_channels_last' if a.channels_last else ''}"
             f"{'_defaults' if a.ddpmlab_defaults else ''}.json")
-    write_json(a.out_json or result_path(name), dict(
+    write_json(a.out_json or result_path("ab_train", name), dict(
         machine=machine(), setting=a.setting, batch=a.batch, channels_last=a.channels_last,
         settings=settings,
         steps=a.steps, warmup=a.warmup, rounds=rounds, median=med))

@@ -18,7 +18,7 @@ If the ceiling is below a target, no change outside the convolution kernels can 
 
 The matmul peak (4096^3, best of 3) is measured before and after the kernels and the step; the
 shares use their mean. Run it on a quiet machine; it prints a Markdown table and writes it with
-the JSON to benchmarks/results/conv_ceiling_CONFIG[_cl].{md,json}.
+the JSON to benchmarks/results/conv_ceiling/conv_ceiling_CONFIG[_cl].{md,json}.
 """
 
 from __future__ import annotations
@@ -93,7 +93,8 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=5, help="timed training steps (median)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out-md", default=None,
-                   help="default: benchmarks/results/conv_ceiling_CONFIG[_cl].md (_cl: --channels-last)")
+                   help="default: benchmarks/results/conv_ceiling/conv_ceiling_CONFIG[_cl].md "
+                        "(_cl: --channels-last)")
     p.add_argument("--out-json", default=None, help="default: the same name, .json")
     a = p.parse_args(argv)
     if a.threads:
@@ -188,8 +189,8 @@ def main(argv=None) -> None:
     md = "\n".join(L)
     print(md)
     name = f"conv_ceiling_{a.config}{'_cl' if a.channels_last else ''}"
-    write_text(a.out_md or result_path(f"{name}.md"), md)
-    write_json(a.out_json or result_path(f"{name}.json"), res)
+    write_text(a.out_md or result_path("conv_ceiling", f"{name}.md"), md)
+    write_json(a.out_json or result_path("conv_ceiling", f"{name}.json"), res)
 
 
 if __name__ == "__main__":

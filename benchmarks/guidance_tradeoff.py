@@ -5,7 +5,7 @@ requested class (and with confidence >= 0.9), plus FID/KID against the training 
 python -m benchmarks.guidance_tradeoff RUN [--per 20] [--weights 0,1,2,4] [--sampler dpm_solver]
     [--steps 20] [--out-md FILE] [--out-json FILE]
 
-Writes benchmarks/results/guidance_tradeoff.{md,json} unless told otherwise.
+Writes benchmarks/results/guidance_tradeoff/guidance_tradeoff.{md,json} unless told otherwise.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ def main() -> None:
     p.add_argument("--weights", default="0,1,2,4")
     p.add_argument("--sampler", default="dpm_solver")
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--out-md", default=str(result_path("guidance_tradeoff.md")))
-    p.add_argument("--out-json", default=str(result_path("guidance_tradeoff.json")))
+    p.add_argument("--out-md", default=str(result_path("guidance_tradeoff", "guidance_tradeoff.md")))
+    p.add_argument("--out-json", default=str(result_path("guidance_tradeoff", "guidance_tradeoff.json")))
     a = p.parse_args()
 
     from ddpmlab import load_run, sample_images

@@ -9,7 +9,7 @@ samples per row; the reference's 500 first, in parts), then scored. This script 
 scored rows side by side::
 
     python -m benchmarks.learned_variance table --fixed F.json [F2.json ...] --learned L.json
-        [...] [--out-md benchmarks/results/learned_variance.md] [--plot PNG]
+        [...] [--out-md benchmarks/results/learned_variance/learned_variance.md] [--plot PNG]
 
 and shows what the network learned: ``frac RUN`` prints, at several t, the interpolation weight
 frac = (v + 1) / 2 between log beta_t (1) and log beta_tilde_t (0) that a learn_sigma run outputs
@@ -30,8 +30,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .harness import result_path, write_text
-from .time_to_quality import fid_plot
+from .harness import fid_plot, result_path, write_text
 
 
 def ancestral_rows(paths: list[str]) -> dict[tuple[int, int], dict]:
@@ -108,7 +107,7 @@ def main() -> None:
     tb = sub.add_parser("table", help="ancestral rows of both models side by side")
     tb.add_argument("--fixed", nargs="+", required=True, help="score .json files, fixed variance")
     tb.add_argument("--learned", nargs="+", required=True, help="score .json files, learned")
-    tb.add_argument("--out-md", default=str(result_path("learned_variance.md")))
+    tb.add_argument("--out-md", default=str(result_path("learned_variance", "learned_variance.md")))
     tb.add_argument("--plot", help="FID against ancestral steps, both models, at the largest n "
                     "both have")
     fr = sub.add_parser("frac", help="the learned interpolation weight at several t")

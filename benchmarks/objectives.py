@@ -18,7 +18,7 @@ and the probability-flow ODE bits/dim.
     python -m benchmarks.objectives [--rows ddpm,ddpm-hybrid,edm,edm-paper-levels,flow] [--steps 850]
         [--n 1000] [--ode-images 32] [--out-dir runs/objectives]
 
-writes ``benchmarks/results/objectives.json`` and ``.md`` (and ``--plot PNG``).
+writes ``benchmarks/results/objectives/objectives.json`` and ``.md`` (and ``--plot PNG``).
 
 ``--data fashion-mnist`` is the longer-budget comparison: the same rows on Fashion-MNIST with
 the ``fashion-mnist-60min`` recipe (its EMA 0.9995), EDM's sigma_data set to Fashion-MNIST's
@@ -97,7 +97,7 @@ def main() -> None:
     a = ap.parse_args()
     tag = "" if a.data == "mnist" else f"_{a.data}"
     out = REPO / (a.out_dir or f"runs/objectives{tag.replace('_', '-')}")
-    done = result_path(f"objectives{tag}.json")  # rows measured earlier are kept (a later adds)
+    done = result_path("objectives", f"objectives{tag}.json")  # rows measured earlier are kept (a later adds)
     wanted = a.rows.split(",")
     results = [r for r in (json.loads(done.read_text())["rows"] if done.exists() else [])
                if r["objective"] not in wanted]
@@ -151,7 +151,7 @@ def main() -> None:
     m = json.loads(done.read_text())["machine"] if a.table_only else machine()
     lines.append(f"\nMachine: {m['cpu']} ({', '.join(m['cpu_flags'])}), torch {m['torch']}, "
                  f"{m['threads']} threads.")
-    write_text(result_path(f"objectives{tag}.md"), "\n".join(lines))
+    write_text(result_path("objectives", f"objectives{tag}.md"), "\n".join(lines))
     print("\n".join(lines))
     if a.plot:
         import matplotlib

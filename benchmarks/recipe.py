@@ -11,7 +11,7 @@ machine's speed, so these rows may run beside other work; the minutes they repor
 
     python -m benchmarks.recipe --rows constant:1500,cosine:850,cosine:1500
 
-writes ``benchmarks/results/recipe.json`` and ``.md`` (rows measured earlier are kept).
+writes ``benchmarks/results/recipe/recipe.json`` and ``.md`` (rows measured earlier are kept).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def main() -> None:
                          "training it again")
     a = ap.parse_args()
     out = REPO / a.out_dir
-    done = result_path("recipe.json")
+    done = result_path("recipe", "recipe.json")
     results = json.loads(done.read_text())["rows"] if done.exists() else []
     wanted = [] if a.table_only else [(r.split(":")[0], int(r.split(":")[1]))
                                       for r in a.rows.split(",")]
@@ -99,7 +99,7 @@ def main() -> None:
                 else f"(from `{r['adopted_from']}`)")
         lines.append(f"| {r['recipe']} | {r['steps']} | {r['fid']:.2f} | "
                      f"{100 * r['as_requested']:.1f}% | {conf} | {bpd} | {mins} |")
-    write_text(result_path("recipe.md"), "\n".join(lines))
+    write_text(result_path("recipe", "recipe.md"), "\n".join(lines))
     print("\n".join(lines))
 
 

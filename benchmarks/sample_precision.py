@@ -3,9 +3,9 @@ classes, rounds alternating the two; wall time, FID and the share read as the di
 
     python -m benchmarks.sample_precision runs/mnist [--n 1000] [--rounds 1] [--steps 20]
 
-Writes the arrays to benchmarks/results/sample_precision_samples.npz (ignored) and the table
-to benchmarks/results/sample_precision.json (BENCHMARKS.md §8b: issue 18's "sampling and eval
-follow the same rule"); scored as every sample benchmark is (``time_to_quality.score_arrays``).
+Writes the arrays to benchmarks/results/sample_precision/sample_precision_samples.npz (ignored) and the table
+to benchmarks/results/sample_precision/sample_precision.json (BENCHMARKS.md §8b: issue 18's "sampling and eval
+follow the same rule"); scored as every sample benchmark is (``harness.scoring.score_arrays``).
 """
 
 from __future__ import annotations
@@ -13,9 +13,17 @@ from __future__ import annotations
 import argparse
 import time
 
-from benchmarks.harness import log, machine, result_path, write_json
+from benchmarks.harness import (
+    log,
+    machine,
+    nhwc_uint8,
+    result_path,
+    save_samples,
+    score_arrays,
+    summary,
+    write_json,
+)
 from benchmarks.sampler_steps import as_requested
-from benchmarks.time_to_quality import nhwc_uint8, save_samples, score_arrays, summary
 
 
 def main() -> None:
@@ -31,8 +39,8 @@ def main() -> None:
     p.add_argument("--sampler", default="dpm_solver")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch", type=int, default=250)
-    p.add_argument("--out", default=str(result_path("sample_precision_samples.npz")))
-    p.add_argument("--out-json", default=str(result_path("sample_precision.json")))
+    p.add_argument("--out", default=str(result_path("sample_precision", "sample_precision_samples.npz")))
+    p.add_argument("--out-json", default=str(result_path("sample_precision", "sample_precision.json")))
     a = p.parse_args()
     tune_allocator()  # as the ddpmlab command does
     model, cfg, _ = load_run(a.run, device="cpu")

@@ -22,7 +22,7 @@ spacing and eta, the run's guidance (w = 2, the two halves as one batch: one eva
 balanced mix of digits, and the same per-sample noise seeds. ``--reference SAMPLER:STEPS``
 adds the row every FID is compared with (the issue asks for 1000-step ancestral sampling;
 on 2 CPU cores that alone is hours for 1,000 guided samples). Outputs go to
-benchmarks/results/sampler_nfe{_samples.npz,.json,.md}.
+benchmarks/results/sampler_nfe/sampler_nfe{_samples.npz,.json,.md}.
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.harness import log, machine, time_calls, write_json
-from benchmarks.sampler_steps import as_requested
-from benchmarks.time_to_quality import (
+from benchmarks.harness import (
     evaluate_mnist,
     fid_plot,
+    log,
+    machine,
     npz_images,
     sample_and_score_parsers,
     sample_ddpmlab,
@@ -47,8 +47,11 @@ from benchmarks.time_to_quality import (
     score_arrays,
     snapshots_of,
     summary,
+    time_calls,
+    write_json,
     write_table,
 )
+from benchmarks.sampler_steps import as_requested
 
 
 def steps_for(sampler: str, budget: int) -> int:

@@ -8,9 +8,9 @@ Two steps, from the repository root (the sampling is GPU-friendly, the scoring r
         [--out runs/steps.npz] [--n 1000] [--device cuda]
     python -m benchmarks.sampler_steps score [runs/steps.npz] --plot docs/images/sampler_steps.png
 
-``sample`` writes benchmarks/results/sampler_steps_samples.npz (git-ignored) and its timings,
+``sample`` writes benchmarks/results/sampler_steps/sampler_steps_samples.npz (git-ignored) and its timings,
 sampler_steps_samples.json, beside it unless ``--out`` names another .npz; ``score`` reads that
-and writes benchmarks/results/sampler_steps.{md,json} (``--out-md``, ``--out-json``).
+and writes benchmarks/results/sampler_steps/sampler_steps.{md,json} (``--out-md``, ``--out-json``).
 
 ddpmlab rows: DDPM (ancestral) 1000 and 200 steps, DDIM (eta 0) 10/20/50/100, DPM-Solver++(2M)
 10/20, all with the run's guidance (w = 2) on a balanced mix of digits, the same noise seeds;
@@ -29,9 +29,9 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.harness import log, time_calls, write_json
-from benchmarks.time_to_quality import (
+from benchmarks.harness import (
     fid_plot,
+    log,
     sample_and_score_parsers,
     sample_ddpmlab,
     sample_peer,
@@ -39,6 +39,8 @@ from benchmarks.time_to_quality import (
     score_arrays,
     snapshots_of,
     summary,
+    time_calls,
+    write_json,
     write_table,
 )
 

@@ -23,7 +23,7 @@ resident memory (VmHWM) is its own and no allocator state is shared; the parent 
 measures the machine's fp32 matmul peak and writes the tables.
 
 Full run (CPU, about 10-15 minutes on 2 cores; run it on a quiet machine) from the repository
-root; it writes benchmarks/results/train_sample.{json,md} (other options, other default names:
+root; it writes benchmarks/results/train_sample/train_sample.{json,md} (other options, other default names:
 see ``--out-json``):
 
     .venv-bench/bin/python -m benchmarks.train_sample
@@ -460,8 +460,8 @@ def main() -> None:
     md = markdown(out)
     print(md, flush=True)
     name = default_name(a)
-    write_json(a.out_json or result_path(f"{name}.json"), out)
-    write_text(a.out_md or result_path(f"{name}.md"), md)
+    write_json(a.out_json or result_path("train_sample", f"{name}.json"), out)
+    write_text(a.out_md or result_path("train_sample", f"{name}.md"), md)
     log(f"total {time.perf_counter() - t_all:.0f}s")
 
 

@@ -8,7 +8,7 @@ alternate the settings so that a drift of the machine hits all of them alike.
 
     python -m benchmarks.under_load --rounds 2 --steps 80
 
-writes ``benchmarks/results/under_load.json`` and ``.md``. Run it on an otherwise idle machine:
+writes ``benchmarks/results/under_load/under_load.json`` and ``.md``. Run it on an otherwise idle machine:
 anything else running makes "alone" a loaded measurement too.
 """
 
@@ -85,7 +85,7 @@ def main() -> None:
                   f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
               "rows": rows}
     stem = "under_load_alone" if args.alone_only else "under_load"
-    write_json(result_path(stem + ".json"), result)
+    write_json(result_path("under_load", stem + ".json"), result)
     if args.alone_only:
         base = statistics.median(rows[names[0]]["alone"])
         lines = [f"| setting | steps/s alone (median of {args.rounds}) | all rounds | "
@@ -94,14 +94,14 @@ def main() -> None:
             v = rows[name]["alone"]
             lines.append(f"| {name} | {statistics.median(v):.2f} | "
                          f"{', '.join(f'{x:.2f}' for x in v)} | {statistics.median(v) / base:.2f} |")
-        write_text(result_path(stem + ".md"), "\n".join(lines))
+        write_text(result_path("under_load", stem + ".md"), "\n".join(lines))
         print("\n".join(lines))
         return
     lines = ["| setting | steps/s alone | steps/s beside `yes` | share kept |", "|---|---|---|---|"]
     for name in names:
         a, b = statistics.median(rows[name]["alone"]), statistics.median(rows[name]["loaded"])
         lines.append(f"| {name} | {a:.2f} | {b:.2f} | {b / a:.0%} |")
-    write_text(result_path("under_load.md"), "\n".join(lines))
+    write_text(result_path("under_load", "under_load.md"), "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -1,4 +1,5 @@
-"""Where benchmarks live and write: the repository root, ``benchmarks/results/``, logging, JSON."""
+"""Where benchmarks live and write: the repository root, ``benchmarks/results/<script>/``, logging,
+JSON."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]   # the repository root (python -m benchmarks.X runs here)
-RESULTS = REPO / "benchmarks" / "results"    # every script's default output folder
+RESULTS = REPO / "benchmarks" / "results"    # one folder per script below it
 
 
-def result_path(name: str) -> Path:
-    """``benchmarks/results/<name>``: the default place of a script's output file."""
-    return RESULTS / name
+def result_path(script: str, name: str) -> Path:
+    """``benchmarks/results/<script>/<name>``: the default place of an output file of benchmark
+    script ``script`` (its module name, e.g. ``sampler_nfe``)."""
+    return RESULTS / script / name
 
 
 def log(msg: str) -> None:

@@ -19,7 +19,7 @@ from ddpmlab.train.checkpoint import (
     optimizer_from_tensors,
     optimizer_to_tensors,
 )
-from ddpmlab.train.loop import lr_at
+from ddpmlab.train.optim import lr_at
 
 
 def _tensors(path):
@@ -112,7 +112,7 @@ def test_optimizer_state_resumes_with_this_process_kernel(tiny_cfg):
     """A checkpoint written by the default per-tensor AdamW (older ddpmlab on the CPU) resumes
     into the trainer's fused one, and the other way round: the kernel choice is not restored
     from the file, the moments and step count are, and both continue with the same update."""
-    from ddpmlab.train.loop import make_optimizer
+    from ddpmlab.train.optim import make_optimizer
 
     tc = tiny_cfg.train
     torch.manual_seed(0)
@@ -318,7 +318,7 @@ def test_compiled_training_equals_the_plain_path(tmp_path, tiny_cfg):
 
 # ----------------------------------------------------------------------------- time budget
 def test_steps_within_counts_the_steps_that_fit():
-    from ddpmlab.train.loop import steps_within
+    from ddpmlab.train.budget import steps_within
 
     # 60 s budget, 20 s gone at step 40, 0.5 s per step: 0.95 x 40 s = 38 s hold 76 more steps
     assert steps_within(60.0, 20.0, 40, 0.5, 10_000) == 116
@@ -373,3 +373,104 @@ def test_a_time_budget_with_a_decaying_lr_inside_the_timed_steps_is_refused(tiny
     with pytest.raises(ConfigError, match=r"train.time_budget_min=0.02 with "
                        r"train.lr_decay=cosine needs train.warmup_steps >= 40"):
         _budget_cfg(tiny_cfg, lr_decay="cosine", warmup_steps=10)
+
+
+# ----------------------------------------------------------------------------- the loop's parts
+def test_time_budget_sizes_from_the_timed_steps_with_a_fake_clock():
+    """TimeBudget alone: steps 5-40 at 0.5 s each, 20 s in, a 1-minute budget: 95% of the 40 s
+    left fit 76 more steps; the sizing is reported once, at step 40."""
+    from ddpmlab.train.budget import TimeBudget
+
+    b = TimeBudget(1.0, 10_000, step=0)
+    assert b.active and b.skipped is None
+    assert b.mark(5, 2.5, 0.0) is None and b.mark(6, 3.0, 0.0) is None
+    sizing = b.mark(40, 20.0, 0.0)
+    assert sizing is not None and sizing.max_steps == 40 + 76 and sizing.cap == 10_000
+    assert sizing.steps_per_s == pytest.approx(2.0) and not b.active
+    assert b.mark(40, 21.0, 0.0) is None
+    assert "max_steps 116" in sizing.message and sizing.record["timed_steps"] == [5, 40]
+    resumed = TimeBudget(1.0, 10_000, step=7)
+    assert not resumed.active and "stopped before its steps were timed" in resumed.skipped
+    assert TimeBudget(0.0, 10_000, step=0).skipped is None
+
+
+def test_epoch_seeds_stay_in_range_for_every_allowed_seed_and_keep_old_values():
+    from ddpmlab.train.order import epoch_permutation, epoch_seed
+
+    assert epoch_seed(0, 0) == 1 and epoch_seed(1234, 5) == 1234 * 1_000_003 + 6  # unchanged
+    for seed in (10**14, 2**62, 2**63 - 1):
+        s = epoch_seed(seed, 10**6)
+        assert 0 <= s < 2**63
+        assert len(epoch_permutation(seed, 3, 10)) == 10
+
+
+def test_a_seed_above_2_62_trains(tiny_cfg, tmp_path):
+    """--seed 100000000000000 used to stop with 'Overflow when unpacking long long' in the
+    data order (issue 34)."""
+    cfg = tiny_cfg.override({"train.max_steps": "2", "train.seed": str(2**63 - 1)})
+    assert Trainer(cfg, tmp_path / "r", progress=False).train().step == 2
+
+
+def test_progress_to_a_file_prints_plain_lines_not_a_redrawn_bar():
+    """On a file or pipe the bar is one plain line every PLAIN_INTERVAL_S seconds (and one at
+    the end), never tqdm's carriage-return redraws."""
+    import io
+
+    from ddpmlab.train.events import ProgressBar
+
+    out = io.StringIO()
+    bar = ProgressBar(True, print, stream=out, interval_s=3600.0)
+    bar.start(0, 100, {})
+    for step in range(1, 51):
+        bar.step(step)
+    bar.log({"loss": 0.25})
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1 and "\r" not in out.getvalue()
+    assert lines[0].startswith("training: step 50/100") and "loss 0.2500" in lines[0]
+    often = io.StringIO()
+    bar = ProgressBar(True, print, stream=often, interval_s=0.0)
+    bar.start(0, 10, {})
+    for step in range(1, 11):
+        bar.step(step)
+    bar.close()
+    assert len(often.getvalue().splitlines()) == 11  # every step, then the closing line
+
+
+def test_a_training_run_to_a_pipe_writes_a_few_lines(tiny_cfg, tmp_path, capfd):
+    Trainer(tiny_cfg, tmp_path / "r", progress=True, log=lambda m: None).train()
+    err = capfd.readouterr().err
+    assert "\r" not in err and len(err.splitlines()) <= 2 and "training: step 6/6" in err
+
+
+def test_tensorboard_logs_scalars_and_sample_grids_that_read_back(tiny_cfg, tmp_path):
+    """train.tensorboard: the loss, lr and grad norm of every log record and each sample grid
+    are in RUN/tensorboard's event file (read back with TensorBoard's own reader)."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from ddpmlab.runs import train_run
+
+    cfg = tiny_cfg.override({"train.tensorboard": "true", "train.sample_every": "3"})
+    train_run(cfg, tmp_path / "r", progress=False).train()
+    acc = EventAccumulator(str(tmp_path / "r" / "tensorboard"),
+                           size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    losses = acc.Scalars("train/loss")
+    assert [e.step for e in losses] == [2, 4, 6]
+    metrics = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text()
+               .splitlines() if '"loss"' in line]
+    assert [e.value for e in losses] == pytest.approx([m["loss"] for m in metrics], rel=1e-6)
+    assert {"train/lr", "train/grad_norm"} <= set(acc.Tags()["scalars"])
+    images = acc.Images("samples")
+    assert [e.step for e in images] == [3, 6] and images[0].width > 0
+
+
+def test_tensorboard_without_the_package_is_one_line(tiny_cfg, tmp_path, monkeypatch):
+    from ddpmlab.errors import ConfigError
+    from ddpmlab.train import events
+
+    monkeypatch.setattr(events, "tensorboard_available", lambda: False)
+    with pytest.raises(ConfigError, match="train.tensorboard=true needs the tensorboard package"):
+        Trainer(tiny_cfg.override({"train.tensorboard": "true"}), tmp_path / "r", progress=False)
+    assert not (tmp_path / "r" / "config.json").exists()

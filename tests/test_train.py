@@ -474,3 +474,28 @@ def test_tensorboard_without_the_package_is_one_line(tiny_cfg, tmp_path, monkeyp
     with pytest.raises(ConfigError, match="train.tensorboard=true needs the tensorboard package"):
         Trainer(tiny_cfg.override({"train.tensorboard": "true"}), tmp_path / "r", progress=False)
     assert not (tmp_path / "r" / "config.json").exists()
+
+
+def test_a_run_length_the_user_asks_for_is_not_cut_by_the_presets_time_limit():
+    """Issue 34: the mnist preset's train.time_limit_min 8 silently cut --time-budget 30 and
+    --max-steps 5000 (both suggested by the README) at 8 minutes."""
+    from ddpmlab.config import load_config
+    from ddpmlab.train.budget import respect_run_length
+
+    preset = load_config("mnist")
+    assert preset.train.time_limit_min == 8 and preset.train.time_budget_min == 7
+    cfg, note = respect_run_length(preset.override({"train.time_budget_min": "30"}),
+                                   {"train.time_budget_min"})
+    assert cfg.train.time_limit_min == 31 and "is now 31 min" in note
+    cfg, note = respect_run_length(
+        preset.override({"train.max_steps": "5000", "train.time_budget_min": "0"}),
+        {"train.max_steps", "train.time_budget_min"})
+    assert cfg.train.time_limit_min == 0 and "is now off" in note and "--max-steps 5000" in note
+    asked = {"train.time_budget_min", "train.time_limit_min"}  # a limit the user gave stays
+    cfg, note = respect_run_length(preset.override({"train.time_budget_min": "30",
+                                                    "train.time_limit_min": "8"}), asked)
+    assert cfg.train.time_limit_min == 8 and note is None
+    cfg, note = respect_run_length(preset.override({"train.time_budget_min": "5"}),
+                                   {"train.time_budget_min"})  # inside the limit: unchanged
+    assert cfg.train.time_limit_min == 8 and note is None
+    assert respect_run_length(preset, set()) == (preset, None)  # ./run.sh as it is

@@ -11,14 +11,17 @@ step for step. A resumed run keeps the ``max_steps`` its ``config.json`` has.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from ..config import BUDGET_WINDOW
+from ..config import BUDGET_WINDOW, Config
 
 #: the share of a time budget's remaining seconds that its steps are planned to fill: a
 #: machine's speed drifts by a few percent after the timed steps (measured: 1.90 steps/s over
 #: steps 5-40 of the main job, 1.70-1.93 in its later logging windows)
 BUDGET_MARGIN = 0.95
+#: how far past a time budget the user gave a preset's time limit is moved (the main job's own
+#: margin: train.time_budget_min 7, train.time_limit_min 8)
+PRESET_LIMIT_MARGIN_MIN = 1.0
 
 
 def steps_within(budget_s: float, elapsed_s: float, step: int, seconds_per_step: float,
@@ -95,3 +98,34 @@ class TimeBudget:
         elapsed = self._marks[b] - t_start
         n = steps_within(self.budget_min * 60, elapsed, step, per_step, self.cap)
         return Sizing(n, self.cap, self.budget_min, 1 / per_step, elapsed)
+
+
+def respect_run_length(cfg: Config, given: set[str]) -> tuple[Config, str | None]:
+    """A run length the user asked for is not cut by a time limit they did not ask for.
+
+    ``given``: the config keys the user set (flags or ``key=value``). When they set
+    ``train.max_steps`` or ``train.time_budget_min`` but not ``train.time_limit_min``, a limit
+    from the preset (the main job's safety net: 8 minutes) that would stop the run early is
+    moved: past a time budget B by the preset's own margin over its budget (mnist: 8 - 7 = 1
+    minute; 1 minute when the preset has no budget), or off for a step count without a budget.
+    Returns the config and the one line that says so (None when nothing changed)."""
+    tc = cfg.train
+    asked = given & {"train.max_steps", "train.time_budget_min"}
+    if not tc.time_limit_min or not asked or "train.time_limit_min" in given:
+        return cfg, None
+    if tc.time_budget_min:
+        margin = PRESET_LIMIT_MARGIN_MIN
+        if "train.time_budget_min" not in given:  # the preset's budget: its own margin
+            return cfg, None
+        limit = tc.time_budget_min + margin
+        if limit <= tc.time_limit_min:
+            return cfg, None
+        why = f"--time-budget {tc.time_budget_min:g} asks for {tc.time_budget_min:g} min"
+        new = f"{limit:g} min"
+    else:
+        limit = 0.0
+        why = f"--max-steps {tc.max_steps} asks for exactly {tc.max_steps} steps"
+        new = "off"
+    out = replace(cfg, train=replace(tc, time_limit_min=limit))
+    return out, (f"ddpmlab: the preset's time limit (train.time_limit_min={tc.time_limit_min:g}) "
+                 f"is now {new}: {why} (--time-limit M sets one)")

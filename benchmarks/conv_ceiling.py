@@ -103,6 +103,7 @@ def main(argv=None) -> None:
     from ddpmlab import schedules
     from ddpmlab.config import load_config
     from ddpmlab.nn import UNet
+    from ddpmlab.objectives import DDPM
     from ddpmlab.train import training_loss
 
     cfg = load_config(a.config)
@@ -120,6 +121,7 @@ def main(argv=None) -> None:
     net = UNet(mcfg).to(memory_format=fmt)
     opt = torch.optim.AdamW(net.parameters(), lr=2e-4)
     sched = schedules.get(cfg.diffusion.schedule, cfg.diffusion.timesteps)
+    objective = DDPM(sched.T, prediction=cfg.diffusion.prediction)   # the simple loss
     B = a.batch
     x0 = torch.randn(B, *shape).contiguous(memory_format=fmt)
 
@@ -127,7 +129,7 @@ def main(argv=None) -> None:
         n = x.shape[0]
         t = torch.randint(0, sched.T, (n,))
         y = torch.randint(0, classes + 1, (n,)) if classes else None
-        return training_loss(net, sched, x, t, torch.randn_like(x), y, cfg.diffusion.prediction)
+        return training_loss(net, sched, x, t, torch.randn_like(x), y, objective=objective)
 
     def step(x=x0):
         loss = loss_of(x)

@@ -72,14 +72,14 @@ def frac_by_t(run: str, images: int, ts: list[int]) -> list[dict]:
     from ddpmlab import load_run
     from ddpmlab.data import load_dataset, to_model_range
     from ddpmlab.forward import q_sample
-    from ddpmlab.objectives import schedule_for
+    from ddpmlab.objectives import build as build_objective
     from ddpmlab.reverse import call_model, split_output
 
     model, cfg, _ = load_run(run)
     if not cfg.model.learn_sigma:
         raise SystemExit(f"{run}: not a learn_sigma run (model.learn_sigma is false)")
     d = cfg.diffusion
-    sched = schedule_for(d.objective, d.schedule, d.timesteps)
+    sched = build_objective(d, cfg.model.learn_sigma).schedule()
     data = load_dataset(cfg.data, "test")
     x0 = to_model_range(data.images[:images])
     y = data.labels[:images] if cfg.data.conditional and data.labels is not None else None

@@ -6,6 +6,7 @@ import torch
 
 from ddpmlab import schedules
 from ddpmlab.cli import main
+from ddpmlab.objectives import DDPM
 from ddpmlab.samplers import classifier_free_guidance
 from ddpmlab.train import draw
 from test_cli import TINY
@@ -14,14 +15,14 @@ from test_cli import TINY
 def test_label_dropout_rate():
     """Labels are dropped to the null class with probability p_uncond."""
     g = torch.Generator().manual_seed(0)
-    drops = torch.cat([draw(g, 4096, (1,), 10, torch.device("cpu"), p_uncond=0.1).drop
+    drops = torch.cat([draw(g, 4096, (1,), DDPM(10), torch.device("cpu"), p_uncond=0.1).drop
                        for _ in range(10)])
     n = drops.numel()
     rate = drops.float().mean().item()
     # Binomial(n, 0.1): 5 standard errors is far beyond chance.
     assert abs(rate - 0.1) < 5 * (0.1 * 0.9 / n) ** 0.5
-    assert not draw(g, 1000, (1,), 10, torch.device("cpu"), p_uncond=0.0).drop.any()
-    assert draw(g, 1000, (1,), 10, torch.device("cpu"), p_uncond=1.0).drop.all()
+    assert not draw(g, 1000, (1,), DDPM(10), torch.device("cpu"), p_uncond=0.0).drop.any()
+    assert draw(g, 1000, (1,), DDPM(10), torch.device("cpu"), p_uncond=1.0).drop.all()
 
 
 def test_dropped_labels_reach_the_model_as_null(tmp_path, tiny_cfg):

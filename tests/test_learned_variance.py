@@ -23,6 +23,7 @@ from ddpmlab import forward, losses, schedules
 from ddpmlab.config import Config, load_config
 from ddpmlab.errors import ConfigError
 from ddpmlab.likelihood import bits_per_dim
+from ddpmlab.objectives import DDPM
 from ddpmlab.reverse import (
     call_model,
     learned_log_var,
@@ -333,8 +334,8 @@ def mc_check(estimate_from) -> tuple[bool, str]:
     var = float(np.sum(p.numpy() * (w * L_FIXED) ** 2) - mu**2)
     n = 200_000
     bound = 5 * math.sqrt(var / n)
-    t = draw(torch.Generator().manual_seed(0), n, (1,), T_IS, torch.device("cpu"),
-             t_probs=p).t
+    t = draw(torch.Generator().manual_seed(0), n, (1,), DDPM(T_IS), torch.device("cpu"),
+             t_probs=p).level
     est = estimate_from(p, t)
     return abs(est - mu) < bound, f"estimate {est:.5f}, mean {mu:.5f}, bound {bound:.5f}"
 
@@ -357,11 +358,11 @@ def test_an_unweighted_importance_estimate_fails_the_same_check():
 
 def test_draw_is_uniform_randint_without_probs():
     # the uniform path is the seed's randint stream, unchanged: runs without vlb are as before
-    a = draw(torch.Generator().manual_seed(5), 64, (2,), 50, torch.device("cpu"))
+    a = draw(torch.Generator().manual_seed(5), 64, (2,), DDPM(50), torch.device("cpu"))
     g = torch.Generator().manual_seed(5)
-    assert torch.equal(a.t, torch.randint(0, 50, (64,), generator=g))
+    assert torch.equal(a.level, torch.randint(0, 50, (64,), generator=g))
     with pytest.raises(ValueError, match=r"shape \(50,\)"):
-        draw(torch.Generator(), 4, (2,), 50, torch.device("cpu"), t_probs=torch.ones(3) / 3)
+        draw(torch.Generator(), 4, (2,), DDPM(50), torch.device("cpu"), t_probs=torch.ones(3) / 3)
 
 
 # ============================================================================ sampling

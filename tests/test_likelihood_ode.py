@@ -330,15 +330,16 @@ def _exact_net(objective, m, cov):
 @pytest.mark.parametrize("objective", ["edm", "flow"])
 def test_every_objective_gives_the_analytic_gaussian_likelihood(objective):
     """The same drift on the objective's noise-level grid, the network wrapped as the samplers
-    wrap it (``objectives.sampler_model``, an x0 predictor): the analytic log-likelihood at the
+    wrap it (the objective's ``sampler_model``, an x0 predictor): the analytic log-likelihood at the
     grid's smallest level, and RK4's fourth order (errors measured: edm 3.2e-3, 2.3e-4, 1.5e-5;
     flow 1.3e-2, 9.9e-4, 6.7e-5 at 32, 64, 128 steps)."""
-    from ddpmlab.objectives import noise_grid, sampler_model
+    from ddpmlab.objectives import OBJECTIVES
 
     m, cov, x = _gaussian()
-    sched = noise_grid(objective, 1000)
+    obj = OBJECTIVES[objective](1000)
+    sched = obj.schedule()
     smin, smax = float(sched.sigmas[0]), float(sched.sigmas[-1])
-    model = sampler_model(_exact_net(objective, m, cov), objective, sched)
+    model = obj.sampler_model(_exact_net(objective, m, cov), sched)
     prior = torch.distributions.MultivariateNormal(m, cov + smax**2 * torch.eye(D)).log_prob
     want = torch.distributions.MultivariateNormal(m, cov + smin**2 * torch.eye(D)).log_prob(x)
     errs = [float((lo.ode_log_likelihood(lo.ddpm_drift(model, sched, "x0"), x,

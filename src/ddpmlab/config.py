@@ -19,6 +19,7 @@ import os
 import reprlib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -324,35 +325,42 @@ class Config:
         if dif.loss == "vlb" and dif.loss_weighting != "uniform":
             raise bad("diffusion.loss_weighting", dif.loss_weighting, "weights the simple loss, "
                       "which diffusion.loss=vlb does not use")
-        if dif.objective != "ddpm":
-            # what only DDPM's discrete objective reads must stay at its default
-            default = DiffusionConfig()
-            for key in ("schedule", "prediction", "loss_weighting", "loss"):
-                if getattr(dif, key) != getattr(default, key):
-                    raise bad(f"diffusion.{key}", getattr(dif, key), "applies to "
-                              f"diffusion.objective=ddpm only (this run's is {dif.objective!r}): "
-                              f"set it to {getattr(default, key)!r}, or start from the "
-                              f"mnist-{dif.objective} preset")
-            if m.learn_sigma:
-                raise bad("model.learn_sigma", True, "applies to diffusion.objective=ddpm only "
-                          f"(this run's is {dif.objective!r})")
-        if dif.objective != "flow" and dif.flow_t != "uniform":
-            raise bad("diffusion.flow_t", dif.flow_t, "applies to diffusion.objective=flow only")
         if not (dif.sigma_data > 0 and math.isfinite(dif.sigma_data)):
             raise bad("diffusion.sigma_data", dif.sigma_data, "must be a finite number > 0")
         if not math.isfinite(dif.p_mean):
             raise bad("diffusion.p_mean", dif.p_mean, "must be a finite number")
         if not (dif.p_std > 0 and math.isfinite(dif.p_std)):
             raise bad("diffusion.p_std", dif.p_std, "must be a finite number > 0")
-        if dif.objective != "edm":
-            default = DiffusionConfig()
-            for key in ("sigma_data", "p_mean", "p_std"):
-                if getattr(dif, key) != getattr(default, key):
-                    raise bad(f"diffusion.{key}", getattr(dif, key), "applies to "
-                              "diffusion.objective=edm only")
+        _check_objective_keys(dif, m.learn_sigma, bad)
         if m.learn_sigma and s.variance != "small":
             raise bad("sample.variance", s.variance, "is a fixed variance; a model.learn_sigma "
                       "run samples with its own")
+
+
+def _check_objective_keys(dif: DiffusionConfig, learn_sigma: bool, bad: Callable) -> None:
+    """The one rule for every objective of ``OBJECTIVES``: a ``diffusion.*`` key that some
+    objective reads (its class's ``reads``) but the run's objective does not must keep its
+    default, and so must ``model.learn_sigma`` (read by the objectives with
+    ``learned_variance``). A new objective declares its keys and needs no rule here."""
+    chosen, default = OBJECTIVES[dif.objective], DiffusionConfig()
+
+    def owners(has: Callable[[type], bool]) -> str:
+        return " or ".join(name for name, cls in OBJECTIVES.items() if has(cls))
+
+    preset = f"mnist-{dif.objective}"
+    hint = f", or start from the {preset} preset" if preset in PRESETS else ""
+    for f in dataclasses.fields(DiffusionConfig):
+        value, want = getattr(dif, f.name), getattr(default, f.name)
+        if f.name in chosen.reads or value == want:
+            continue
+        readers = owners(lambda cls, key=f.name: key in cls.reads)
+        if readers:
+            raise bad(f"diffusion.{f.name}", value, f"applies to diffusion.objective={readers} "
+                      f"only (this run's is {dif.objective!r}): set it to {want!r}{hint}")
+    if learn_sigma and not chosen.learned_variance:
+        raise bad("model.learn_sigma", True, "applies to diffusion.objective="
+                  f"{owners(lambda cls: cls.learned_variance)} only (this run's is "
+                  f"{dif.objective!r})")
 
 
 PRESETS = ("mnist", "fashion-mnist", "fashion-mnist-10min", "fashion-mnist-60min",

@@ -56,7 +56,7 @@ from .layout import RunDir
 from .likelihood import bits_per_dim
 from .likelihood_ode import NLLS, ode_bits_per_dim
 from .nn import UNet
-from .objectives import sampler_model, sampler_prediction, schedule_for
+from .objectives import build as build_objective
 from .samplers import per_sample_generators, sample
 from .train import Trainer
 from .train.checkpoint import latest_checkpoint
@@ -107,19 +107,17 @@ def load_run(run_dir: str | os.PathLike, use_ema: bool = True,
 def run_schedule(cfg: Config) -> schedules.Schedule:
     """The schedule a run's samplers, forward process and figures use: ``diffusion.schedule``
     for the ddpm objective, the objective's noise-level grid for edm and flow
-    (:func:`ddpmlab.objectives.schedule_for`)."""
-    d = cfg.diffusion
-    return schedule_for(d.objective, d.schedule, d.timesteps)
+    (:meth:`ddpmlab.objectives.Objective.schedule`)."""
+    return build_objective(cfg.diffusion, cfg.model.learn_sigma).schedule()
 
 
 def sampler_view(model: nn.Module, cfg: Config,
                  sched: schedules.Schedule) -> tuple[Any, str]:
     """(model, prediction) as the samplers take them: the network itself and
     ``diffusion.prediction`` for ddpm; for edm and flow the network wrapped into an x0
-    predictor at the grid's noise levels (:func:`ddpmlab.objectives.sampler_model`)."""
-    d = cfg.diffusion
-    return (sampler_model(model, d.objective, sched, d.sigma_data),
-            sampler_prediction(d.objective, d.prediction))
+    predictor at the grid's noise levels (:meth:`ddpmlab.objectives.Objective.sampler_model`)."""
+    objective = build_objective(cfg.diffusion, cfg.model.learn_sigma)
+    return objective.sampler_model(model, sched), objective.sampler_prediction
 
 
 def sampling_view(model: nn.Module, cfg: Config, sched: schedules.Schedule,

@@ -24,7 +24,7 @@ LAYER = {
     "errors": 0, "io": 0,
     "schedules": 1, "broadcast": 1, "forward": 1, "parametrization": 1, "reverse": 1,
     "losses": 1, "likelihood": 1, "likelihood_ode": 1, "samplers": 1, "objectives": 1,
-    "config": 2, "device": 2, "layout": 2,
+    "config": 2, "device": 2, "layout": 2, "outputs": 2,
     "nn": 3, "data": 3, "features": 3,
     "train": 4, "evaluate": 4, "viz": 4,
     "runs": 5, "interop": 5, "report": 5,

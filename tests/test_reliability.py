@@ -1114,3 +1114,189 @@ def test_a_sample_count_that_cannot_be_allocated_is_one_line(trained, tmp_path, 
     code, err = run_cli(capsys, "sample", trained, "--n", str(10**12), "--no-progress",
                         "--out", tmp_path / "g.png")
     assert_one_line(code, err, "1,000,000,000,000 samples", "GiB")
+
+
+# ============================================================================ outputs: only ours
+# One rule (ddpmlab.outputs): a command replaces or removes only what ddpmlab wrote and marked
+# as its own, after the replacement is complete, never an input, a run, HOME, the current
+# folder, a parent of any of them, or a folder holding anything else.
+def _dead_pid() -> int:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def _targets(run: Path, tmp_path: Path, monkeypatch) -> dict[str, tuple[str, Path]]:
+    """name -> (the --out given, the folder whose files must stay as they are)."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_ed25519").write_text("secret")
+    monkeypatch.setenv("HOME", str(home))
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / "notes.txt").write_text("mine")
+    monkeypatch.chdir(here)
+    return {"run": (str(run), run), "parent": (str(run.parent), run.parent),
+            "home": (str(home), home), "cwd": (".", here), "empty": ("", here),
+            "home-parent": (str(home.parent), home)}
+
+
+@pytest.mark.parametrize("target", ["run", "parent", "home", "cwd", "empty", "home-parent"])
+def test_export_force_never_removes_what_it_did_not_write(run, tmp_path, capsys, monkeypatch,
+                                                           target):
+    out, keep = _targets(run, tmp_path, monkeypatch)[target]
+    before, run_before = tree(keep), tree(run)
+    code, err = run_cli(capsys, "export", run, "--out", out, "--force")
+    assert_one_line(code, err)
+    assert tree(keep) == before and tree(run) == run_before
+
+
+@pytest.mark.parametrize("target", ["run", "parent", "home", "cwd", "empty"])
+def test_report_never_replaces_what_it_did_not_write(run, tmp_path, capsys, monkeypatch, target):
+    out, keep = _targets(run, tmp_path, monkeypatch)[target]
+    before, run_before = tree(keep), tree(run)
+    code, err = run_cli(capsys, "report", run, "--out", out, "--no-progress")
+    assert_one_line(code, err)
+    assert tree(keep) == before and tree(run) == run_before
+
+
+def test_report_never_empties_a_folder_that_holds_an_old_index(run, tmp_path, capsys):
+    """The issue's reproducer: pub/ holds an earlier report's index.html, the reported run
+    and a user's page; the report must not delete them (it used to empty pub/)."""
+    from ddpmlab.report.page import GENERATOR
+
+    pub = tmp_path / "pub"
+    pub.mkdir()
+    (pub / "index.html").write_text(f"<meta name=generator content='{GENERATOR}'>")
+    shutil.copytree(run, pub / "myrun")
+    (pub / "post.html").write_text("x")
+    before = tree(pub)
+    code, err = run_cli(capsys, "report", pub / "myrun", "--out", pub, "--no-progress")
+    assert_one_line(code, err, str(pub))
+    assert tree(pub) == before
+
+
+@pytest.fixture
+def pipeline(trained, tmp_path) -> Path:
+    from ddpmlab.interop import export_diffusers
+
+    return export_diffusers(trained, tmp_path / "pipe")
+
+
+@pytest.mark.parametrize("target", ["source", "source-parent", "home", "cwd", "empty"])
+def test_import_never_writes_over_its_source_home_or_cwd(pipeline, tmp_path, capsys,
+                                                          monkeypatch, target):
+    outs = _targets(tmp_path / "x", tmp_path, monkeypatch)
+    outs.update({"source": (str(pipeline), pipeline), "source-parent": (str(tmp_path),
+                                                                        tmp_path)})
+    out, keep = outs[target]
+    before, src_before = tree(keep), tree(pipeline)
+    code, err = run_cli(capsys, "import", pipeline, "--out", out, "--force")
+    assert_one_line(code, err)
+    assert tree(keep) == before and tree(pipeline) == src_before
+
+
+def test_export_replaces_only_its_own_marked_export(run, tmp_path, capsys):
+    out = tmp_path / "exp"
+    assert run_cli(capsys, "export", run, "--out", out)[0] == 0
+    assert (out / ".ddpmlab-output.json").is_file()
+    code, err = run_cli(capsys, "export", run, "--out", out)       # no --force: refused
+    assert_one_line(code, err, "--force")
+    assert run_cli(capsys, "export", run, "--out", out, "--force")[0] == 0   # ours: replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp", "run"]   # nothing left aside
+    (out / "unet" / "notes.txt").write_text("mine")                 # a user's file inside
+    before = tree(out)
+    code, err = run_cli(capsys, "export", run, "--out", out, "--force")
+    assert_one_line(code, err, "notes.txt")
+    assert tree(out) == before
+    (out / "unet" / "notes.txt").unlink()
+    (out / ".ddpmlab-output.json").unlink()     # an export written before marks existed
+    assert run_cli(capsys, "export", run, "--out", out, "--force")[0] == 0
+    assert (out / ".ddpmlab-output.json").is_file()
+
+
+def test_a_killed_export_or_import_is_finished_by_the_next_command(run, pipeline, tmp_path,
+                                                                   capsys):
+    """What a SIGKILL leaves at each moment of the swap: the next command on the same --out
+    puts the complete output in place (or the old one back) and removes the staging folder;
+    a folder of the same name that is not marked as ours is never touched."""
+    from ddpmlab.outputs import commit, recover, staging
+
+    out = tmp_path / "exp"
+    assert run_cli(capsys, "export", run, "--out", out)[0] == 0
+    old = tree(out)
+    pid = _dead_pid()
+    # killed between "old renamed aside" and "new renamed in": out is missing
+    os.rename(out, tmp_path / f".old-exp.{pid}")
+    (tmp_path / f".tmp-exp.{pid}").mkdir()
+    (tmp_path / f".tmp-exp.{pid}" / ".ddpmlab-output.json").write_text(
+        json.dumps({"software": "ddpmlab", "kind": "export", "complete": False, "files": []}))
+    foreign = tmp_path / f".tmp-exp.{_dead_pid()}"      # a user's folder of that shape
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    notes = recover(out, "export")
+    assert tree(out) == old and any("put back" in n for n in notes)
+    assert not (tmp_path / f".tmp-exp.{pid}").exists() and (foreign / "notes.txt").exists()
+    # killed after the new one was complete but before the swap: the new one wins
+    tmp = staging(out, "export")
+    (tmp / "README.md").write_text("new")
+    os.rename(out, tmp_path / f".old-exp.{os.getpid()}")
+    commit(tmp, tmp_path / "elsewhere", "export")      # (complete the mark, then move it back)
+    os.rename(tmp_path / "elsewhere", tmp_path / f".tmp-exp.{pid}")
+    os.rename(tmp_path / f".old-exp.{os.getpid()}", tmp_path / f".old-exp.{pid}")
+    recover(out, "export")
+    assert (out / "README.md").read_text() == "new" and not (tmp_path / f".old-exp.{pid}").exists()
+    # a killed import left its staging folder: the next import goes on
+    imp = tmp_path / "imp"
+    tmp = staging(imp, "import")
+    os.rename(tmp, tmp_path / f".tmp-imp.{pid}")
+    assert run_cli(capsys, "import", pipeline, "--out", imp)[0] == 0
+    assert not (tmp_path / f".tmp-imp.{pid}").exists()
+    assert not (imp / ".ddpmlab-output.json").exists()
+
+
+def test_a_killed_report_leaves_nothing_for_good(run, tmp_path):
+    """A report killed while drawing leaves RUN/.tmp-report.PID/ (marked): the next report on
+    the same --out removes it (it used to stay for good)."""
+    from ddpmlab.outputs import staging
+    from ddpmlab.report import ReportPlan, write_report
+
+    pid = _dead_pid()
+    tmp = staging(run / "report", "report")
+    (tmp / "img").mkdir()
+    os.rename(tmp, run / f".tmp-report.{pid}")
+    plan = ReportPlan(forward_images=2, forward_frames=3, chain_samples=2, chain_frames=3,
+                      bpd_images=2, bpd_timesteps=2, checkpoint_samples=2, grid_per_class=2,
+                      grid_unconditional=2, guidance=(1.0,), nfe=(2,), nfe_samplers=("ddim",),
+                      nearest=2, max_checkpoints=1, max_training_grids=1)
+    with pytest.warns(UserWarning, match="interrupted"):
+        index = write_report(run, progress=False, plan=plan)
+    assert index.is_file() and not (run / f".tmp-report.{pid}").exists()
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".tmp")) == []
+    (run / "report" / "notes.txt").write_text("mine")     # a user's file: never replaced
+    with pytest.raises(CheckpointError, match="notes.txt"):
+        write_report(run, progress=False, plan=plan)
+    assert (run / "report" / "notes.txt").read_text() == "mine"
+
+
+def test_sample_eval_figures_never_replace_a_folder_or_a_users_file(run, tmp_path, capsys,
+                                                                     monkeypatch):
+    """Their outputs are files, replaced only when they carry ddpmlab's mark (io.py): a
+    folder given as a file path (HOME, the current folder, the run) is refused, and a user's
+    file with a figure's name in HOME is never overwritten; all before any work. (``''`` is
+    no path there: ``--out ''`` means the default file in the run.)"""
+    targets = _targets(run, tmp_path, monkeypatch)
+    home = targets["home"][1]
+    for name in ("run", "home", "cwd"):
+        out, keep = targets[name]
+        before = tree(keep)
+        for argv in (["sample", run, "--out", out], ["sample", run, "--npz", out],
+                     ["eval", run, "--json", out]):
+            code, err = run_cli(capsys, *argv, "--no-progress", "--force")
+            assert_one_line(code, err)
+        assert tree(keep) == before
+    png(home / "schedule.png")             # a user's picture with a figure's name
+    before = tree(home)
+    code, err = run_cli(capsys, "figures", run, "--out", home)
+    assert_one_line(code, err, "schedule.png")
+    assert tree(home) == before

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -90,15 +91,97 @@ def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: not a valid safetensors file ({e})") from None
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    """Parse a JSON file; a missing or malformed file raises CheckpointError naming it."""
+# ----------------------------------------------------------------------------- JSON
+MAX_JSON_BYTES = 16 << 20      # any JSON file ddpmlab reads (configs have their own 1 MiB)
+MAX_JSON_DEPTH = 64            # nesting of arrays and objects
+MAX_INT_DIGITS = 4300          # Python's own limit for int <-> str (a longer one cannot print)
+
+
+class _JSONLimit(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _JSONLimit(f"duplicate key {key[:80]!r}")
+        out[key] = value
+    return out
+
+
+def _bounded_int(text: str) -> int:
+    digits = len(text.lstrip("-"))
+    if digits > MAX_INT_DIGITS:
+        raise _JSONLimit(f"an integer of {digits:,} digits (at most {MAX_INT_DIGITS:,})")
+    return int(text)
+
+
+def _depth_over(doc: Any, limit: int) -> bool:
+    stack = [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > limit:
+                return True
+            items = value.values() if isinstance(value, dict) else value
+            stack.extend((v, depth + 1) for v in items if isinstance(v, (dict, list)))
+    return False
+
+
+def loads_json(text: str | bytes, source: str, error: type[Exception] = CheckpointError) -> Any:
+    """Parse JSON, bounded: a duplicate key, an integer over :data:`MAX_INT_DIGITS` digits or
+    nesting deeper than :data:`MAX_JSON_DEPTH` is refused like any malformed text, with one
+    ``error`` naming ``source`` (never a RecursionError or a silently dropped value)."""
+    try:
+        doc = json.loads(text, object_pairs_hook=_no_duplicates, parse_int=_bounded_int)
+    except RecursionError:
+        raise error(f"{source}: not valid JSON (nested deeper than {MAX_JSON_DEPTH} "
+                    "levels)") from None
+    except (ValueError, UnicodeDecodeError) as e:   # (JSONDecodeError and _JSONLimit too)
+        raise error(f"{source}: not valid JSON ({' '.join(str(e).split())[:160]})") from None
+    if _depth_over(doc, MAX_JSON_DEPTH):
+        raise error(f"{source}: not valid JSON (nested deeper than {MAX_JSON_DEPTH} levels)")
+    return doc
+
+
+def read_regular(path: str | os.PathLike, max_bytes: int,
+                 error: type[Exception] = CheckpointError) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes`` (a FIFO, a device, a folder, a
+    dangling link or a larger file is refused with one ``error`` naming it, never read)."""
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        st = os.stat(path)
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+        dangling = os.path.islink(path)
+        raise error(f"{path}: " + ("a link to a missing file" if dangling else
+                                   "file not found")) from None
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror or e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise error(f"{path}: not a regular file")
+    if st.st_size > max_bytes:
+        raise error(f"{path}: {st.st_size:,} bytes is too large (at most {max_bytes:,})")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror or e})") from None
+    if len(data) > max_bytes:
+        raise error(f"{path}: more than {max_bytes:,} bytes is too large")
+    return data
+
+
+def read_json(path: str | os.PathLike, max_bytes: int = MAX_JSON_BYTES,
+              error: type[Exception] = CheckpointError) -> Any:
+    """Parse a JSON file (:func:`read_regular`, :func:`loads_json`); a missing, special, too
+    large or malformed file raises ``error`` naming it."""
+    data = read_regular(path, max_bytes, error)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not valid JSON ({e})") from None
+    return loads_json(text, str(path), error)
 
 
 # ----------------------------------------------------------------------------- provenance

@@ -18,6 +18,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from ..forward import q_posterior, q_sample
 from ..io import atomic_write_text, read_json
 from ..layout import RunDir
 from ..likelihood import bits_per_dim
+from ..outputs import check_target, commit, staging
 from ..runs import (
     GRID_MAX_ROWS,
     class_rows,
@@ -334,8 +336,7 @@ def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     out = Path(out_dir) if out_dir is not None else run.report
     _check_out(out)
     model, cfg, newest = load_run(run.root, use_ema=True, device=device)
-    tmp = out.parent / f".tmp-{out.name}.{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = staging(out, "report")   # (marked: a killed report's leftover is removed next time)
     try:
         data = _build(run, cfg, model, newest, ckpts, _Images(tmp), plan, seed, device,
                       progress, t_start)
@@ -347,33 +348,37 @@ def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
 
 
 def _check_out(out: Path) -> None:
-    """Refuse a file, or a non-empty folder that holds no earlier report; check writability."""
-    if out.exists() and not out.is_dir():
-        raise CheckpointError(f"{out}: exists and is not a folder; give a folder for the report")
-    if out.is_dir() and any(out.iterdir()):
-        index = out / "index.html"
-        try:
-            ours = GENERATOR in index.read_text(encoding="utf-8", errors="replace")[:2000]
-        except OSError:
-            ours = False
-        if not ours:
-            raise CheckpointError(f"{out}: is not empty and holds no ddpmlab report; refusing "
-                                  "to replace it (choose another --out)")
+    """Refuse (:func:`ddpmlab.outputs.check_target`) a file, a run, an input, HOME, the current
+    folder, or a non-empty folder holding anything but an earlier report's own files (its
+    mark, or a report written before marks: ``index.html`` and ``img/*.png``); finish what a
+    killed report left beside ``out``; check writability."""
+    check_target(out, "report", replace=True, is_run=lambda p: RunDir(p).is_run()
+                 or RunDir(p).checkpoints.is_dir(), legacy=_legacy_report,
+                 not_ours="{out}: is not empty and holds no ddpmlab report; refusing to "
+                 "replace it (choose another --out)")
+
+
+def _legacy_report(folder: Path) -> bool:
+    """A report written before output folders carried ddpmlab's mark: ``index.html`` with the
+    generator's name and ``img/`` of ddpmlab's PNGs, nothing else."""
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        probe = out.parent / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise CheckpointError(f"{out.parent}: cannot write there ({e.strerror or e})") from None
+        names = {p.name for p in folder.iterdir()}
+        img = folder / "img"
+        pngs = list(img.iterdir()) if img.is_dir() and not img.is_symlink() else []
+        index = folder / "index.html"
+        ours = (not index.is_symlink() and index.is_file()
+                and GENERATOR in index.read_text(encoding="utf-8", errors="replace")[:2000])
+    except OSError:
+        return False
+    return (ours and names <= {"index.html", "img"}
+            and all(p.suffix == ".png" and not p.is_symlink() and p.is_file() for p in pngs))
 
 
 def _replace(tmp: Path, out: Path) -> None:
-    old = out.parent / f".old-{out.name}.{os.getpid()}"
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    """Swap the complete new report in (:func:`ddpmlab.outputs.commit`): the old one is
+    renamed aside first and deleted last, only if it is still ours."""
+    if msg := commit(tmp, out, "report", _legacy_report):
+        warnings.warn(msg, stacklevel=3)
 
 
 def _build(run: RunDir, cfg: Config, model: nn.Module, newest: Path, ckpts: list[Path],

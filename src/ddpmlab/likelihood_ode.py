@@ -34,7 +34,7 @@ d log p_s(y(s)) / ds = -div f(y(s), s). Integrated from the data end to the prio
 
     log p_{s_0}(x) = log p_prior(y(s_n)) + int_{s_0}^{s_n} div f(y(s), s) ds,   y(s_0) = x.
 
-``edm`` and ``flow`` runs use this same drift: :func:`ddpmlab.objectives.sampler_model` makes
+``edm`` and ``flow`` runs use this same drift: their objective's ``sampler_model`` makes
 their networks x0 predictors on their noise-level grids (a Schedule), so ``ddpm_drift(model,
 grid, "x0")`` is their probability-flow ODE too (``tests/test_likelihood_ode.py``). Anything
 else plugs in through :func:`ode_log_likelihood` with its own drift ``(x, s) -> dx/ds``, grid

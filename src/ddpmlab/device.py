@@ -3,7 +3,8 @@ evaluation and figures.
 
 * :func:`resolve_device`: ``auto`` (CUDA when available, else the CPU), ``cpu``, ``cuda``,
   ``cuda:N``; a name torch does not know, or CUDA asked for where there is none, raises
-  :class:`~ddpmlab.errors.ConfigError` naming the value.
+  :class:`~ddpmlab.errors.ConfigError` naming the value. :func:`process_device`: under
+  ``torchrun`` each process takes its own GPU.
 * :func:`resolve_precision`: ``auto`` is bf16 autocast on a CUDA device that supports it and
   on a CPU with native bf16 arithmetic (AVX512-BF16 or AMX: :func:`native_bf16_cpu`), fp32
   elsewhere (a CPU without it emulates bf16, several times slower); fp16 needs CUDA.
@@ -43,6 +44,16 @@ def resolve_device(name: str, key: str = "train.device") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{key}={name!r} but CUDA is not available here")
     return dev
+
+
+def process_device(device: torch.device, world_size: int, local_rank: int) -> torch.device:
+    """The device one process of a launch works on: with several processes (``torchrun``,
+    ``world_size > 1``) a CUDA device means the process's own GPU, ``cuda:LOCAL_RANK``, whatever
+    index was asked for; a CPU stays the CPU, and a single process keeps ``device``. Training
+    and ``ddpmlab sample`` both choose by this rule."""
+    if world_size > 1 and device.type == "cuda":
+        return torch.device("cuda", local_rank)
+    return device
 
 
 def native_bf16_cpu() -> str | None:

@@ -6,11 +6,14 @@
     RUN/metrics.jsonl        one JSON object per logged step, and events (``precision``,
                              ``time_budget``, ``eval``)
     RUN/samples.png          the end-of-training sample grid
-    RUN/samples/             grids drawn during training and by ``ddpmlab sample``
+    RUN/samples/             grids drawn during training (``step_XXXXXXXX.png``) and by
+                             ``ddpmlab sample`` (``sample_SAMPLER-STEPS_seedSEED.png``)
     RUN/figures/             the tutorial's figures (``ddpmlab figures``, ``ddpmlab eval``)
     RUN/report/              the HTML report (``ddpmlab report``)
     RUN/eval.json            the results of the last ``ddpmlab eval`` (the report shows them)
-    RUN/checkpoints/         one folder per saved step (:mod:`ddpmlab.train.checkpoint`)
+    RUN/checkpoints/         one folder per saved step, ``step_XXXXXXXX`` (:func:`step_name`,
+                             parsed strictly by :func:`step_of`; what a folder holds is
+                             :mod:`ddpmlab.train.checkpoint`'s)
     RUN/.ddpmlab.lock        held (flock) by the process training here; ``.ddpmlab.lock.json``
                              names it (PID, host, command, start time)
     RUN/.replaced-PID/       a run that ``--force`` moved aside until the new run's first
@@ -40,11 +43,55 @@ from .io import atomic_write_text, read_json
 LOCK_NAME = ".ddpmlab.lock"
 OWNER_NAME = ".ddpmlab.lock.json"
 ASIDE_PREFIX = ".replaced-"
-STEP_DIR = re.compile(r"^step_(\d{8,})$")  # a complete checkpoint folder (others are .tmp-*)
+# A step's names: its checkpoint folder ``checkpoints/step_XXXXXXXX`` (others there are .tmp-*)
+# and its training grid ``samples/step_XXXXXXXX.png``: 8 digits, more only past 99,999,999.
+STEP_PREFIX = "step_"
+MAX_STEP = 10**12 - 1      # the largest step a name may carry (years of training at 10k steps/s)
+_STEP_NAME = re.compile(r"step_([0-9]{8,12})", re.ASCII)
 # What a run consists of: ``--force`` moves exactly these aside, nothing else of a folder.
 RUN_ENTRIES = ("config.json", "metrics.jsonl", "samples.png", "samples", "figures", "report",
                "eval.json", "checkpoints")
 _OURS = (LOCK_NAME, OWNER_NAME)
+
+
+def step_name(step: int) -> str:
+    """``step_XXXXXXXX``: the name of step ``step``'s checkpoint folder (and, with ``.png``, of
+    its training grid); 0 <= step <= :data:`MAX_STEP`."""
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_STEP:
+        raise ValueError(f"step={step!r}: a step name needs an integer in 0..{MAX_STEP}")
+    return f"{STEP_PREFIX}{step:08d}"
+
+
+def step_of(name: str) -> int | None:
+    """The step a name written by :func:`step_name` carries, else None. Strict: only the exact
+    name :func:`step_name` gives for that step counts (ASCII digits, 8 of them below 10**8, no
+    extra leading zeros, at most :data:`MAX_STEP`): ``step_1``, ``step_000000001``,
+    ``step_99999999999999999999999`` or ``step_0000000١`` name no step."""
+    m = _STEP_NAME.fullmatch(name)
+    if m is None:
+        return None
+    step = int(m.group(1))
+    return step if step_name(step) == name else None
+
+
+def default_run_dir(dataset: str, root: str | os.PathLike = "runs") -> Path:
+    """Where ``ddpmlab train`` puts a run without ``--out``: ``runs/<data set name>`` (a path's
+    stem), or ``runs/<name>-2``, ``-3``, ... when that already holds something; never outside
+    ``root`` (a name like ``..`` gives ``runs/run``)."""
+    name = Path(dataset).stem if ("/" in dataset or "." in dataset) else dataset
+    name = name.lstrip(".")  # "--dataset .." must not make runs/.. (the current folder)
+    base = Path(root) / (name or "run")
+    cand, k = base, 2
+    while cand.exists() and any(cand.iterdir()):
+        cand = base.with_name(f"{base.name}-{k}")
+        k += 1
+    return cand
+
+
+def sample_name(sampler: str, steps: int, seed: int) -> str:
+    """``sample_SAMPLER-STEPS_seedSEED.png``: the default file of ``ddpmlab sample``'s grid in
+    ``RUN/samples/``."""
+    return f"sample_{sampler}-{steps}_seed{seed}.png"
 
 
 def remove_tree(path: Path) -> str | None:
@@ -98,6 +145,20 @@ class RunLock:
         if self._lock.is_locked:
             (self.run.root / OWNER_NAME).unlink(missing_ok=True)
             self._lock.release()
+
+
+def _by_step(folder: Path, suffix: str, kind) -> list[tuple[int, Path]]:
+    """(step, path) of the entries of ``folder`` named ``step_XXXXXXXX`` + ``suffix`` (strictly:
+    :func:`step_of`) that pass ``kind`` (e.g. ``Path.is_dir``), by step; [] without the folder."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for p in folder.iterdir():
+        name = p.name[:len(p.name) - len(suffix)] if p.name.endswith(suffix) else None
+        step = None if name is None else step_of(name)
+        if step is not None and kind(p):
+            found.append((step, p))
+    return sorted(found)
 
 
 def _describe_owner(owner_file: Path) -> str:
@@ -154,13 +215,27 @@ class RunDir:
     def is_run(self) -> bool:
         return self.config.is_file()
 
+    def checkpoint_dir(self, step: int) -> Path:
+        """``checkpoints/step_XXXXXXXX``: the folder of step ``step``'s checkpoint."""
+        return self.checkpoints / step_name(step)
+
     def checkpoint_dirs(self) -> list[Path]:
-        """Complete checkpoint folders (``step_XXXXXXXX``), oldest first."""
-        if not self.checkpoints.is_dir():
-            return []
-        found = [(int(m.group(1)), p) for p in self.checkpoints.iterdir()
-                 if p.is_dir() and (m := STEP_DIR.match(p.name))]
-        return [p for _, p in sorted(found)]
+        """Complete checkpoint folders (``step_XXXXXXXX``, strictly: :func:`step_of`), oldest
+        first."""
+        return [p for _, p in _by_step(self.checkpoints, "", Path.is_dir)]
+
+    def training_grid(self, step: int) -> Path:
+        """``samples/step_XXXXXXXX.png``: the grid drawn at step ``step`` of training."""
+        return self.samples / f"{step_name(step)}.png"
+
+    def training_grids(self) -> list[tuple[int, Path]]:
+        """(step, path) of every training grid in ``samples/`` (strictly named), oldest first."""
+        return _by_step(self.samples, ".png", Path.is_file)
+
+    def sample_grid(self, sampler: str, steps: int, seed: int) -> Path:
+        """``samples/sample_SAMPLER-STEPS_seedSEED.png`` (:func:`sample_name`)."""
+        return self.samples / sample_name(sampler, steps, seed)
+
 
     # ------------------------------------------------------------------ reading
     def read_config(self) -> Config:

@@ -296,7 +296,7 @@ def train_run(cfg: Config, run_dir: str | os.PathLike, **kwargs: Any) -> Trainer
     writes an EMA grid to ``RUN/samples/step_XXXXXXXX.png``; ``kwargs`` go to the Trainer."""
 
     def on_sample(trainer: Trainer, step: int) -> None:
-        sample_grid(trainer.ema, trainer.cfg, trainer.run.samples / f"step_{step:08d}.png",
+        sample_grid(trainer.ema, trainer.cfg, trainer.run.training_grid(step),
                     device=trainer.device)
 
     return Trainer(cfg, run_dir, on_sample=on_sample, **kwargs)

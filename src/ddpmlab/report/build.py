@@ -33,7 +33,7 @@ from ..errors import CheckpointError, ConfigError, DataError
 from ..evaluate import memorization, save_memorization_figure
 from ..forward import q_posterior, q_sample
 from ..io import atomic_write_text, read_json
-from ..layout import RunDir
+from ..layout import RunDir, step_of
 from ..likelihood import bits_per_dim
 from ..outputs import check_target, commit, staging
 from ..runs import (
@@ -294,7 +294,7 @@ def _pick_checkpoints(ckpts: list[Path], k: int) -> list[Path]:
 
 
 def _step_of(ckpt: Path) -> int:
-    return int(ckpt.name.split("_", 1)[1])
+    return int(step_of(ckpt.name))  # (RunDir.checkpoint_dirs lists only well-named folders)
 
 
 def _eval_results(run: RunDir) -> tuple[dict | None, bool]:
@@ -499,7 +499,7 @@ def _build(run: RunDir, cfg: Config, model: nn.Module, newest: Path, ckpts: list
             ck_rows.append({"step": _step_of(c),
                             "image": imgs.grid(f"ckpt_{_step_of(c):08d}.png", x, n_ck,
                                                ck_scale)})
-        grids = sorted(run.samples.glob("step_*.png")) if run.samples.is_dir() else []
+        grids = [p for _, p in run.training_grids()]
         grids = _pick_checkpoints(grids, plan.max_training_grids)
         out["training"] = {
             "rows": ck_rows, "saved": len(ckpts), "keep_last": cfg.train.keep_last,

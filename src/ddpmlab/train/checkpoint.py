@@ -32,7 +32,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..io import fsync_dir, load_tensors, read_json, save_tensors
-from ..layout import RunDir, remove_tree
+from ..layout import RunDir, remove_tree, step_name, step_of
 
 FORMAT_VERSION = 1
 CHECKPOINT_FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors",
@@ -101,8 +101,8 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, files: dict[str, Any]
     (``*.safetensors``) or JSON-able objects (``*.json``). Old folders beyond ``keep_last``
     are removed only after the new one is in place."""
     root = RunDir(run_dir).checkpoints
-    final = root / f"step_{step:08d}"
-    tmp = root / f".tmp-step_{step:08d}.{os.getpid()}"
+    final = root / step_name(step)
+    tmp = root / f".tmp-{final.name}.{os.getpid()}"
     aside: Path | None = None
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -160,8 +160,9 @@ def clean_partial(run_dir: str | os.PathLike) -> None:
     root = RunDir(run_dir).checkpoints
     if root.is_dir():
         for p in sorted(root.glob(".tmp-*")):
-            m = re.match(r"^\.tmp-replaced-(step_\d{8,})\.\d+$", p.name)
-            if m and p.is_dir() and not (root / m.group(1)).exists():
+            m = re.match(r"^\.tmp-replaced-(.+)\.\d+$", p.name)   # (step_of: a step's name)
+            if (m and step_of(m.group(1)) is not None and p.is_dir()
+                    and not (root / m.group(1)).exists()):
                 try:
                     os.rename(p, root / m.group(1))
                     continue

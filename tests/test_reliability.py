@@ -1300,3 +1300,25 @@ def test_sample_eval_figures_never_replace_a_folder_or_a_users_file(run, tmp_pat
     code, err = run_cli(capsys, "figures", run, "--out", home)
     assert_one_line(code, err, "schedule.png")
     assert tree(home) == before
+
+
+# ============================================================================ strict checkpoint names
+def test_a_stray_checkpoint_name_is_reported_never_used_or_deleted(run, capsys):
+    """A copy named checkpoints/step_99999999999999999999999 used to be resumed from, made
+    keep_last delete the real newest checkpoint, and was what sample used."""
+    real = latest_checkpoint(run)
+    stray = run / "checkpoints" / ("step_" + "9" * 23)
+    shutil.copytree(real, stray)
+    odd = run / "checkpoints" / "step_3"            # too few digits: not ours either
+    shutil.copytree(real, odd)
+    with pytest.warns(UserWarning, match="not a checkpoint name"):
+        assert latest_checkpoint(run) == real
+    code = main(["sample", str(run), "--n", "1", "--steps", "1", "--no-progress", "--out",
+                 str(run / "g.png")])
+    assert code == 0 and real.name in capsys.readouterr().out
+    with pytest.warns(UserWarning, match="not a checkpoint name"):
+        assert main(["train", "--resume", str(run), "--max-steps", "4", *COMMON,
+                     "train.ckpt_every=1"]) == 0
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == sorted(["step_00000003", "step_00000004", stray.name, odd.name]), names
+    assert stray.is_dir() and odd.is_dir()           # reported, never deleted

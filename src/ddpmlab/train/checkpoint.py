@@ -32,7 +32,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..io import fsync_dir, load_tensors, read_json, save_tensors
-from ..layout import RunDir, remove_tree, step_name, step_of
+from ..layout import STEP_PREFIX, RunDir, remove_tree, step_name, step_of
 
 FORMAT_VERSION = 1
 CHECKPOINT_FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors",
@@ -90,7 +90,22 @@ def checkpoint_dirs(run_dir: str | os.PathLike) -> list[Path]:
     return RunDir(run_dir).checkpoint_dirs()
 
 
+def stray_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """Entries of ``checkpoints/`` named like a step but not as ddpmlab names one
+    (:func:`ddpmlab.layout.step_of`: ``step_99999999999999999999999``, ``step_1``, a copy):
+    never resumed from, sampled or counted by ``keep_last``, and never deleted."""
+    root = RunDir(run_dir).checkpoints
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir()
+                  if p.name.startswith(STEP_PREFIX) and step_of(p.name) is None)
+
+
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint (strictly named); strays are reported, left alone."""
+    for stray in stray_checkpoints(run_dir)[:3]:
+        warnings.warn(f"{stray}: not a checkpoint name ddpmlab writes (its steps have 8 to "
+                      "12 digits); ignored and left as it is", stacklevel=2)
     dirs = checkpoint_dirs(run_dir)
     return dirs[-1] if dirs else None
 

@@ -124,6 +124,7 @@ def test_sample_argument_errors(run_dir, uncond_run, capsys):
     assert main(["sample", "--run", str(run_dir), "--n", "0"]) == 2
 
 
+@pytest.mark.e2e  # a process
 def test_python_dash_m_entry_point():
     r = subprocess.run([sys.executable, "-m", "ddpmlab", "--help"], capture_output=True,
                        text=True, timeout=60)
@@ -182,6 +183,7 @@ def _mallopt_available() -> bool:
     return sys.platform.startswith("linux")
 
 
+@pytest.mark.e2e  # a process
 @pytest.mark.parametrize("setting", ["", "default"])
 def test_allocator_tuning_is_the_commands_own_and_can_be_turned_off(setting):
     code = "from ddpmlab.cli import tune_allocator; print(tune_allocator())"
@@ -192,6 +194,7 @@ def test_allocator_tuning_is_the_commands_own_and_can_be_turned_off(setting):
     assert r.stdout.strip() == str(setting == "" and _mallopt_available())
 
 
+@pytest.mark.e2e  # two ddpmlab processes
 def test_allocator_tuning_leaves_samples_unchanged(run_dir, tmp_path):
     """`ddpmlab sample` as a command (allocator tuned) and with DDPMLAB_MALLOC=default draw
     byte-identical samples: the setting changes where memory comes from, nothing else."""

@@ -14,6 +14,8 @@ from ddpmlab.cli import main
 from ddpmlab.io import load_tensors
 from ddpmlab.train import latest_checkpoint
 
+pytestmark = pytest.mark.e2e  # every test here starts torchrun (2 processes)
+
 TINY = ["model.base_channels=16", "model.channel_mult=1,2", "model.num_res_blocks=1",
         "model.attention_resolutions=4", "model.num_heads=2", "model.norm_groups=8",
         "diffusion.timesteps=50", "train.batch_size=8", "train.log_every=1",

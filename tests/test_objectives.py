@@ -855,7 +855,7 @@ def test_the_cli_trains_samples_evaluates_and_draws_an_edm_run(tmp_path, capsys)
     assert len(err.splitlines()) == 1
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_flow_under_torchrun_equals_one_process(tmp_path):
     # the DDP path: 2 gloo processes with the same global batch end with one process's weights
     from ddpmlab.cli import main

@@ -689,6 +689,7 @@ def _logged_steps(run: Path) -> int:
     return sum('"loss"' in line for line in lines)
 
 
+@pytest.mark.e2e  # ddpmlab processes
 def test_sigint_and_sigterm_save_and_exit_cleanly(tmp_path):
     run = tmp_path / "run"
     fresh = ["train", "--dataset", "digits", "--out", run, "--max-steps", "100000", *COMMON,
@@ -746,7 +747,7 @@ def _check_consistent(run: Path) -> int:
     return max(steps, default=0)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_sigkill_at_random_moments_loses_nothing(tmp_path):
     """SIGKILL a tiny training run at random moments (startup, steps, checkpoint writes), then
     resume: every checkpoint on disk is always complete, and the resumed runs end with exactly
@@ -836,6 +837,7 @@ def _wait_training(p: subprocess.Popen, run: Path, steps: int = 2) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.e2e  # a ddpmlab process
 def test_a_run_directory_is_locked_while_it_trains(tmp_path, capsys):
     """Two trainings into one --out (the second with --force, or --resume) cannot both run:
     the second is refused with one line naming the owner, and the run stays loadable."""
@@ -861,6 +863,7 @@ def test_a_run_directory_is_locked_while_it_trains(tmp_path, capsys):
                  "--out", str(tmp_path / "g.png")]) == 0
 
 
+@pytest.mark.e2e  # a ddpmlab process
 def test_a_stale_lock_of_a_killed_process_is_reported_and_taken(tmp_path, capsys):
     run = tmp_path / "run"
     p = _spawn(["train", "--dataset", "digits", "--out", run, "--max-steps", "100000", *COMMON,
@@ -1063,6 +1066,7 @@ def test_the_cifar_unpickler_still_reads_real_batches(tmp_path):
         assert y.tolist() == [k % 10 for k in range(20)] and classes[3] == "c3"
 
 
+@pytest.mark.e2e  # ddpmlab processes
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signals_during_start_up_are_one_line(trained, tmp_path, sig, code):
     """A signal while torch is still being imported (the first ~second of any command). The

@@ -313,6 +313,7 @@ def _check_page(b: Browser, index: Path) -> None:
     assert broken == []
 
 
+@pytest.mark.e2e  # a browser
 @pytest.mark.parametrize("name", ["gray-cond", "gray-uncond", "rgb-cond", "rgb-uncond"])
 def test_the_page_in_headless_chromium(name, reports):
     index = reports[name]
@@ -348,6 +349,7 @@ def test_the_page_in_headless_chromium(name, reports):
         _check_page(b, index)                                 # also after the interaction
 
 
+@pytest.mark.e2e  # a browser
 @pytest.mark.parametrize("breakage", [
     '<img src="https://example.com/x.png" alt="">',
     "<script>undefined_function_of_the_report();</script>",

@@ -323,3 +323,97 @@ def test_checkpoint_random_json(checkpoint_dir, state, opt):
 
     _load_damaged(checkpoint_dir, "state.json", json.dumps(state).encode())
     _load_damaged(checkpoint_dir, "optimizer.json", json.dumps(opt).encode())
+
+
+# ----------------------------------------------------------------------------- diffusers import
+# Every foreign config the import reads (unet/config.json, scheduler/scheduler_config.json),
+# with random types, sizes and nesting in place of its values, as whole documents or as bytes:
+# one DDPMLabError (a line naming the file) or a run, never another exception, each in time.
+@pytest.fixture(scope="module")
+def diffusers_folder(tmp_path_factory):
+    """A tiny diffusers pipeline folder written by ddpmlab's own exporter's functions."""
+    import json
+
+    from ddpmlab.config import DiffusionConfig, ModelConfig
+    from ddpmlab.interop.diffusers import (
+        WEIGHTS,
+        model_config_to_diffusers,
+        scheduler_config,
+        to_diffusers_state,
+    )
+    from ddpmlab.io import save_tensors
+    from ddpmlab.nn import UNet
+
+    m = ModelConfig(base_channels=8, channel_mult=(1, 2), num_res_blocks=1, image_size=8,
+                    attention_resolutions=(4,), num_heads=1, norm_groups=4, num_classes=2)
+    net = UNet(m)
+    root = tmp_path_factory.mktemp("diffusers") / "pipe"
+    (root / "unet").mkdir(parents=True)
+    (root / "scheduler").mkdir()
+    ucfg = model_config_to_diffusers(m, net)
+    scfg = scheduler_config(Config(model=m, diffusion=DiffusionConfig(timesteps=50)))
+    (root / "unet" / "config.json").write_text(json.dumps(ucfg))
+    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(scfg))
+    save_tensors(root / "unet" / f"{WEIGHTS}.safetensors",
+                 to_diffusers_state(net.state_dict(), net))
+    from ddpmlab.interop import import_diffusers
+
+    import_diffusers(root, root.parent / "warm-up")   # (the first import's one-off costs)
+    return root, {"unet/config.json": ucfg, "scheduler/scheduler_config.json": scfg}
+
+
+foreign_values = st.recursive(
+    scalars | st.sampled_from([0, -1, 1, 2**31, 10**9, "8", "epsilon", [0, 0], [100000, 200000],
+                               "DownBlock2D", "AttnDownBlock2D"]),
+    lambda c: st.lists(c, max_size=5) | st.dictionaries(st.text(max_size=6), c, max_size=4),
+    max_leaves=12)
+
+
+@st.composite
+def foreign_configs(draw):
+    """(file, its new bytes): one to three of its keys given random values, a random key
+    added, the whole document random, deep nesting, or random bytes."""
+    import json
+
+    name = draw(st.sampled_from(["unet/config.json", "scheduler/scheduler_config.json"]))
+    kind = draw(st.sampled_from(["values", "values", "values", "document", "nested", "bytes"]))
+    if kind == "bytes":
+        return name, draw(st.binary(max_size=300))
+    if kind == "nested":
+        depth = draw(st.integers(50, 5000))
+        return name, ("[" * depth + "]" * depth).encode()
+    if kind == "document":
+        return name, json.dumps(draw(foreign_values)).encode()
+    return name, None   # filled in by the test from the real config (keys drawn there)
+
+
+@SETTINGS
+@given(foreign_configs(), st.data())
+@example(("unet/config.json", b'{"layers_per_block": 1000000000}'), None)
+@example(("unet/config.json", b'{"a": 1, "a": 2}'), None)
+@example(("scheduler/scheduler_config.json", b'{"num_train_timesteps": ' + b"9" * 5000 + b"}"),
+         None)
+def test_diffusers_import_raises_only_ddpmlab_errors(diffusers_folder, case, data):
+    import json
+    import shutil
+
+    from ddpmlab.errors import DDPMLabError
+    from ddpmlab.interop.diffusers import _read_import  # (everything import reads and checks)
+
+    root, configs = diffusers_folder
+    name, raw = case
+    if raw is None:
+        doc = dict(configs[name])
+        for key in data.draw(st.lists(st.sampled_from(sorted(doc)) | st.text(max_size=8),
+                                      min_size=1, max_size=3)):
+            doc[key] = data.draw(foreign_values)
+        raw = json.dumps(doc).encode()
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(shutil.copytree(root, Path(d) / "pipe"))
+        (src / name).write_bytes(raw)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                _read_import(src, "")
+            except DDPMLabError as e:
+                assert len(str(e).splitlines()) == 1 and str(src) in str(e), e

@@ -1326,3 +1326,95 @@ def test_a_stray_checkpoint_name_is_reported_never_used_or_deleted(run, capsys):
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert names == sorted(["step_00000003", "step_00000004", stray.name, odd.name]), names
     assert stray.is_dir() and odd.is_dir()           # reported, never deleted
+
+
+# ============================================================================ hostile diffusers folders
+def _edit_json(path: Path, **changes) -> None:
+    doc = json.loads(path.read_text())
+    doc.update(changes)
+    path.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("file,key,value", [
+    ("unet", "layers_per_block", 10**9),              # used to hang building the network
+    ("unet", "block_out_channels", [100000, 200000]),  # allocator tracebacks
+    ("unet", "num_class_embeds", 10**9),
+    ("unet", "block_out_channels", [0, 0]),           # ZeroDivisionError
+    ("unet", "attention_head_dim", 0),
+    ("unet", "layers_per_block", "1"),                # a number written as a string
+    ("unet", "sample_size", "8"),
+    ("unet", "norm_num_groups", 0),
+    ("unet", "block_out_channels", [65536, 65536]),   # builds (meta), more than the file holds
+    ("scheduler", "prediction_type", []),             # unhashable: TypeError
+    ("scheduler", "beta_start", "x"),
+    ("scheduler", "num_train_timesteps", "1000"),
+    ("scheduler", "clip_sample", "no"),
+    ("scheduler", "num_train_timesteps", 10),         # the linear schedule's betas pass 1
+])
+def test_hostile_import_configs_are_one_line_and_quick(pipeline, tmp_path, capsys, file, key,
+                                                        value):
+    path = pipeline / file / ("config.json" if file == "unet" else "scheduler_config.json")
+    if key == "num_train_timesteps" and value == 10:
+        _edit_json(path, beta_start=1e-4 * 100, beta_end=0.02 * 100)
+    _edit_json(path, **{key: value})
+    start = time.monotonic()
+    code, err = run_cli(capsys, "import", pipeline, "--out", tmp_path / "imp")
+    assert_one_line(code, err, key if key != "num_train_timesteps" or value != 10 else "beta")
+    assert time.monotonic() - start < 20 and not (tmp_path / "imp").exists()
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("[" * 100000 + "]" * 100000, "nested"),                       # RecursionError
+    ('{"sample_size": ' + "9" * 5000 + "}", "digits"),           # int() over 4,300 digits
+    ('{"sample_size": 8, "sample_size": 16}', "duplicate key 'sample_size'"),
+    (" " * (2 << 20), "too large"),
+])
+def test_hostile_import_json_is_one_line(pipeline, tmp_path, capsys, text, needle):
+    (pipeline / "unet" / "config.json").write_text(text)
+    code, err = run_cli(capsys, "import", pipeline, "--out", tmp_path / "imp")
+    assert_one_line(code, err, "config.json", needle)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dangling"])
+def test_a_scheduler_config_that_cannot_be_read_is_refused_not_defaulted(pipeline, tmp_path,
+                                                                          capsys, kind):
+    """It used to be replaced by the default scheduler silently (a v-prediction model
+    imported as eps: wrong samples, exit 0)."""
+    path = pipeline / "scheduler" / "scheduler_config.json"
+    path.unlink()
+    os.mkfifo(path) if kind == "fifo" else path.symlink_to(tmp_path / "missing.json")
+    code, err = run_cli(capsys, "import", pipeline, "--out", tmp_path / "imp")
+    assert_one_line(code, err, "scheduler_config.json")
+    assert not (tmp_path / "imp").exists()
+
+
+def test_nan_weights_are_refused_at_import(pipeline, tmp_path, capsys):
+    from ddpmlab.io import load_tensors, save_tensors
+
+    weights = pipeline / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_tensors(weights)
+    name = sorted(state)[0]
+    state[name] = torch.full_like(state[name], float("nan"))
+    save_tensors(weights, state)
+    code, err = run_cli(capsys, "import", pipeline, "--out", tmp_path / "imp")
+    assert_one_line(code, err, "NaN")
+    assert not (tmp_path / "imp").exists()
+
+
+@pytest.mark.parametrize("text", ['{"train": {"lr": 1e-3, "lr": 1}}', "train:\n  lr: 1\n  lr: 2\n"])
+def test_duplicate_keys_in_a_config_are_one_line(tmp_path, capsys, text):
+    cfg = tmp_path / ("c.json" if text.startswith("{") else "c.yaml")
+    cfg.write_text(text)
+    code, err = run_cli(capsys, *train_args(tmp_path / "r", "--config", str(cfg)))
+    assert_one_line(code, err, str(cfg), "duplicate key 'lr'")
+
+
+def test_hostile_metrics_lines_are_skipped(run):
+    """A deeply nested line (RecursionError) or one with a 5,000-digit integer is skipped like
+    any broken line; the others are read."""
+    from ddpmlab.layout import RunDir
+
+    n = len(RunDir(run).read_metrics())
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write("[" * 100000 + "]" * 100000 + "\n" + '{"step": ' + "9" * 5000 + "}\n")
+    assert len(RunDir(run).read_metrics()) == n

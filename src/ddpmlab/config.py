@@ -432,17 +432,40 @@ def read_config_file(path: str | os.PathLike) -> Any:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{p}: cannot read config file ({e})") from None
     suffix = p.suffix.lower()
+    if suffix == ".json":   # bounded: duplicate keys, depth, integer length (io.loads_json)
+        from .io import loads_json
+
+        return loads_json(text, str(p), ConfigError)
     try:
         if suffix in (".yaml", ".yml"):
-            return _load_yaml(text) or {}
+            import yaml
+
+            doc = _load_yaml(text) or {}
+            # a key given twice used to take the last value silently; aliases are not
+            # followed (each node is visited once), so this walk stays linear
+            stack, seen = [yaml.compose(text, Loader=yaml.SafeLoader)], set()
+            while stack:
+                node = stack.pop()
+                if node is None or id(node) in seen:
+                    continue
+                seen.add(id(node))
+                if isinstance(node, yaml.MappingNode):
+                    keys: set[str] = set()
+                    for k, _ in node.value:
+                        if isinstance(k, yaml.ScalarNode):
+                            if k.value in keys:
+                                raise ValueError(f"duplicate key {k.value[:80]!r}")
+                            keys.add(k.value)
+                    stack += [n for pair in node.value for n in pair]
+                elif isinstance(node, yaml.SequenceNode):
+                    stack += node.value
+            return doc
         if suffix == ".toml":
             try:
                 import tomllib
             except ModuleNotFoundError:  # Python 3.10
                 import tomli as tomllib  # type: ignore[no-redef]
             return tomllib.loads(text)
-        if suffix == ".json":
-            return json.loads(text)
     except Exception as e:  # every parser's own error type -> one clear message
         why = " ".join(str(e).split())[:200]
         raise ConfigError(f"{p}: not valid {suffix[1:].upper()} ({why})") from None

@@ -38,7 +38,7 @@ from typing import Any
 
 from .config import Config
 from .errors import CheckpointError
-from .io import atomic_write_text, read_json
+from .io import atomic_write_text, loads_json, read_json
 
 LOCK_NAME = ".ddpmlab.lock"
 OWNER_NAME = ".ddpmlab.lock.json"
@@ -256,7 +256,7 @@ class RunDir:
         out = []
         for line in text.splitlines():
             try:
-                rec = json.loads(line)
+                rec = loads_json(line, str(self.metrics))   # (bounded: depth, integers)
             except ValueError:
                 continue
             if isinstance(rec, dict):

@@ -199,7 +199,8 @@ def from_diffusers_state(theirs: dict[str, torch.Tensor], net: UNet,
 # ============================================================================ configs
 def _bad(source: str, key: str, value: Any, why: str = "") -> InteropError:
     tail = f": {why}" if why else ""
-    return InteropError(f"{source}: {key}={_show(value)} is not supported by ddpmlab's "
+    name = key if key.isprintable() and len(key) <= 60 else repr(key[:60])  # (one line)
+    return InteropError(f"{source}: {name}={_show(value)} is not supported by ddpmlab's "
                         f"UNet{tail}")
 
 
@@ -477,7 +478,8 @@ def _check_size(model: ModelConfig, unet_dir: Path) -> None:
         raise InteropError(f"{unet_dir / 'config.json'}: describes a network that cannot be "
                            f"built ({' '.join(str(e).split())[:120]})") from None
     if size is not None and 2 * n > size:   # (at least 2 bytes a weight: fp16)
-        raise InteropError(f"{unet_dir / 'config.json'}: describes a network of {n:,} "
+        raise InteropError(f"{unet_dir / 'config.json'}: block_out_channels, "
+                           f"layers_per_block and num_class_embeds describe a network of {n:,} "
                            f"parameters, more than its weights file ({size:,} bytes) holds")
     check_memory(12.0 * n + (size or 0), f"importing this network ({n:,} parameters)")
 

@@ -11,6 +11,7 @@ created when missing. The figures (one function each, all returning the written 
 * :func:`loss_plot`        the training loss of a run's metrics (JSON lines) against step;
 * :func:`vlb_plot`         the per-timestep ELBO terms L_t (bits/dim) of a likelihood evaluation;
 * :func:`class_rows_grid`  one row of samples per class, the class name at the left.
+* :func:`save_memorization_figure`  the closest samples beside their nearest training images.
 
 Matplotlib is imported lazily and used without pyplot (``matplotlib.figure.Figure`` rendered by
 the Agg canvas), so nothing needs a display and no global figure state is touched. Values of x_t
@@ -522,3 +523,52 @@ def class_rows_grid(images_by_class: Sequence[torch.Tensor], path: str | os.Path
     for spine in ax.spines.values():
         spine.set_visible(False)
     return _save_figure(fig, path, dpi=dpi)
+
+
+# ============================================================================ memorization figure
+def save_memorization_figure(samples, train_images, pairs, path: str | Path,
+                             min_height: int = 64) -> Path:
+    """Write a PNG with one row per pair: the sample, its nearest training image, the ratio.
+
+    ``samples``/``train_images``: uint8 ``[N, C, H, W]``; ``pairs``: an object with a ``worst``
+    list (:class:`ddpmlab.evaluate.Memorization`) or ``(sample_index, train_index[, ratio])``
+    tuples. Small images are enlarged by an integer factor (nearest neighbour) to at least
+    ``min_height`` pixels.
+    """
+    from PIL import Image, ImageDraw
+
+    rows: Sequence = list(getattr(pairs, "worst", pairs))
+    if not rows:
+        raise DataError("save_memorization_figure: no pairs to draw")
+    s = torch.as_tensor(np.asarray(samples)) if not isinstance(samples, torch.Tensor) \
+        else samples.cpu()
+    t = torch.as_tensor(np.asarray(train_images)) if not isinstance(train_images, torch.Tensor) \
+        else train_images.cpu()
+    c, h, w = s.shape[1:]
+    f = max(1, math.ceil(min_height / h))
+    hh, ww, gap, text_w, top = h * f, w * f, 4, 110, 16
+
+    def tile(img: torch.Tensor) -> Image.Image:
+        a = img.numpy().transpose(1, 2, 0)
+        pic = Image.fromarray(a[..., 0] if c == 1 else a, "L" if c == 1 else "RGB")
+        return pic.resize((ww, hh), Image.Resampling.NEAREST).convert("RGB")
+
+    canvas = Image.new("RGB", (2 * ww + 3 * gap + text_w, top + len(rows) * (hh + gap) + gap),
+                       "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((gap, 2), "sample", fill="black")
+    draw.text((2 * gap + ww, 2), "nearest train", fill="black")
+    draw.text((3 * gap + 2 * ww, 2), "d / d_real", fill="black")
+    for r, row in enumerate(rows):
+        i, j = int(row[0]), int(row[1])
+        y = top + r * (hh + gap)
+        canvas.paste(tile(s[i]), (gap, y))
+        canvas.paste(tile(t[j]), (2 * gap + ww, y))
+        label = f"#{i} ~ train #{j}"
+        if len(row) > 2:
+            label += f"\nratio {float(row[2]):.3f}"
+        draw.text((3 * gap + 2 * ww, y + 2), label, fill="black")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, png_bytes(canvas))
+    return path

@@ -1,15 +1,19 @@
 """``.npz`` arrays: ``images`` (or ``arr_0``) uint8 NHWC or NHW, optional ``labels`` and
-``class_names``. Read with ``allow_pickle=False``: an object array is refused, never unpickled."""
+``class_names`` (a data set, :func:`load_npz`), and samples to score (:func:`load_samples_npz`).
+Read with ``allow_pickle=False``: an object array is refused, never unpickled."""
 
 from __future__ import annotations
 
+import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..errors import DataError
 
-__all__ = ["load_npz"]
+__all__ = ["load_npz", "load_samples_npz"]
 
 _MAX_CLASSES = 100_000        # an .npz label sets the class count: bound it (and the names list)
 
@@ -72,3 +76,26 @@ def _npz_array(archive: np.lib.npyio.NpzFile, path: Path, key: str) -> np.ndarra
         return np.asarray(archive[key])
     except Exception as e:  # object arrays (pickle), truncated members, bad zip CRC ...
         raise DataError(f"{path}: cannot read key {key!r} ({type(e).__name__}: {e})") from None
+
+
+def load_samples_npz(path: str | os.PathLike) -> torch.Tensor:
+    """Samples as FID tools and ``ddpmlab sample --npz`` store them, uint8 ``N x H x W x C``
+    under ``arr_0``, as ``[N, C, H, W]``; stricter than :func:`load_npz` (one key, C 1 or 3),
+    errors name the file. Never unpickles."""
+    path = Path(path)
+    if path.suffix.lower() != ".npz":
+        raise DataError(f"{path}: samples must be an .npz (uint8 N x H x W x C under arr_0), "
+                        f"got a {path.suffix or 'suffix-less'} file")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if not hasattr(f, "files") or "arr_0" not in f.files:
+                raise DataError(f"{path}: no 'arr_0' array (expected uint8 N x H x W x C)")
+            arr = f["arr_0"]
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path}: cannot read samples ({type(e).__name__}: {e})") from None
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] not in (1, 3):
+        raise DataError(f"{path}: 'arr_0' must be uint8 N x H x W x C (C = 1 or 3), got "
+                        f"{arr.dtype} {arr.shape}")
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()

@@ -32,10 +32,14 @@ fi
 # DDPMLAB_SKIP_APT=1 skips them:
 #   dataset-fashion-mnist  the optional Fashion-MNIST data (IDX files under
 #                          /usr/share/datasets/fashion-mnist/); ddpmlab says how to get it if absent
+#   fonts-noto-color-emoji the colour emoji font and Unicode's emoji-test.txt that `--dataset
+#   unicode-data           emoji` draws its 1,870 images from (src/ddpmlab/data/emoji.py)
 #   chromium               the headless browser tests/test_report.py loads `ddpmlab report`'s page in
 #                          (as root those tests fail without it; as another user they are skipped)
 apt_wanted=()
 [ -d /usr/share/datasets/fashion-mnist ] || apt_wanted+=(dataset-fashion-mnist)
+[ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || apt_wanted+=(fonts-noto-color-emoji)
+[ -f /usr/share/unicode/emoji/emoji-test.txt ] || apt_wanted+=(unicode-data)
 command -v chromium >/dev/null 2>&1 || apt_wanted+=(chromium)
 if [ ${#apt_wanted[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1 \
         && [ "$(id -u)" = 0 ] && [ "${DDPMLAB_SKIP_APT:-}" != 1 ]; then

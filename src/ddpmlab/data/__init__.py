@@ -23,6 +23,12 @@ source                    split rule                                            
 ``digits``                scikit-learn's 1,797 8x8 digits, 0..16 scaled to 0..255   1x8x8
                           (``rint(v * 255 / 16)``); ``test`` = every 10th image
                           (``[::10]``, 180), ``train`` = the other 1,617
+``emoji``                 the 1,870 fully-qualified emoji of Unicode 15.0 without    3x32x32
+                          skin-tone variants, drawn from Debian's
+                          ``fonts-noto-color-emoji`` onto white (``unicode-data``'s
+                          ``emoji-test.txt``), labelled by their 9 groups; ``test`` =
+                          every 10th (``[::10]``, 187), ``train`` = the other 1,683;
+                          ``data.image_size`` draws at 8-136 px (:mod:`.emoji`)
 a CIFAR-10 folder         python (pickle) or binary batches, or a folder holding     3x32x32
                           ``cifar-10-batches-py``/``-bin``; ``train`` = the data
                           batches, ``test`` = ``test_batch``
@@ -38,17 +44,28 @@ Image folders (policies):
   gif, webp, tif, tiff. Other files are skipped with one warning giving their count; hidden
   files and folders (names starting with ``.``, e.g. ``.DS_Store``, ``._x.png``,
   ``.ipynb_checkpoints``) are ignored silently.
-* A file with an image extension that Pillow cannot fully decode is an error (never skipped).
+* A file with an image extension that Pillow cannot fully decode is skipped, with one warning
+  giving the count and the first few names with the reason, when at most 10% of the image
+  files are unreadable; above that the folder is refused (one error listing them: a wrong
+  folder or a broken copy is likelier than a few bad files).
 * Labels: the first-level subfolders that contain images are the classes, sorted by name; deeper
   folders belong to their first-level class. If every image sits at the top level, labels are
-  ``None``. Images both at the top level and in subfolders is an error (ambiguous).
+  ``None``. Images both at the top level and in subfolders is an error (ambiguous). A class
+  folder with a single image is kept, with one warning (a conditional model can only copy it).
 * Size: with ``data.image_size > 0`` the shorter side is resized to it (bicubic, antialiased) and
-  the centre is cropped to a square; with 0 every image must already have one size.
+  the centre is cropped to a square. With 0, images that are all one square size of at most 128
+  px keep it; otherwise (mixed sizes, non-square, larger) every image's shorter side goes to
+  the most common shorter side (ties: the smaller), at most 128, with one warning saying so.
+  Sizes are read from the files' headers first, so each image is decoded once, straight to
+  the chosen size (a folder of large photos is never held at full size). The same rule
+  (:func:`.transforms.auto_size`) holds for an ``.npz`` or CIFAR-10 whose one stored size is
+  not square or above 128, so a folder and an ``.npz`` of the same images still agree.
 * Channels: 1 converts to grey (ITU-R 601 luma, as Pillow's ``convert("L")``), 3 to RGB; 0 infers
-  it from the stored modes (all grey -> 1, all colour -> 3, a mix is an error). Transparency
-  (RGBA, LA, palettes with transparency) is composited onto white; a palette counts as grey when
-  every palette entry is grey; 16-bit grey is scaled to 8 bits; EXIF orientation is applied;
-  an animated GIF gives its first frame.
+  it from the stored modes (all grey -> 1, else 3: grey images among colour ones are used as
+  RGB, with one warning). Transparency (RGBA, LA, palettes with transparency) is composited
+  onto white; a palette counts as grey when every palette entry is grey; CMYK and other modes
+  convert to RGB; 16-bit grey is scaled to 8 bits; EXIF orientation is applied; an animated
+  GIF (or WebP, TIFF pages) gives its first frame.
 
 Every source, folders included, goes through one transform (:mod:`.transforms`): RGB -> grey
 before resizing, then the shorter side -> ``data.image_size`` in torch (bicubic with
@@ -56,12 +73,13 @@ antialiasing, within a few grey levels of Pillow's resampling) and the centre cr
 RGB. So the same images stored as a folder of PNGs or as an ``.npz`` give identical pixels.
 
 Modules: :mod:`.container` (``ImageData``, value ranges), :mod:`.transforms`, :mod:`.builtins`,
-:mod:`.npz`, :mod:`.cifar`, :mod:`.folders`; this package holds :func:`load_dataset`, which
-dispatches on ``data.dataset``.
+:mod:`.emoji`, :mod:`.npz`, :mod:`.cifar`, :mod:`.folders`; this package holds
+:func:`load_dataset`, which dispatches on ``data.dataset``.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -83,7 +101,7 @@ from .cifar import CIFAR10_CLASSES, find_cifar, load_cifar
 from .container import ImageData, describe, to_model_range, to_uint8
 from .folders import IMAGE_EXTENSIONS, load_folder
 from .npz import load_npz
-from .transforms import convert_and_resize, convert_channels, luma, resize
+from .transforms import auto_size, convert_and_resize, convert_channels, luma, resize
 
 __all__ = [
     "BUILTINS",
@@ -122,7 +140,7 @@ def load_dataset(cfg: DataConfig, split: str = "train") -> ImageData:
     name = cfg.dataset.strip()
     key = name.lower()
     if key in BUILTINS:
-        images, labels, classes = load_builtin(key, split)
+        images, labels, classes = load_builtin(key, split, cfg.image_size)
         return _finish(images, labels, classes, f"{key}:{split}", cfg)
     if not name:
         raise DataError(f"data.dataset is empty (use one of {', '.join(BUILTINS)} or a path)")
@@ -148,6 +166,11 @@ def _finish(images: np.ndarray, labels: np.ndarray | None, classes: Sequence[str
             cfg: DataConfig) -> ImageData:
     """uint8 NCHW numpy (maybe a cached, read-only array) -> converted, resized ImageData."""
     x = torch.from_numpy(np.array(images, dtype=np.uint8, copy=True))
-    x = convert_and_resize(x, cfg.channels, cfg.image_size)
+    size = cfg.image_size
+    if size == 0:   # one stored size: native unless not square or above 128 (as for folders)
+        size, why = auto_size([(int(x.shape[-1]), int(x.shape[-2]))])
+        if why:
+            warnings.warn(f"{source}: {why}", stacklevel=3)
+    x = convert_and_resize(x, cfg.channels, size)
     y = None if labels is None else torch.from_numpy(np.array(labels, dtype=np.int64, copy=True))
     return ImageData(x.contiguous(), y, list(classes) if y is not None else [], source)

@@ -23,7 +23,7 @@ from PIL import Image, ImageOps
 from ..config import DataConfig
 from ..errors import DataError
 from .container import ImageData
-from .transforms import convert_and_resize
+from .transforms import auto_size, convert_and_resize, convert_channels
 
 __all__ = ["IMAGE_EXTENSIONS", "load_folder"]
 
@@ -64,7 +64,41 @@ def _class_of(root: Path, p: Path) -> str | None:
     return rel[0] if len(rel) > 1 else None
 
 
+UNREADABLE_SHARE = 0.10     # unreadable image files skipped up to this share, refused above
+_SHOWN = 3                  # file names a message lists
+
+
 def load_folder(path: Path, split: str, cfg: DataConfig, source: str) -> ImageData:
+    roots, files = _collect(path, split)
+    paths = [p for r in roots for p in files[r]]
+    if not paths:
+        where = " or ".join(str(r) for r in roots)
+        raise DataError(f"{where}: no images found (extensions: "
+                        f"{', '.join(sorted(IMAGE_EXTENSIONS))})")
+    class_names = _class_names(files)
+    index = {c: i for i, c in enumerate(class_names)}
+    classes = [_class_of(r, p) for r in roots for p in files[r]]
+
+    size, channels = cfg.image_size, cfg.channels
+    if size == 0:
+        size = _auto_size(path, paths)
+    decoded = _map(lambda p: _read_or_none(p, channels, size), paths)
+    bad = [(p, why) for p, (_, why) in zip(paths, decoded, strict=True) if why]
+    _account_unreadable(path, bad, len(paths))
+    kept = [i for i, (x, _) in enumerate(decoded) if x is not None]
+    paths = [paths[i] for i in kept]
+    images = [decoded[i][0] for i in kept]
+    if channels == 0:
+        images = _same_channels(path, images)
+    labels = None
+    if class_names:
+        labels = torch.tensor([index[classes[i]] for i in kept], dtype=torch.int64)
+        _warn_single_image_classes(path, class_names, labels)
+    return ImageData(torch.stack(images).contiguous(), labels, class_names, source)
+
+
+def _collect(path: Path, split: str) -> tuple[list[Path], dict[Path, list[Path]]]:
+    """The split's roots and every root's image files (skipped files warned about once)."""
     roots = [path]
     if (path / "train").is_dir() and (path / "test").is_dir():
         roots = {"train": [path / "train"], "test": [path / "test"],
@@ -82,7 +116,13 @@ def load_folder(path: Path, split: str, cfg: DataConfig, source: str) -> ImageDa
         warnings.warn(f"{path}: skipped {len(skipped)} file(s) without an image extension or "
                       f"not regular files (e.g. {rel}); image extensions: "
                       f"{', '.join(sorted(IMAGE_EXTENSIONS))}",
-                      stacklevel=3)
+                      stacklevel=4)
+    return roots, files
+
+
+def _class_names(files: dict[Path, list[Path]]) -> list[str]:
+    """The first-level subfolders holding images, sorted; images both at the top level and in
+    subfolders of one root are ambiguous (an error)."""
     classes_seen: set[str] = set()
     for r, fs in files.items():
         top = next((p for p in fs if _class_of(r, p) is None), None)
@@ -92,43 +132,81 @@ def load_folder(path: Path, split: str, cfg: DataConfig, source: str) -> ImageDa
                             f"({nested.relative_to(r)}); put every image in a class subfolder, "
                             "or all at the top level for unlabelled data")
         classes_seen.update(c for c in (_class_of(r, p) for p in fs) if c is not None)
-    paths = [p for r in roots for p in files[r]]
-    if not paths:
-        where = " or ".join(str(r) for r in roots)
-        raise DataError(f"{where}: no images found (extensions: "
-                        f"{', '.join(sorted(IMAGE_EXTENSIONS))})")
-    class_names = sorted(classes_seen)
-    index = {c: i for i, c in enumerate(class_names)}
-    labels = None
-    if class_names:
-        labels = np.array([index[_class_of(r, p)] for r in roots for p in files[r]],
-                          dtype=np.int64)
+    return sorted(classes_seen)
 
-    # channels=0 keeps each image's stored channels (checked for a grey/colour mix below)
-    size, channels = cfg.image_size, cfg.channels
+
+def _map(fn, paths: list[Path]) -> list:
+    """``fn`` over ``paths`` in order, in a few threads when there are many (Pillow decodes
+    without the GIL)."""
     workers = max(1, min(8, os.cpu_count() or 1, len(paths) // 64 + 1))
     if workers == 1:
-        decoded = [_read_fitted(p, channels, size) for p in paths]
-    else:
-        with ThreadPoolExecutor(workers) as pool:
-            decoded = list(pool.map(lambda p: _read_fitted(p, channels, size), paths))
+        return [fn(p) for p in paths]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, paths))
 
-    if size == 0:
-        first = decoded[0].shape[-2:]
-        for p, x in zip(paths, decoded, strict=True):
-            if x.shape[-2:] != first:
-                raise DataError(
-                    f"{p}: size {x.shape[-1]}x{x.shape[-2]} differs from {paths[0].name}'s "
-                    f"{first[1]}x{first[0]} (WxH); set data.image_size to resize every image")
-    if channels == 0:
-        gray = next((p for p, x in zip(paths, decoded, strict=True) if x.shape[0] == 1), None)
-        colour = next((p for p, x in zip(paths, decoded, strict=True) if x.shape[0] == 3),
-                      None)
-        if gray is not None and colour is not None:
-            raise DataError(f"{path}: mixes grayscale ({gray}) and colour ({colour}) images; "
-                            "set data.channels to 1 or 3")
-    return ImageData(torch.stack(decoded).contiguous(),
-                     None if labels is None else torch.from_numpy(labels), class_names, source)
+
+def _auto_size(path: Path, paths: list[Path]) -> int:
+    """``data.image_size`` 0 on a folder: :func:`~.transforms.auto_size` of the files' header
+    sizes (0: keep the native size), said in one warning when it resizes."""
+    size, why = auto_size([s for s in _map(_header_size, paths) if s is not None])
+    if why:
+        warnings.warn(f"{path}: {why}", stacklevel=4)
+    return size
+
+
+def _header_size(p: Path) -> tuple[int, int] | None:
+    """(W, H) from the file's header without decoding the pixels (EXIF rotation swaps them,
+    which changes neither the shorter side nor squareness); None when unreadable."""
+    try:
+        with Image.open(p) as im:
+            w, h = im.size
+        return (w, h) if w >= 1 and h >= 1 else None
+    except Exception:  # noqa: BLE001 - any failure: the decode pass reports it
+        return None
+
+
+def _read_or_none(p: Path, channels: int, size: int) -> tuple[torch.Tensor | None, str]:
+    try:
+        return _read_fitted(p, channels, size), ""
+    except DataError as e:
+        return None, str(e).removeprefix(f"{p}: ")
+
+
+def _account_unreadable(path: Path, bad: list[tuple[Path, str]], total: int) -> None:
+    """Unreadable image files: skipped, with the count and the first few names, up to
+    :data:`UNREADABLE_SHARE` of the image files; refused (DataError) above it."""
+    if not bad:
+        return
+    names = "; ".join(f"{p.relative_to(path)} ({why})" for p, why in bad[:_SHOWN])
+    more = f"; and {len(bad) - _SHOWN} more" if len(bad) > _SHOWN else ""
+    share = f"{len(bad)} of {total} image files cannot be decoded"
+    if len(bad) > UNREADABLE_SHARE * total:
+        raise DataError(f"{path}: {share}, more than {UNREADABLE_SHARE:.0%}: refused (is this "
+                        f"the right folder?): {names}{more}")
+    warnings.warn(f"{path}: skipped {share} (at most {UNREADABLE_SHARE:.0%} are skipped): "
+                  f"{names}{more}", stacklevel=4)
+
+
+def _same_channels(path: Path, images: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``data.channels`` 0: grey and colour images mixed are all used as RGB (grey repeated
+    into three planes, as ``data.channels=3`` does), said in one warning."""
+    gray = sum(1 for x in images if x.shape[0] == 1)
+    if gray == 0 or gray == len(images):
+        return images
+    warnings.warn(f"{path}: {gray} grayscale and {len(images) - gray} colour images: all are "
+                  "used as RGB (set data.channels=1 to train in grayscale, 3 to say so)",
+                  stacklevel=4)
+    return [convert_channels(x[None], 3)[0] for x in images]
+
+
+def _warn_single_image_classes(path: Path, class_names: list[str], labels: torch.Tensor
+                               ) -> None:
+    counts = torch.bincount(labels, minlength=len(class_names)).tolist()
+    ones = [c for c, n in zip(class_names, counts, strict=True) if n <= 1]
+    if ones:
+        shown = ", ".join(ones[:_SHOWN]) + (", ..." if len(ones) > _SHOWN else "")
+        warnings.warn(f"{path}: {len(ones)} class folder(s) with one image or none ({shown}): "
+                      "a conditional model can at best copy that image", stacklevel=4)
 
 
 def _read_fitted(path: Path, channels: int, size: int) -> torch.Tensor:

@@ -14,15 +14,44 @@ pixels stored either way come out identical:
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..device import check_memory
 
-__all__ = ["convert_and_resize", "convert_channels", "luma", "resize"]
+__all__ = ["AUTO_MAX_SIZE", "auto_size", "convert_and_resize", "convert_channels", "luma",
+           "resize"]
 
 _RESIZE_CHUNK = 4096          # images per batched torch resize (bounds the float32 copy)
+AUTO_MAX_SIZE = 128           # data.image_size 0 never trains above this size (the largest
+                              # the recipe sizes a network for, ddpmlab.recipe)
+
+
+def auto_size(sizes: list[tuple[int, int]]) -> tuple[int, str]:
+    """The size ``data.image_size`` 0 means for images of these ``(W, H)`` sizes, and why.
+
+    One square size of at most :data:`AUTO_MAX_SIZE`: ``(0, "")`` (native, nothing to say).
+    Otherwise (several sizes, not square, or larger) the most common shorter side (ties: the
+    smaller), at most :data:`AUTO_MAX_SIZE`, and the sentence that says so."""
+    kinds = Counter(sizes)
+    if not kinds:
+        return 0, ""
+    w, h = sizes[0]
+    if len(kinds) == 1 and w == h and w <= AUTO_MAX_SIZE:
+        return 0, ""
+    sides = Counter(min(s) for s in sizes)
+    common = max(sides.items(), key=lambda kv: (kv[1], -kv[0]))[0]
+    size = min(common, AUTO_MAX_SIZE)
+    why = "the most common shorter side" if size == common else \
+        f"the most common shorter side is {common}; at most {AUTO_MAX_SIZE} unless asked"
+    shown = ", ".join(f"{a}x{b}" for (a, b), _ in kinds.most_common(3))
+    more = ", ..." if len(kinds) > 3 else ""
+    return size, (f"{len(kinds)} image size(s) ({shown}{more} WxH): every image's shorter side "
+                  f"is resized to {size} and the centre {size}x{size} cropped ({why}); set "
+                  "data.image_size to choose")
 
 
 def convert_and_resize(x: torch.Tensor, channels: int, size: int) -> torch.Tensor:

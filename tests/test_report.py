@@ -179,20 +179,82 @@ def test_one_checkpoint_and_no_eval_say_what_is_missing(reports, runs):
 def test_the_chain_is_the_runs_own_sampling(runs, tmp_path):
     """The report's chains start from the noise ``sample_images`` uses for samples 0..n-1 and
     take the same steps: the ancestral chain's output is ``sample_images(sampler="ddpm")``."""
-    from ddpmlab import schedules
     from ddpmlab.report.build import _chain, _Images, _Progress
-    from ddpmlab.runs import default_labels, load_run, sample_images
+    from ddpmlab.runs import default_labels, load_run, sample_images, sampling_call
 
     model, cfg, _ = load_run(runs["gray-cond"])
     T = cfg.diffusion.timesteps
-    sched = schedules.get(cfg.diffusion.schedule, T)
     y = default_labels(cfg, 3)
-    chain = _chain(_Images(tmp_path), "t", model, cfg, sched, 3, 5, "cpu", "ddpm", None, y, 6,
-                   True, _Progress(0, False))
+    call = sampling_call(model, cfg, "cpu", sampler="ddpm", steps=T)
+    chain = _chain(_Images(tmp_path), "t", cfg, call, 3, 5, y, 6, True, _Progress(0, False))
     ref = sample_images(model, cfg, 3, seed=5, sampler="ddpm", steps=T, y=y)
     torch.testing.assert_close(chain["output"], ref)
     assert chain["states"] == T + 1 and len(chain["frames"]) == 6
     assert chain["sigma"][-2] == "0" and float(chain["sigma"][0]) > 0
+
+
+def test_the_progress_total_is_the_sections_costs_and_the_network_calls(runs, tmp_path,
+                                                                        monkeypatch):
+    """The bar's total is the sum of the sections' declared costs, and both equal the images
+    the network actually sees (counted by a wrapped model, guidance's two halves and the
+    older checkpoint's row included); a draw two sections share (the NFE cell at the run's own
+    sampler and steps is the run's chain) is counted once."""
+    from ddpmlab.report import build
+
+    images = [0]
+
+    class Counting(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x, t, y=None):
+            images[0] += x.shape[0]
+            return self.net(x, t, y)
+
+    real_load = build.load_run
+
+    def load_run(*args, **kwargs):
+        model, cfg, ckpt = real_load(*args, **kwargs)
+        return Counting(model), cfg, ckpt
+
+    bars, costs = [], []
+
+    class Progress(build._Progress):
+        def __init__(self, total, enabled):
+            super().__init__(total, False)
+            self.total, self.done = total, 0
+            bars.append(self)
+
+        def add(self, n):
+            self.done += n
+
+    real_costs = build.section_costs
+
+    def section_costs(ctx, *args):
+        c = real_costs(ctx, *args)
+        costs.append(c)
+        return c
+
+    monkeypatch.setattr(build, "load_run", load_run)
+    monkeypatch.setattr(build, "_Progress", Progress)
+    monkeypatch.setattr(build, "section_costs", section_costs)
+    plan = dataclasses.replace(SMALL, nfe=(2, 5), nfe_samplers=("ddim", "heun"))
+    write_report(runs["gray-cond"], tmp_path / "rep", progress=False, plan=plan)
+    (c,) = costs
+    assert list(c) == [s.name for s in build.SECTIONS]
+    assert c["forward"] == c["evaluation"] == 0 and c["objective"] == 4 * 5
+    assert bars[-1].total == sum(c.values()) == bars[-1].done == images[0]
+    from ddpmlab.layout import RunDir
+
+    h = 2   # the run's guidance w = 2 runs both halves (a batch of twice the images)
+    assert RunDir(runs["gray-cond"]).read_config().sample.guidance == 2.0
+    assert c["reverse"] == h * 3 * 5 + h * 3 * 50         # ddim at 5 steps, ddpm at all 50
+    assert c["training"] == h * 2 * 4 * 5                 # two checkpoint rows of 4
+    grid, sweep = h * 30 * 5, 10 * 5 * (1 + 2 + 2)        # the sweep's w = 0, 2, 4
+    # ddim at 2 steps (at 5 it is the run's chain: drawn once), heun at 1 and 3 steps
+    nfe_cells = h * 3 * 2 + h * 3 * (1 + 5)
+    assert c["sampling"] == grid + sweep + nfe_cells
 
 
 def test_a_second_report_replaces_the_first(runs, tmp_path):

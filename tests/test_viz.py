@@ -231,3 +231,35 @@ def test_loss_plot_accepts_the_run_directory(tmp_path):
     (tmp_path / "empty_run").mkdir()
     with pytest.raises(DataError, match=r"empty_run/metrics\.jsonl: metrics file not found"):
         viz.read_losses(tmp_path / "empty_run")
+
+
+def test_chain_recorder_keeps_the_chosen_states_of_one_call():
+    """One recorder serves the figure (evenly from x_T to the output) and the report (evenly,
+    plus the last step's input); ``on_step`` sees every step; the output is the last state."""
+    sched = S.linear(100)
+    xstar = torch.zeros(1, 1, 8, 8)
+    model = _single_image_model(sched, xstar)
+    seen = []
+    even = viz.ChainRecorder(4)
+    last = viz.ChainRecorder(4, last_step=True, on_step=lambda info: seen.append(info["i"]))
+    every = viz.ChainRecorder(None)
+
+    def both(info):
+        for rec in (even, last, every):
+            rec(info)
+
+    g = torch.Generator().manual_seed(0)
+    out = viz.sample(model, sched, (2, 1, 8, 8), sampler="ddim", steps=9, generator=g,
+                     callback=both)
+    for rec in (even, last, every):
+        rec.finish(out)
+        assert rec.total == 9 and torch.equal(rec.xs[9], out)
+        assert torch.equal(rec.hats[9], every.hats[8])  # the output beside the last estimate
+    assert even.keep == [0, 3, 6, 9]
+    assert last.keep == [0, 4, 8, 9]                      # 0..8 in 3, then the output
+    assert every.keep == list(range(10)) and seen == list(range(9))
+    assert set(last.xs) == {0, 4, 8, 9} and isinstance(last.ts[4], int)
+    torch.testing.assert_close(every.xs[4], last.xs[4])
+    assert every.xs[0].std() > 0.5
+    with pytest.raises(ValueError, match="n_frames must be an integer >= 2"):
+        viz.ChainRecorder(1)

@@ -245,6 +245,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     images = sample_images_sharded(model, cfg, n=n, seed=args.seed, device=device,
                                    sampler=args.sampler, steps=args.steps, eta=args.eta, y=y,
                                    spacing=args.spacing,
+                                   options=None if args.churn is None else {"churn": args.churn},
                                    guidance=args.guidance, batch_size=args.batch_size,
                                    precision=args.precision,
                                    progress=not args.no_progress and info.is_main)
@@ -421,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "sampler's own: DDIM 0, ancestral/SDE samplers 1)")
     s.add_argument("--spacing", choices=list(SPACINGS),
                    help="where the steps fall (default: the sampler's own)")
+    s.add_argument("--churn", type=float, help="heun's stochastic churn S_churn, >= 0 (EDM "
+                   "Algorithm 2; default: the run's sample.churn, 0 = deterministic)")
     s.add_argument("--seed", type=int, default=0, help="sample k depends on (seed, k) only")
     s.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
     s.add_argument("--out", help="PNG grid path (default: RUN/samples/sample_*.png)")

@@ -147,9 +147,33 @@ class SampleConfig:
     variance: str = "small"                # DDPM: small (posterior) | large (beta)
     clip_x0: bool = True                   # clip the x0 estimate to [-1, 1]
     guidance: float = 1.0                  # classifier-free guidance weight w
+    # sampler options (handed to the sampler as ``sample(options=...)``; only heun reads them:
+    # EDM Algorithm 2's S_churn, S_tmin, S_tmax, S_noise; churn 0 = deterministic Algorithm 1)
+    churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float | None = None            # null: no upper limit (EDM's infinity)
+    s_noise: float = 1.0
     n: int = 64
     batch_size: int = 256
     use_ema: bool = True
+
+    def sampler_options(self) -> dict[str, float]:
+        """The sampler options of this section, as :func:`ddpmlab.samplers.sample` takes them
+        (``options=``): the one place a new option's key is mapped to the samplers."""
+        return {"churn": self.churn, "s_tmin": self.s_tmin,
+                "s_tmax": math.inf if self.s_tmax is None else self.s_tmax,
+                "s_noise": self.s_noise}
+
+    def check_options(self, source: str = "<config>") -> None:
+        """Refuse sampler options out of range (ConfigError naming the key and ``source``)."""
+        for key in ("churn", "s_tmin", "s_noise"):
+            v = getattr(self, key)
+            if not (v >= 0 and math.isfinite(v)):
+                raise ConfigError(f"{source}: sample.{key}={_short(v)} must be a finite "
+                                  "number >= 0")
+        if self.s_tmax is not None and not self.s_tmax >= self.s_tmin:
+            raise ConfigError(f"{source}: sample.s_tmax={_short(self.s_tmax)} must be >= "
+                              f"sample.s_tmin={_short(self.s_tmin)} (or null: no limit)")
 
 
 SECTIONS: dict[str, type] = {

@@ -19,11 +19,14 @@ processes sharing the work, change nothing.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
 import time
 import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -53,11 +56,11 @@ from .io import (
     load_tensors,
 )
 from .layout import RunDir
-from .likelihood import bits_per_dim
+from .likelihood import BitsPerDim, bits_per_dim
 from .likelihood_ode import NLLS, ode_bits_per_dim
 from .nn import UNet
 from .objectives import build as build_objective
-from .samplers import per_sample_generators, sample
+from .samplers import SAMPLERS, per_sample_generators, sample
 from .train import Trainer
 from .train.checkpoint import latest_checkpoint
 from .viz import (
@@ -157,45 +160,132 @@ def check_sample_memory(cfg: Config, n: int, batch_size: int | None = None) -> N
                  f"{n:,} samples of {'x'.join(map(str, shape))}")
 
 
+@dataclass(frozen=True)
+class SamplingCall:
+    """One run's call of :func:`ddpmlab.samplers.sample`: everything but the batch (its shape,
+    labels, noise and callback), read from the run's config by :func:`sampling_call`.
+
+    ``model`` is the sampler's view of the network (:func:`sampling_view`: an x0 predictor on
+    the objective's grid for edm and flow, run in the sampling precision) and ``prediction``
+    what it returns; ``options`` are the sampler options (``sample.churn``, ...)."""
+
+    model: Any
+    schedule: schedules.Schedule
+    sampler: str
+    steps: int | None
+    eta: float | None
+    spacing: str | None
+    variance: str
+    prediction: str
+    guidance: float
+    clip_x0: bool
+    null_class: int | None
+    learn_sigma: bool
+    device: torch.device | str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`ddpmlab.samplers.sample` (and of
+        :func:`ddpmlab.viz.denoising_chain`) this call stands for."""
+        return {"model": self.model, "schedule": self.schedule, "sampler": self.sampler,
+                "steps": self.steps, "eta": self.eta, "variance": self.variance,
+                "prediction": self.prediction, "guidance": self.guidance,
+                "clip_x0": self.clip_x0, "null_class": self.null_class,
+                "device": self.device, "spacing": self.spacing,
+                "options": dict(self.options), "learn_sigma": self.learn_sigma}
+
+    def run(self, shape: Sequence[int], *, y: torch.Tensor | None = None,
+            generator: Any = None, callback: Callable[[dict[str, Any]], None] | None = None,
+            x_T: torch.Tensor | None = None) -> torch.Tensor:
+        """``sample(shape=shape, y=y, generator=generator, callback=callback, x_T=x_T, ...)``
+        with this call's arguments (``y`` is moved to the call's device)."""
+        return sample(shape=tuple(shape), y=None if y is None else y.to(self.device),
+                      generator=generator, callback=callback, x_T=x_T, **self.kwargs())
+
+    def with_model(self, model: Any) -> SamplingCall:
+        """The same call with another model (a thread-governed or counting wrapper)."""
+        return dataclasses.replace(self, model=model)
+
+    @property
+    def nfe(self) -> int:
+        """Network evaluations per image of one call (guidance's two halves count once: they
+        run as one batch of twice the images)."""
+        return SAMPLERS[self.sampler].info.nfe(self.steps or self.schedule.T)
+
+
+def sampling_call(model: nn.Module, cfg: Config, device: torch.device | str = "cpu", *,
+                  sampler: str | None = None, steps: int | None = None,
+                  eta: float | None = None, spacing: str | None = None,
+                  guidance: float | None = None, options: dict[str, Any] | None = None,
+                  precision: str | None = None) -> SamplingCall:
+    """The one owner of "a run's sampling call": ``cfg.sample`` (sampler, steps, eta, spacing,
+    variance, clip, guidance and the sampler options of
+    :meth:`~ddpmlab.config.SampleConfig.sampler_options`), the run's schedule through its
+    objective, its prediction and learned variance, and the network in the sampling
+    ``precision`` (:func:`sampling_view`). Every drawing of a run (``sample_images``, the
+    figures' and the report's chains) goes through it, so a new sampler option flows from the
+    config and the command line to every caller.
+
+    Each override left None keeps the run's value; ``steps`` must be 1..T (the run's 0 means
+    all T); ``spacing="auto"`` is the sampler's own; ``options`` (keys of ``sample``: churn,
+    s_tmin, s_tmax, s_noise) are laid over the run's values and checked as the config's are."""
+    s = cfg.sample
+    T = cfg.diffusion.timesteps
+    steps = steps if steps is not None else (s.steps or None)
+    if steps is not None and not 1 <= steps <= T:
+        raise ConfigError(f"steps={steps}: the run has diffusion.timesteps={T}; give 1..{T}")
+    if options:
+        known = s.sampler_options()
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown sampler option(s) {', '.join(map(repr, unknown))}; "
+                              f"known: {', '.join(known)}")
+        s = dataclasses.replace(s, **options)
+    s.check_options("sampling options")
+    spacing = spacing or s.spacing
+    sched = run_schedule(cfg)
+    net, prediction = sampling_view(model, cfg, sched, device, precision)
+    return SamplingCall(
+        model=net, schedule=sched, sampler=sampler or s.sampler, steps=steps,
+        eta=s.eta if eta is None else eta, spacing=None if spacing == "auto" else spacing,
+        variance=s.variance, prediction=prediction,
+        guidance=s.guidance if guidance is None else guidance, clip_x0=s.clip_x0,
+        null_class=cfg.model.null_class, learn_sigma=cfg.model.learn_sigma, device=device,
+        options=s.sampler_options())
+
+
 def sample_images(model: nn.Module, cfg: Config, n: int, seed: int = 0,
                   device: torch.device | str = "cpu", *, indices: list[int] | None = None,
                   sampler: str | None = None, steps: int | None = None,
                   eta: float | None = None, y: torch.Tensor | None = None,
                   guidance: float | None = None, batch_size: int | None = None,
                   spacing: str | None = None, progress: bool = False,
-                  precision: str | None = None) -> torch.Tensor:
+                  precision: str | None = None,
+                  options: dict[str, Any] | None = None) -> torch.Tensor:
     """``n`` samples (floats in [-1, 1], ``[n, C, H, W]``, on the CPU) of a trained model.
 
     The network runs in ``precision`` (default: the run's ``train.precision``, resolved on
     ``device`` as training resolves it: ``auto`` is bf16 autocast on CUDA and on CPUs with
     native bf16); the sampler's own arithmetic is always float32.
 
-    Defaults come from ``cfg.sample``; ``indices`` (default ``range(n)``) are the sample
-    numbers, which fix each sample's noise together with ``seed``. ``y`` gives one label per
-    sample for a conditional model (None: the null class, i.e. unconditional).
+    Defaults come from ``cfg.sample`` through :func:`sampling_call` (which also takes the
+    sampler ``options``); ``indices`` (default ``range(n)``) are the sample numbers, which fix
+    each sample's noise together with ``seed``. ``y`` gives one label per sample for a
+    conditional model (None: the null class, i.e. unconditional).
     """
-    s = cfg.sample
-    sampler = sampler or s.sampler
-    steps = steps if steps is not None else (s.steps or None)
-    T = cfg.diffusion.timesteps
-    if steps is not None and not 1 <= steps <= T:
-        raise ConfigError(f"steps={steps}: the run has diffusion.timesteps={T}; give 1..{T}")
-    eta = s.eta if eta is None else eta
-    spacing = spacing or (None if s.spacing == "auto" else s.spacing)
-    guidance = s.guidance if guidance is None else guidance
-    batch_size = batch_size or s.batch_size
+    call = sampling_call(model, cfg, device, sampler=sampler, steps=steps, eta=eta,
+                         spacing=spacing, guidance=guidance, options=options,
+                         precision=precision)
+    batch_size = batch_size or cfg.sample.batch_size
     m = cfg.model
     shape = (m.in_channels, m.image_size, m.image_size)
     check_sample_memory(cfg, n if indices is None else len(indices), batch_size)
     indices = list(range(n)) if indices is None else list(indices)
-    sched = run_schedule(cfg)
-    net, prediction = sampling_view(model, cfg, sched, device, precision)
-    null = m.null_class
-    if y is not None and null is None:
+    if y is not None and m.null_class is None:
         raise CheckpointError("this run's model is unconditional: it cannot sample a class")
     governor = ThreadGovernor.for_device(device)  # threads follow the free cores
     if governor is not None:
-        net = governor.governed(net)
+        call = call.with_model(governor.governed(call.model))
     was_training = model.training
     model.eval()
     out = []
@@ -203,17 +293,13 @@ def sample_images(model: nn.Module, cfg: Config, n: int, seed: int = 0,
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(indices), desc=f"sampling ({sampler})", unit="img")
+        bar = tqdm(total=len(indices), desc=f"sampling ({call.sampler})", unit="img")
     try:
         for start in range(0, len(indices), batch_size):
             idx = indices[start:start + batch_size]
             gens = per_sample_generators(seed, idx, device=device)
-            yb = None if y is None else y[start:start + len(idx)].to(device)
-            x = sample(net, sched, (len(idx), *shape), sampler=sampler, steps=steps, eta=eta,
-                       variance=s.variance, prediction=prediction, y=yb,
-                       guidance=guidance, generator=gens, clip_x0=s.clip_x0,
-                       null_class=null, device=device, spacing=spacing,
-                       learn_sigma=m.learn_sigma)
+            yb = None if y is None else y[start:start + len(idx)]
+            x = call.run((len(idx), *shape), y=yb, generator=gens)
             out.append(x.float().cpu())
             if bar is not None:
                 bar.update(len(idx))
@@ -368,20 +454,10 @@ def score_run(run_dir: str | os.PathLike, *, samples_npz: str | os.PathLike | No
             out["bits_per_dim_note"] = (f"ELBO bits/dim: not defined for objective "
                                         f"{cfg.diffusion.objective} (use the ODE likelihood)")
         elif elbo:
-            g = torch.Generator().manual_seed(seed)
-            pick = torch.randperm(len(held), generator=g)[:bpd_images]
-            x0 = to_model_range(held.images[pick]).to(device)
-            sched = schedules.get(cfg.diffusion.schedule, cfg.diffusion.timesteps)
-            bpd = bits_per_dim(model, sched, x0, prediction=cfg.diffusion.prediction,
-                               variance=cfg.sample.variance, n_timesteps=bpd_timesteps,
-                               generator=g, progress=progress, learn_sigma=cfg.model.learn_sigma)
-            out["bits_per_dim"] = {
-                "total": bpd.total, "prior": bpd.prior, "decoder": bpd.decoder,
-                "diffusion": bpd.diffusion, "images": int(len(pick)), "split": held.source,
-                "timesteps_evaluated": int(len(bpd.timesteps)),
-                "terms": {int(t): float(bpd.terms[t]) for t in bpd.timesteps.tolist()},
-                "figure": str(vlb_plot(bpd.terms, run.figures / "vlb.png", total=bpd.total)),
-            }
+            out["bits_per_dim"] = elbo_bits_report(model, cfg, held, seed=seed,
+                                                   images=bpd_images, timesteps=bpd_timesteps,
+                                                   device=device, progress=progress,
+                                                   figure=run.figures / "vlb.png")
         if nll != "elbo" and ode_images > 0:
             out["bits_per_dim_ode"] = ode_bits_report(model, cfg, held, seed=seed, images=ode_images,
                                                       steps=ode_steps, probes=ode_probes,
@@ -395,6 +471,49 @@ def score_run(run_dir: str | os.PathLike, *, samples_npz: str | os.PathLike | No
     run.append_metrics({"event": "eval", "time": time.time(), "n": out["n"], **summary})
     atomic_write_text(run.eval_results, json.dumps(out, indent=2) + "\n")  # for the report
     return out
+
+
+def heldout_elbo(model: nn.Module, cfg: Config, held: Any, *, seed: int = 0,
+                 images: int = 256, timesteps: int | None = 100,
+                 device: str | torch.device = "cpu",
+                 progress: bool = False) -> tuple[torch.Tensor, BitsPerDim]:
+    """The ELBO in bits/dim (:func:`ddpmlab.likelihood.bits_per_dim`) of ``images`` held-out
+    images: (the images, in the model's range on ``device``; the result). One generator seeded
+    with ``seed`` picks the images, then draws the stratified ``timesteps`` (None or >= T: all
+    T, the exact sum) and the noises. The run's schedule, prediction, variance and learned
+    variance; conditional runs are scored with y = None. The ELBO is the ddpm objective's: any
+    other refuses (ConfigError)."""
+    if cfg.diffusion.objective != "ddpm":
+        raise ConfigError(f"ELBO bits/dim: not defined for objective {cfg.diffusion.objective} "
+                          "(use the ODE likelihood)")
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(held), generator=g)[:images]
+    x0 = to_model_range(held.images[pick]).to(device)
+    bpd = bits_per_dim(model, run_schedule(cfg), x0, prediction=cfg.diffusion.prediction,
+                       variance=cfg.sample.variance, n_timesteps=timesteps, generator=g,
+                       progress=progress, learn_sigma=cfg.model.learn_sigma)
+    return x0, bpd
+
+
+def elbo_bits_report(model: nn.Module, cfg: Config, held: Any, *, seed: int = 0,
+                     images: int = 256, timesteps: int | None = 100,
+                     device: str | torch.device = "cpu", progress: bool = False,
+                     figure: str | os.PathLike | None = None) -> dict:
+    """:func:`heldout_elbo` as ``eval`` reports it (the ``bits_per_dim`` of ``eval.json``): the
+    total and its prior, decoder and diffusion parts, how many images of which split, the
+    timesteps evaluated and each one's mean term L_t; with ``figure``, L_t against t is drawn
+    there (:func:`ddpmlab.viz.vlb_plot`) and its path reported. :func:`ode_bits_report` is
+    its ODE twin."""
+    x0, bpd = heldout_elbo(model, cfg, held, seed=seed, images=images, timesteps=timesteps,
+                           device=device, progress=progress)
+    rep: dict[str, Any] = {
+        "total": bpd.total, "prior": bpd.prior, "decoder": bpd.decoder,
+        "diffusion": bpd.diffusion, "images": int(len(x0)), "split": held.source,
+        "timesteps_evaluated": int(len(bpd.timesteps)),
+        "terms": {int(t): float(bpd.terms[t]) for t in bpd.timesteps.tolist()}}
+    if figure is not None:
+        rep["figure"] = str(vlb_plot(bpd.terms, Path(figure), total=bpd.total))
+    return rep
 
 
 def ode_bits_report(model: nn.Module, cfg: Config, held: Any, *, seed: int = 0,
@@ -461,7 +580,6 @@ def run_figures(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = 
     check_outputs([out / name for name in FIGURE_NAMES], force)
     out.mkdir(parents=True, exist_ok=True)
     sched = run_schedule(cfg)       # (edm, flow: the forward process on the objective's grid)
-    net, prediction = sampling_view(model, cfg, sched, device)
     g = torch.Generator().manual_seed(seed)
     written = []
     data = load_dataset(cfg.data, "train")
@@ -472,12 +590,10 @@ def run_figures(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = 
     null = m.null_class
     # A conditional run's chain denoises towards classes 0, 1, 2 with the run's guidance.
     chain_y = default_labels(cfg, 3)
+    call = sampling_call(model, cfg, device, sampler="ddpm", steps=chain_steps or T)
     written.append(denoising_chain(
-        net, sched, (3, m.in_channels, m.image_size, m.image_size), out / "denoising_chain.png",
-        sampler="ddpm", steps=chain_steps, prediction=prediction,
-        y=chain_y, guidance=cfg.sample.guidance if chain_y is not None else 1.0,
-        null_class=null, generator=g, clip_x0=cfg.sample.clip_x0, device=device,
-        learn_sigma=m.learn_sigma))
+        shape=(3, m.in_channels, m.image_size, m.image_size), path=out / "denoising_chain.png",
+        y=chain_y, generator=g, **call.kwargs()))
     written.append(schedule_plot(out / "schedule.png", T=cfg.diffusion.timesteps))
     if run.metrics.is_file():
         written.append(loss_plot(run.metrics, out / "loss.png"))

@@ -6,7 +6,8 @@ created when missing. The figures (one function each, all returning the written 
 
 * :func:`noising_strip`    the forward process: x0, then x_t = sqrt(abar_t) x0 + sqrt(1-abar_t) eps
                            at chosen t with one eps per image, the two coefficients under each t;
-* :func:`denoising_chain`  the reverse process: x_t and the model's x0 estimate from x_T to x0;
+* :func:`denoising_chain`  the reverse process: x_t and the model's x0 estimate from x_T to x0
+                           (:class:`ChainRecorder` keeps the states, for the report too);
 * :func:`schedule_plot`    sqrt(abar), sqrt(1 - abar) and log-SNR against t for named schedules;
 * :func:`loss_plot`        the training loss of a run's metrics (JSON lines) against step;
 * :func:`vlb_plot`         the per-timestep ELBO terms L_t (bits/dim) of a likelihood evaluation;
@@ -24,7 +25,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -250,44 +251,84 @@ def noising_strip(x0: torch.Tensor, schedule: Schedule, ts: Sequence[int] | None
 
 
 # ============================================================================ 2. denoising chain
+class ChainRecorder:
+    """A :func:`ddpmlab.sample` callback that keeps chosen states of the chain on the CPU.
+
+    State j < S (S: the number of steps the call walks) is x before step j, with the model's
+    x0 estimate and index t at that step; state S is the output (:meth:`finish`), paired with
+    the last step's estimate. Which states are kept is decided at the first step, once S is
+    known: all of them when ``n_frames`` is None or at least S + 1; otherwise ``n_frames``
+    evenly spaced from 0 to S, or, with ``last_step``, ``n_frames - 1`` evenly spaced from 0 to
+    S - 1 plus the last step's input S - 1 and the output S. ``on_step(info)``, when given, is
+    called at every step after the states are kept (the report measures the added noise and
+    counts network evaluations there)."""
+
+    def __init__(self, n_frames: int | None = None, *, last_step: bool = False,
+                 on_step: Callable[[dict[str, Any]], None] | None = None) -> None:
+        if n_frames is not None and (isinstance(n_frames, bool) or not isinstance(n_frames, int)
+                                     or n_frames < 2):
+            raise ValueError(f"n_frames must be an integer >= 2, got {n_frames!r}")
+        self.n_frames, self.last_step, self.on_step = n_frames, last_step, on_step
+        self.keep: list[int] = []
+        self.xs: dict[int, torch.Tensor] = {}
+        self.hats: dict[int, torch.Tensor] = {}
+        self.ts: dict[int, Any] = {}
+
+    def _choose(self, total: int) -> list[int]:
+        n = self.n_frames
+        if n is None or n >= total + 1:
+            return list(range(total + 1))
+        if self.last_step:
+            return sorted({int(round(v)) for v in np.linspace(0, total - 1, n - 1)}
+                          | {total - 1, total})
+        return sorted({int(round(v)) for v in np.linspace(0, total, n)})
+
+    def __call__(self, info: dict[str, Any]) -> None:
+        i, total = int(info["i"]), int(info["steps"])   # the sampler says how many steps
+        if not self.keep:
+            self.keep.extend(self._choose(total))
+        if i in self.keep:
+            self.xs[i] = info["x"].detach().float().cpu().clone()
+            self.hats[i] = info["x0_hat"].detach().float().cpu().clone()
+            self.ts[i] = info["t"]
+        if i == total - 1:
+            self.hats[total] = info["x0_hat"].detach().float().cpu().clone()
+        if self.on_step is not None:
+            self.on_step(info)
+
+    def finish(self, out: torch.Tensor) -> ChainRecorder:
+        """Keep the sampler's output as the last state; returns the recorder."""
+        self.xs[self.total] = out.detach().float().cpu()
+        return self
+
+    @property
+    def total(self) -> int:
+        """S, the index of the output state."""
+        return self.keep[-1]
+
+
 def chain_frames(model: Any, schedule: Schedule, shape: Sequence[int], sampler: str = "ddpm",
                  steps: int | None = None, n_frames: int = 10, prediction: str = "eps",
                  y: torch.Tensor | int | None = None, guidance: float = 1.0,
                  null_class: int | None = None, generator: Any = None, clip_x0: bool = True,
                  **sample_kwargs: Any) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-    """Run :func:`ddpmlab.sample` and keep ``n_frames`` evenly spaced states from x_T to x0.
+    """Run :func:`ddpmlab.sample` and keep ``n_frames`` evenly spaced states from x_T to x0
+    (a :class:`ChainRecorder`).
 
     Returns ``(titles, xs, x0_hats)``; ``xs`` and ``x0_hats`` are CPU float32
     ``[n, frames, *dims]``. State j < steps is x before step j (title ``t=<index>``) with the
     model's x0 estimate at that step; the last state is the output (title ``output``), paired
     with the last step's estimate. ``sample_kwargs`` go to :func:`ddpmlab.sample`.
     """
-    if isinstance(n_frames, bool) or not isinstance(n_frames, int) or n_frames < 2:
-        raise ValueError(f"n_frames must be an integer >= 2, got {n_frames!r}")
-    keep: list[int] = []
-    xs: dict[int, torch.Tensor] = {}
-    hats: dict[int, torch.Tensor] = {}
-    ts: dict[int, int] = {}
-
-    def callback(info: dict[str, Any]) -> None:
-        i, n_steps = int(info["i"]), int(info["steps"])   # the sampler says how many steps
-        if not keep:
-            keep.extend(sorted({int(round(v)) for v in np.linspace(0, n_steps, n_frames)}))
-        if i in keep:
-            xs[i] = info["x"].detach().float().cpu().clone()
-            hats[i] = info["x0_hat"].detach().float().cpu().clone()
-            ts[i] = int(info["t"])
-        if i == n_steps - 1:
-            hats[n_steps] = info["x0_hat"].detach().float().cpu().clone()
-
+    rec = ChainRecorder(n_frames)
     out = sample(model, schedule, shape=tuple(shape), sampler=sampler, steps=steps,
                  prediction=prediction, y=y, guidance=guidance, null_class=null_class,
-                 generator=generator, callback=callback, clip_x0=clip_x0, **sample_kwargs)
-    n_steps = keep[-1]
-    xs[n_steps] = out.detach().float().cpu()
-    titles = [f"t={ts[j]}" if j < n_steps else "output" for j in keep]
-    return (titles, torch.stack([xs[j] for j in keep], dim=1),
-            torch.stack([hats[j] for j in keep], dim=1))
+                 generator=generator, callback=rec, clip_x0=clip_x0, **sample_kwargs)
+    rec.finish(out)
+    n_steps = rec.total
+    titles = [f"t={int(rec.ts[j])}" if j < n_steps else "output" for j in rec.keep]
+    return (titles, torch.stack([rec.xs[j] for j in rec.keep], dim=1),
+            torch.stack([rec.hats[j] for j in rec.keep], dim=1))
 
 
 def denoising_chain(model: Any, schedule: Schedule, shape: Sequence[int],

@@ -1,11 +1,13 @@
 """Compute everything the report shows for one run, and write its pictures.
 
 :func:`write_report` composes the run layer (:func:`ddpmlab.runs.load_run`,
-:func:`~ddpmlab.runs.sample_images`), the math (:func:`ddpmlab.forward.q_sample` for the forward
-frames, :func:`ddpmlab.samplers.sample` with a callback for the chains,
-:func:`ddpmlab.likelihood.bits_per_dim` for the ELBO terms), the memorization metric of
-:mod:`ddpmlab.evaluate` and the pictures of :mod:`ddpmlab.viz`; :mod:`.page` turns the result
-into HTML. Every image is a PNG file under ``img/`` beside ``index.html``.
+:func:`~ddpmlab.runs.sample_images`, :func:`~ddpmlab.runs.sampling_call` with a
+:class:`ddpmlab.viz.ChainRecorder` for the chains, :func:`~ddpmlab.runs.heldout_elbo` for the
+ELBO terms), the math (:func:`ddpmlab.forward.q_sample` for the forward frames), the
+memorization metric of :mod:`ddpmlab.evaluate` and the pictures of :mod:`ddpmlab.viz`;
+:mod:`.page` turns the result into HTML. Every image is a PNG file under ``img/`` beside
+``index.html``. The page is built by :data:`SECTIONS`, each a :class:`Section` that declares its
+network evaluations; the progress bar's total is their sum (:func:`section_costs`).
 
 Every sample drawn here depends only on (seed, sample number), as in ``ddpmlab sample``: the
 chains, the checkpoint rows, the guidance sweep and the NFE table start from the same noises, so
@@ -19,6 +21,7 @@ import os
 import shutil
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,20 +37,28 @@ from ..evaluate import memorization, save_memorization_figure
 from ..forward import q_posterior, q_sample
 from ..io import atomic_write_text, read_json
 from ..layout import RunDir, step_of
-from ..likelihood import bits_per_dim
 from ..outputs import check_target, commit, staging
 from ..runs import (
     GRID_MAX_ROWS,
+    SamplingCall,
     class_rows,
     default_labels,
+    heldout_elbo,
     load_run,
     run_schedule,
     sample_images,
-    sampling_view,
+    sampling_call,
 )
-from ..samplers import SAMPLERS, per_sample_generators, sample
+from ..samplers import SAMPLERS, per_sample_generators
 from ..schedules import Schedule
-from ..viz import class_rows_grid, loss_plot, read_losses, save_grid, vlb_plot
+from ..viz import (
+    ChainRecorder,
+    class_rows_grid,
+    loss_plot,
+    read_losses,
+    save_grid,
+    vlb_plot,
+)
 from .page import GENERATOR, num, render
 from .strings import STRINGS
 
@@ -165,7 +176,7 @@ class _Images:
         return rel
 
 
-# ============================================================================ sections
+# ============================================================================ pictures
 def _forward(imgs: _Images, sched: Schedule, train: ImageData, plan: ReportPlan,
              g: torch.Generator) -> dict[str, Any]:
     """The forward slider: x_t = q_sample(x0, t, eps) with one eps per image for every t."""
@@ -194,95 +205,64 @@ def _forward(imgs: _Images, sched: Schedule, train: ImageData, plan: ReportPlan,
     }
 
 
-def _chain(imgs: _Images, tag: str, model: nn.Module, cfg: Config, sched: Schedule,
-           n: int, seed: int, device: Any, sampler: str, steps: int | None,
+def _chain(imgs: _Images, tag: str, cfg: Config, call: SamplingCall, n: int, seed: int,
            y: torch.Tensor | None, n_frames: int | None, measure_noise: bool,
            prog: _Progress) -> dict[str, Any]:
-    """One sampling chain with the run's settings (the same noise and arguments as
-    :func:`ddpmlab.runs.sample_images` for samples 0..n-1), keeping x_t and x0_hat of the
-    chosen states; state i < S is x before step i, state S the output. With
-    ``measure_noise`` (consecutive ancestral steps) each kept step's added noise is measured
-    as the std of x_next - mean, the mean being the posterior q(x_{t-1} | x_t, x0_hat)."""
-    s = cfg.sample
+    """One sampling chain of ``call`` (:func:`ddpmlab.runs.sampling_call`: the same noise and
+    arguments as :func:`ddpmlab.runs.sample_images` for samples 0..n-1), keeping x_t and
+    x0_hat of the chosen states (:class:`ddpmlab.viz.ChainRecorder`, with the last step's
+    input); state i < S is x before step i, state S the output. With ``measure_noise``
+    (consecutive ancestral steps) each kept step's added noise is measured as the std of
+    x_next - mean, the mean being the posterior q(x_{t-1} | x_t, x0_hat)."""
     m = cfg.model
     shape = (n, m.in_channels, m.image_size, m.image_size)
-    spacing = None if s.spacing == "auto" else s.spacing
-    guided = y is not None
-    w = s.guidance if guided else 1.0
-    halves = 2 if guided and w not in (0.0, 1.0) else 1
-    dev_sched = sched.to(device)
+    halves = 2 if y is not None and call.guidance not in (0.0, 1.0) else 1
+    dev_sched = call.schedule.to(call.device)
     done = [0]   # network evaluations so far (for the progress bar)
-    keep: list[int] = []
-    xs: dict[int, torch.Tensor] = {}
-    hats: dict[int, torch.Tensor] = {}
-    ts: dict[int, Any] = {}
     sig: dict[int, float] = {}
 
-    def callback(info: dict[str, Any]) -> None:
-        i, total = int(info["i"]), int(info["steps"])
-        if not keep:
-            if n_frames is None or n_frames >= total + 1:
-                keep.extend(range(total + 1))
-            else:   # evenly spaced, always with the last step's input and the output
-                keep.extend(sorted({int(round(v)) for v in np.linspace(0, total - 1,
-                                                                       n_frames - 1)}
-                                   | {total - 1, total}))
-        if i in keep:
-            xs[i] = info["x"].detach().float().cpu().clone()
-            hats[i] = info["x0_hat"].detach().float().cpu().clone()
-            ts[i] = info["t"]
-            if measure_noise:
-                tt = torch.full((n,), int(info["t"]), dtype=torch.long, device=info["x"].device)
-                mean, _, _ = q_posterior(dev_sched, info["x0_hat"], info["x"], tt)
-                sig[i] = float((info["x_next"] - mean).float().std())
-        if i == total - 1:
-            hats[total] = info["x0_hat"].detach().float().cpu().clone()
+    def on_step(info: dict[str, Any]) -> None:
+        i = int(info["i"])
+        if measure_noise and i in rec.keep:
+            tt = torch.full((n,), int(info["t"]), dtype=torch.long, device=info["x"].device)
+            mean, _, _ = q_posterior(dev_sched, info["x0_hat"], info["x"], tt)
+            sig[i] = float((info["x_next"] - mean).float().std())
         prog.add(n * halves * (int(info["nfe"]) - done[0]))
         done[0] = int(info["nfe"])
 
-    gens = per_sample_generators(seed, list(range(n)), device=device)
-    net, prediction = sampling_view(model, cfg, sched, device)
-    out = sample(net, dev_sched, shape, sampler=sampler, steps=steps, eta=s.eta,
-                 variance=s.variance, prediction=prediction,
-                 y=None if y is None else y.to(device), guidance=w, generator=gens,
-                 clip_x0=s.clip_x0, null_class=m.null_class, device=device, spacing=spacing,
-                 callback=callback, learn_sigma=m.learn_sigma)
-    total = keep[-1]
-    xs[total] = out.detach().float().cpu()
+    rec = ChainRecorder(n_frames, last_step=True, on_step=on_step)
+    gens = per_sample_generators(seed, list(range(n)), device=call.device)
+    rec.finish(call.run(shape, y=y, generator=gens, callback=rec))
+    total = rec.total
     scale = _scale(m.image_size, 72)
     frames, t_text, step_text, sigma_text = [], [], [], []
-    for k, j in enumerate(keep):
-        both = torch.cat([xs[j], hats[j]])
+    for k, j in enumerate(rec.keep):
+        both = torch.cat([rec.xs[j], rec.hats[j]])
         frames.append(imgs.grid(f"chain_{tag}_{k:03d}.png", both, n, scale))
         step_text.append(f"{j} / {total}")
-        t = ts.get(j)
+        t = rec.ts.get(j)
         t_text.append(None if j == total else (f"{t:g}" if isinstance(t, float) else str(t)))
         if measure_noise:
             sigma_text.append(None if j == total else num(sig[j], 3))
     return {"frames": frames, "t": t_text, "step": step_text,
             "sigma": sigma_text if measure_noise else None, "states": total + 1,
-            "output": xs[total], "start": len(keep) - 1}
+            "output": rec.xs[total], "start": len(rec.keep) - 1}
 
 
-def _objective(imgs: _Images, model: nn.Module, cfg: Config, sched: Schedule,
-               held: ImageData, plan: ReportPlan, seed: int, device: Any) -> dict[str, Any]:
-    """The ELBO of a few held-out images, term by term (:func:`bits_per_dim`)."""
-    T = sched.T
-    g = torch.Generator().manual_seed(seed + 1)
-    pick = torch.randperm(len(held), generator=g)[:plan.bpd_images]
-    x0 = to_model_range(held.images[pick]).to(device)
-    k = None if plan.bpd_timesteps >= T else plan.bpd_timesteps
-    bpd = bits_per_dim(model, sched, x0, prediction=cfg.diffusion.prediction,
-                       variance=cfg.sample.variance, n_timesteps=k, generator=g,
-                       learn_sigma=cfg.model.learn_sigma)
+def _objective(imgs: _Images, model: nn.Module, cfg: Config, held: ImageData,
+               plan: ReportPlan, seed: int, device: Any) -> dict[str, Any]:
+    """The ELBO of a few held-out images, term by term (:func:`ddpmlab.runs.heldout_elbo`,
+    with ``seed + 1``)."""
+    x0, bpd = heldout_elbo(model, cfg, held, seed=seed + 1, images=plan.bpd_images,
+                           timesteps=plan.bpd_timesteps, device=device)
     path, rel = imgs.path("vlb.png")
     vlb_plot(bpd.terms, path, total=bpd.total)
     scale = _scale(held.shape[-1], 48)
-    return {"plot": rel, "n": len(pick), "k": int(len(bpd.timesteps)),
+    return {"plot": rel, "n": len(x0), "k": int(len(bpd.timesteps)),
             "total": bpd.total, "prior": bpd.prior, "decoder": bpd.decoder,
             "diffusion": bpd.diffusion, "D": int(np.prod(held.shape)),
             "images": [imgs.grid(f"heldout_{j:02d}.png", x0[j:j + 1].cpu(), 1, scale)
-                       for j in range(len(pick))],
+                       for j in range(len(x0))],
             "per_image": [float(v) for v in bpd.per_sample]}
 
 
@@ -381,187 +361,307 @@ def _replace(tmp: Path, out: Path) -> None:
         warnings.warn(msg, stacklevel=3)
 
 
+# ============================================================================ the sections
+_Job = tuple[tuple | None, int]   # (a shared draw's key, or None; images x network evaluations)
+
+
+class _Context:
+    """What the sections share: the run, its model and data, the plan and what follows from
+    it; the report's draws (``memo``: each drawn once, keyed by :meth:`key`), the progress bar
+    and the page's data ``out``, which each section fills."""
+
+    def __init__(self, run: RunDir, cfg: Config, model: nn.Module, newest: Path,
+                 ckpts: list[Path], imgs: _Images, plan: ReportPlan, seed: int,
+                 device: Any) -> None:
+        self.run, self.cfg, self.model, self.newest, self.ckpts = run, cfg, model, newest, ckpts
+        self.imgs, self.plan, self.seed, self.device = imgs, plan, seed, device
+        m, s, T = cfg.model, cfg.sample, cfg.diffusion.timesteps
+        self.T, self.sched = T, run_schedule(cfg)
+        self.objective = getattr(cfg.diffusion, "objective", "ddpm")
+        self.conditional = m.null_class is not None
+        self.rows = min(m.num_classes, GRID_MAX_ROWS)
+        self.run_steps = _sampler_steps(cfg)
+        self.w_run = s.guidance if self.conditional else 1.0
+        self.n_chain = plan.chain_samples
+        self.chain_y = default_labels(cfg, self.n_chain)
+        self.picked = _pick_checkpoints(ckpts, plan.max_checkpoints)
+        self.n_ck = (min(m.num_classes, plan.checkpoint_samples) if self.conditional
+                     else plan.checkpoint_samples)
+        self.ck_y = torch.arange(self.n_ck) if self.conditional else None
+        self.grid_y = class_rows(self.rows, plan.grid_per_class) if self.conditional else None
+        self.n_grid = len(self.grid_y) if self.grid_y is not None else plan.grid_unconditional
+        self.sweep_y = torch.arange(self.rows) if self.conditional else None
+        self.nfe_samplers = list(dict.fromkeys([s.sampler, *plan.nfe_samplers]))
+        self.nfe_targets = sorted({min(k, T) for k in plan.nfe})
+        # data (a run whose data set cannot be read still gets every model section)
+        self.data_error: str | None = None
+        self.train: ImageData | None = None
+        self.held: ImageData | None = None
+        try:
+            self.train = load_dataset(cfg.data, "train")
+            self.held = load_dataset(cfg.data, "test")
+        except DataError as e:
+            self.data_error = str(e)
+        self.separate = (self.train is not None and self.held is not None
+                         and not (len(self.held) == len(self.train)
+                                  and torch.equal(self.held.images, self.train.images)))
+        self.prog = _Progress(0, False)
+        self.out: dict[str, Any] = {}
+        self.memo: dict[tuple, torch.Tensor] = {}
+        self.grid: torch.Tensor | None = None   # the sampling section's grid (for evaluation)
+
+    def key(self, ckpt: Path, n: int, y: torch.Tensor | None, w: float | None = None,
+            sampler: str | None = None, steps: int | None = None) -> tuple:
+        """A draw of samples 0..n-1: (checkpoint, n, labels, w, sampler, steps); the run's w,
+        sampler and steps unless given."""
+        return (str(ckpt), n, None if y is None else tuple(y.tolist()),
+                float(self.w_run if w is None else w), sampler or self.cfg.sample.sampler,
+                steps or self.run_steps)
+
+    def evals(self, key: tuple) -> int:
+        """Images times network evaluations of the draw ``key``."""
+        _, n, _, w, sampler, steps = key
+        return _evals(self.cfg, n, sampler, steps, self.conditional, w)
+
+    def job(self, key: tuple) -> _Job:
+        return key, self.evals(key)
+
+    def draw(self, net: nn.Module, key: tuple) -> torch.Tensor:
+        """``sample_images`` of the draw ``key``, each drawn once: the newest checkpoint's row
+        is the guidance sweep's row at the run's w, the run's sampler at its own steps is the
+        chain of section 2. The bar advances only when the draw is made."""
+        if key not in self.memo:
+            _, n, y, w, sampler, steps = key
+            s = self.cfg.sample
+            own = (sampler, steps) == (s.sampler, self.run_steps)
+            self.memo[key] = sample_images(
+                net, self.cfg, n, self.seed, self.device,
+                y=None if y is None else torch.tensor(y), guidance=w, sampler=sampler,
+                steps=(s.steps or None) if own else steps)   # (what sample_images does with
+            self.prog.add(self.evals(key))                   # the run's own steps)
+        return self.memo[key]
+
+
+@dataclass(frozen=True)
+class Section:
+    """One section of the page: ``cost(ctx)`` declares its network evaluations as jobs (a
+    draw another section may already have made names its key and is counted once);
+    ``draw(ctx)`` computes it into ``ctx.out``. The progress bar's total is their sum
+    (:func:`section_costs`), so it is never kept in sync by hand."""
+
+    name: str
+    cost: Callable[[_Context], list[_Job]]
+    draw: Callable[[_Context], None]
+
+
+def _no_cost(ctx: _Context) -> list[_Job]:
+    return []
+
+
+def _forward_section(ctx: _Context) -> None:
+    ctx.prog.stage("forward process")
+    if ctx.train is not None:
+        ctx.out["forward"] = _forward(ctx.imgs, ctx.sched, ctx.train, ctx.plan,
+                                      torch.Generator().manual_seed(ctx.seed))
+
+
+def _reverse_cost(ctx: _Context) -> list[_Job]:
+    run_chain = ctx.job(ctx.key(ctx.newest, ctx.n_chain, ctx.chain_y))
+    return [run_chain, (None, _evals(ctx.cfg, ctx.n_chain, "ddpm", ctx.T, ctx.conditional,
+                                     ctx.w_run))]
+
+
+def _reverse_section(ctx: _Context) -> None:
+    """The run's sampler, then the paper's all-T ancestral chain."""
+    s, out = ctx.cfg.sample, ctx.out
+    ctx.prog.stage(f"chain ({s.sampler})")
+    call = sampling_call(ctx.model, ctx.cfg, ctx.device)
+    out["chain_run"] = _chain(ctx.imgs, "run", ctx.cfg, call, ctx.n_chain, ctx.seed,
+                              ctx.chain_y, None, False, ctx.prog)
+    ctx.memo[ctx.key(ctx.newest, ctx.n_chain, ctx.chain_y)] = out["chain_run"]["output"]
+    info = SAMPLERS[s.sampler].info
+    out["chain_run"]["stochastic"] = info.stochastic
+    out["chain_run"]["eta"] = s.eta if s.eta is not None else info.eta
+    ctx.prog.stage(f"chain (ddpm, {ctx.T} steps)")
+    ddpm = sampling_call(ctx.model, ctx.cfg, ctx.device, sampler="ddpm", steps=ctx.T)
+    out["chain_ddpm"] = _chain(ctx.imgs, "ddpm", ctx.cfg, ddpm, ctx.n_chain, ctx.seed,
+                               ctx.chain_y, ctx.plan.chain_frames, True, ctx.prog)
+    out["chain_n"] = ctx.n_chain
+
+
+def _objective_cost(ctx: _Context) -> list[_Job]:
+    if ctx.held is None or ctx.objective != "ddpm":   # (the ELBO is the ddpm objective's)
+        return []
+    images = min(ctx.plan.bpd_images, len(ctx.held))
+    return [(None, images * min(ctx.plan.bpd_timesteps, ctx.T))]
+
+
+def _objective_section(ctx: _Context) -> None:
+    jobs = _objective_cost(ctx)
+    if jobs and ctx.held is not None:
+        ctx.prog.stage("bits/dim")
+        ctx.out["objective"] = _objective(ctx.imgs, ctx.model, ctx.cfg, ctx.held, ctx.plan,
+                                          ctx.seed, ctx.device)
+        ctx.out["objective"]["separate"] = ctx.separate
+        ctx.prog.add(sum(n for _, n in jobs))
+
+
+def _training_cost(ctx: _Context) -> list[_Job]:
+    return [ctx.job(ctx.key(c, ctx.n_ck, ctx.ck_y)) for c in ctx.picked]
+
+
+def _training_section(ctx: _Context) -> None:
+    """The loss, the checkpoints, the grids drawn during training."""
+    run, cfg, imgs = ctx.run, ctx.cfg, ctx.imgs
+    ctx.prog.stage("checkpoints")
+    try:
+        steps_logged, losses = read_losses(run.metrics)
+        path, rel = imgs.path("loss.png")
+        loss_plot(run.metrics, path)
+        ctx.out["loss"] = {"plot": rel, "n": len(steps_logged), "last": float(losses[-1]),
+                           "step": int(steps_logged[-1])}
+    except DataError as e:
+        ctx.out["loss"] = {"missing": str(e)}
+    ck_scale = _scale(cfg.model.image_size, 48)
+    ck_rows = []
+    for c in ctx.picked:
+        net = (ctx.model if c == ctx.newest
+               else load_run(run.root, device=ctx.device, checkpoint=c)[0])
+        x = ctx.draw(net, ctx.key(c, ctx.n_ck, ctx.ck_y))
+        ck_rows.append({"step": _step_of(c),
+                        "image": imgs.grid(f"ckpt_{_step_of(c):08d}.png", x, ctx.n_ck,
+                                           ck_scale)})
+    grids = sorted(run.samples.glob("step_*.png")) if run.samples.is_dir() else []
+    grids = _pick_checkpoints(grids, ctx.plan.max_training_grids)
+    ctx.out["training"] = {
+        "rows": ck_rows, "saved": len(ctx.ckpts), "keep_last": cfg.train.keep_last,
+        "ckpt_every": cfg.train.ckpt_every, "sample_every": cfg.train.sample_every,
+        "grids": [{"name": p.stem, "image": imgs.copy(f"train_{p.name}", p)}
+                  for p in grids],
+        "grids_path": str(run.samples)}
+
+
+def _sampling_cost(ctx: _Context) -> list[_Job]:
+    keys = [ctx.key(ctx.newest, ctx.n_grid, ctx.grid_y)]
+    if ctx.conditional:
+        keys += [ctx.key(ctx.newest, ctx.rows, ctx.sweep_y, w) for w in ctx.plan.guidance]
+    keys += [ctx.key(ctx.newest, ctx.n_chain, ctx.chain_y, sampler=name,
+                     steps=_steps_for_nfe(name, k, ctx.T))
+             for name in ctx.nfe_samplers for k in ctx.nfe_targets]
+    return [ctx.job(k) for k in keys]
+
+
+def _sampling_section(ctx: _Context) -> None:
+    """Per class (or a plain grid), the guidance sweep, samples against NFE."""
+    imgs, m, out, plan = ctx.imgs, ctx.cfg.model, ctx.out, ctx.plan
+    ctx.prog.stage("sampling")
+    grid = ctx.grid = ctx.draw(ctx.model, ctx.key(ctx.newest, ctx.n_grid, ctx.grid_y))
+    if ctx.conditional:
+        names = _class_names(ctx)[:ctx.rows]
+        path, rel = imgs.path("classes.png")
+        class_rows_grid(list(grid.split(plan.grid_per_class)), path, names)
+        sweep = []
+        for k, w in enumerate(plan.guidance):
+            ctx.prog.stage(f"guidance w={w:g}")
+            x = ctx.draw(ctx.model, ctx.key(ctx.newest, ctx.rows, ctx.sweep_y, w))
+            sweep.append({"w": w, "image": imgs.grid(f"guidance_{k:02d}.png", x, ctx.rows,
+                                                     _scale(m.image_size, 40))})
+        out["sampling"] = {"grid": rel, "sweep": sweep, "rows": ctx.rows, "names": names}
+    else:
+        out["sampling"] = {"grid": imgs.grid("samples.png", grid, 8, _scale(m.image_size, 48)),
+                           "n": ctx.n_grid}
+    nfe_rows = []
+    cell_scale = _scale(m.image_size, 40)
+    for name in ctx.nfe_samplers:
+        cells = []
+        for k in ctx.nfe_targets:
+            steps = _steps_for_nfe(name, k, ctx.T)
+            ctx.prog.stage(f"{name}, {steps} steps")
+            x = ctx.draw(ctx.model, ctx.key(ctx.newest, ctx.n_chain, ctx.chain_y,
+                                            sampler=name, steps=steps))
+            cells.append({"nfe": SAMPLERS[name].info.nfe(steps),
+                          "image": imgs.grid(f"nfe_{name}_{k:04d}.png", x, ctx.n_chain,
+                                             cell_scale)})
+        nfe_rows.append({"sampler": name, "cells": cells})
+    out["nfe"] = {"rows": nfe_rows,
+                  "reference": imgs.grid("nfe_reference.png", out["chain_ddpm"]["output"],
+                                         ctx.n_chain, cell_scale)}
+
+
+def _class_names(ctx: _Context) -> list[str]:
+    train = ctx.train
+    return (train.class_names if train is not None and train.class_names else
+            [str(k) for k in range(ctx.cfg.model.num_classes)])
+
+
+def _evaluation_section(ctx: _Context) -> None:
+    """The run's own evaluation, and the nearest training images of this report's samples."""
+    ctx.prog.stage("evaluation")
+    results, summary_only = _eval_results(ctx.run)
+    ev: dict[str, Any] = {"results": results, "summary_only": summary_only}
+    ctx.out["eval"] = ev
+    fig = None
+    if results is not None and not summary_only:
+        f = (results.get("memorization") or {}).get("figure")
+        if f and Path(f).is_file():
+            fig = ctx.imgs.copy("eval_memorization.png", Path(f))
+    ev["figure"] = fig
+    if ctx.train is not None and ctx.grid is not None:
+        u8 = to_uint8(ctx.grid)
+        held = ctx.held.images if ctx.separate and ctx.held is not None else None
+        mem = memorization(u8, ctx.train.images, held,
+                           top_k=min(ctx.plan.nearest, len(u8)), seed=ctx.seed)
+        path, rel = ctx.imgs.path("nearest.png")
+        save_memorization_figure(u8, ctx.train.images, mem, path)
+        ctx.out["nearest"] = {"image": rel, "n": len(u8), "flagged": mem.n_flagged,
+                              "threshold": mem.threshold}
+
+
+#: The page's sections, in order (the order the page shows them and the bar walks them).
+SECTIONS: tuple[Section, ...] = (
+    Section("forward", _no_cost, _forward_section),
+    Section("reverse", _reverse_cost, _reverse_section),
+    Section("objective", _objective_cost, _objective_section),
+    Section("training", _training_cost, _training_section),
+    Section("sampling", _sampling_cost, _sampling_section),
+    Section("evaluation", _no_cost, _evaluation_section),
+)
+
+
+def section_costs(ctx: _Context, sections: Sequence[Section] = SECTIONS) -> dict[str, int]:
+    """Each section's images x network evaluations, in order; a draw an earlier section makes
+    (the same key) costs a later one nothing, as :meth:`_Context.draw` draws it once."""
+    seen: set[tuple] = set()
+    costs = {}
+    for sec in sections:
+        total = 0
+        for key, n in sec.cost(ctx):
+            if key is None or key not in seen:
+                total += n
+                if key is not None:
+                    seen.add(key)
+        costs[sec.name] = total
+    return costs
+
+
 def _build(run: RunDir, cfg: Config, model: nn.Module, newest: Path, ckpts: list[Path],
            imgs: _Images, plan: ReportPlan, seed: int, device: Any, progress: bool,
            t_start: float) -> dict[str, Any]:
+    ctx = _Context(run, cfg, model, newest, ckpts, imgs, plan, seed, device)
     m, s, d = cfg.model, cfg.sample, cfg.diffusion
-    T = d.timesteps
-    sched = run_schedule(cfg)
-    objective = getattr(d, "objective", "ddpm")
-    conditional = m.null_class is not None
-    n_classes = m.num_classes
-    rows = min(n_classes, GRID_MAX_ROWS)
-    run_steps = _sampler_steps(cfg)
-    w_run = s.guidance if conditional else 1.0
-
-    # data (a run whose data set cannot be read still gets every model section)
-    data_error = None
-    train = held = None
+    ctx.out.update({"run": str(run.root), "T": ctx.T, "schedule": d.schedule,
+                    "prediction": d.prediction, "conditional": ctx.conditional,
+                    "classes": m.num_classes, "sampler": s.sampler, "steps": ctx.run_steps,
+                    "guidance": ctx.w_run, "device": str(device), "data_error": ctx.data_error,
+                    "params": sum(p.numel() for p in model.parameters()),
+                    "checkpoint": str(newest), "step": _step_of(newest),
+                    "data": describe(ctx.train) if ctx.train is not None else cfg.data.dataset,
+                    "ema": cfg.train.ema_decay, "objective_name": ctx.objective})
+    ctx.prog = _Progress(sum(section_costs(ctx).values()), progress)
     try:
-        train = load_dataset(cfg.data, "train")
-        held = load_dataset(cfg.data, "test")
-    except DataError as e:
-        data_error = str(e)
-    separate = (train is not None and held is not None
-                and not (len(held) == len(train) and torch.equal(held.images, train.images)))
-
-    # the plan, in images x network evaluations, for the progress bar
-    n_chain = plan.chain_samples
-    chain_y = default_labels(cfg, n_chain)
-    picked = _pick_checkpoints(ckpts, plan.max_checkpoints)
-    n_ck = min(n_classes, plan.checkpoint_samples) if conditional else plan.checkpoint_samples
-    grid_y = class_rows(rows, plan.grid_per_class) if conditional else None
-    n_grid = len(grid_y) if grid_y is not None else plan.grid_unconditional
-    nfe_samplers = list(dict.fromkeys([s.sampler, *plan.nfe_samplers]))
-    nfe_targets = sorted({min(k, T) for k in plan.nfe})
-    ev = lambda n, sampler, steps, w=w_run: _evals(cfg, n, sampler, steps, conditional, w)  # noqa: E731
-    total = (ev(n_chain, s.sampler, run_steps) + ev(n_chain, "ddpm", T)
-             + (plan.bpd_images * min(plan.bpd_timesteps, T)
-                if held is not None and objective == "ddpm" else 0)
-             + len(picked) * ev(n_ck, s.sampler, run_steps) + ev(n_grid, s.sampler, run_steps)
-             + (sum(ev(rows, s.sampler, run_steps, w) for w in plan.guidance)
-                if conditional else 0)
-             + sum(ev(n_chain, name, _steps_for_nfe(name, k, T))
-                   for name in nfe_samplers for k in nfe_targets))
-    prog = _Progress(total, progress)
-    out: dict[str, Any] = {"run": str(run.root), "T": T, "schedule": d.schedule,
-                           "prediction": d.prediction, "conditional": conditional,
-                           "classes": n_classes, "sampler": s.sampler, "steps": run_steps,
-                           "guidance": w_run, "device": str(device), "data_error": data_error,
-                           "params": sum(p.numel() for p in model.parameters()),
-                           "checkpoint": str(newest), "step": _step_of(newest),
-                           "data": describe(train) if train is not None else cfg.data.dataset,
-                           "ema": cfg.train.ema_decay, "objective_name": objective}
-    memo: dict[tuple, torch.Tensor] = {}
-    steps_arg = s.steps or None   # what sample_images does with the run's own steps
-
-    def draw(net: nn.Module, ckpt: Path, n: int, y: torch.Tensor | None, w: float = w_run,
-             sampler: str = s.sampler, steps: int = run_steps) -> torch.Tensor:
-        """``sample_images`` of samples 0..n-1, each (checkpoint, n, labels, w, sampler,
-        steps) drawn once: the newest checkpoint's row is the guidance sweep's row at the
-        run's w, the run's sampler at its own steps is the chain of section 2."""
-        key = (str(ckpt), n, None if y is None else tuple(y.tolist()), float(w), sampler,
-               steps)
-        if key not in memo:
-            memo[key] = sample_images(net, cfg, n, seed, device, y=y, guidance=w,
-                                      sampler=sampler,
-                                      steps=steps_arg if (sampler, steps) == (s.sampler,
-                                                                              run_steps)
-                                      else steps)
-        prog.add(ev(n, sampler, steps, w))
-        return memo[key]
-
-    names = (train.class_names if train is not None and train.class_names else
-             [str(k) for k in range(n_classes)])
-    try:
-        # 1. forward
-        prog.stage("forward process")
-        if train is not None:
-            out["forward"] = _forward(imgs, sched, train, plan, torch.Generator().manual_seed(seed))
-
-        # 2. reverse: the run's sampler, then the paper's all-T ancestral chain
-        prog.stage(f"chain ({s.sampler})")
-        out["chain_run"] = _chain(imgs, "run", model, cfg, sched, n_chain, seed, device,
-                                  s.sampler, steps_arg, chain_y, None, False, prog)
-        memo[(str(newest), n_chain, None if chain_y is None else tuple(chain_y.tolist()),
-              float(w_run), s.sampler, run_steps)] = out["chain_run"]["output"]
-        info = SAMPLERS[s.sampler].info
-        out["chain_run"]["stochastic"] = info.stochastic
-        out["chain_run"]["eta"] = s.eta if s.eta is not None else info.eta
-        prog.stage(f"chain (ddpm, {T} steps)")
-        out["chain_ddpm"] = _chain(imgs, "ddpm", model, cfg, sched, n_chain, seed, device,
-                                   "ddpm", None, chain_y, plan.chain_frames, True, prog)
-        out["chain_n"] = n_chain
-
-        # 3. objective
-        if held is not None and objective == "ddpm":   # (the ELBO is the ddpm objective's)
-            prog.stage("bits/dim")
-            out["objective"] = _objective(imgs, model, cfg, sched, held, plan, seed, device)
-            out["objective"]["separate"] = separate
-            prog.add(plan.bpd_images * min(plan.bpd_timesteps, T))
-
-        # 4. training: the loss, the checkpoints, the grids drawn during training
-        prog.stage("checkpoints")
-        try:
-            steps_logged, losses = read_losses(run.metrics)
-            path, rel = imgs.path("loss.png")
-            loss_plot(run.metrics, path)
-            out["loss"] = {"plot": rel, "n": len(steps_logged), "last": float(losses[-1]),
-                           "step": int(steps_logged[-1])}
-        except DataError as e:
-            out["loss"] = {"missing": str(e)}
-        ck_y = torch.arange(n_ck) if conditional else None
-        ck_scale = _scale(m.image_size, 48)
-        ck_rows = []
-        for c in picked:
-            net = model if c == newest else load_run(run.root, device=device, checkpoint=c)[0]
-            x = draw(net, c, n_ck, ck_y)
-            ck_rows.append({"step": _step_of(c),
-                            "image": imgs.grid(f"ckpt_{_step_of(c):08d}.png", x, n_ck,
-                                               ck_scale)})
-        grids = [p for _, p in run.training_grids()]
-        grids = _pick_checkpoints(grids, plan.max_training_grids)
-        out["training"] = {
-            "rows": ck_rows, "saved": len(ckpts), "keep_last": cfg.train.keep_last,
-            "ckpt_every": cfg.train.ckpt_every, "sample_every": cfg.train.sample_every,
-            "grids": [{"name": p.stem, "image": imgs.copy(f"train_{p.name}", p)}
-                      for p in grids],
-            "grids_path": str(run.samples)}
-
-        # 5. sampling: per class (or a plain grid), the guidance sweep, samples against NFE
-        prog.stage("sampling")
-        grid = draw(model, newest, n_grid, grid_y)
-        if conditional:
-            path, rel = imgs.path("classes.png")
-            class_rows_grid(list(grid.split(plan.grid_per_class)), path, names[:rows])
-            sweep_y = torch.arange(rows)
-            sweep = []
-            for k, w in enumerate(plan.guidance):
-                prog.stage(f"guidance w={w:g}")
-                x = draw(model, newest, rows, sweep_y, w)
-                sweep.append({"w": w, "image": imgs.grid(f"guidance_{k:02d}.png", x, rows,
-                                                         _scale(m.image_size, 40))})
-            out["sampling"] = {"grid": rel, "sweep": sweep, "rows": rows,
-                               "names": names[:rows]}
-        else:
-            out["sampling"] = {"grid": imgs.grid("samples.png", grid, 8,
-                                                 _scale(m.image_size, 48)),
-                               "n": n_grid}
-        nfe_rows = []
-        cell_scale = _scale(m.image_size, 40)
-        for name in nfe_samplers:
-            cells = []
-            for k in nfe_targets:
-                steps = _steps_for_nfe(name, k, T)
-                prog.stage(f"{name}, {steps} steps")
-                x = draw(model, newest, n_chain, chain_y, sampler=name, steps=steps)
-                cells.append({"nfe": SAMPLERS[name].info.nfe(steps),
-                              "image": imgs.grid(f"nfe_{name}_{k:04d}.png", x, n_chain,
-                                                 cell_scale)})
-            nfe_rows.append({"sampler": name, "cells": cells})
-        out["nfe"] = {"rows": nfe_rows,
-                      "reference": imgs.grid("nfe_reference.png", out["chain_ddpm"]["output"],
-                                             n_chain, cell_scale)}
-
-        # 6. evaluation: the run's own, and the nearest training images of this report's samples
-        prog.stage("evaluation")
-        results, summary_only = _eval_results(run)
-        out["eval"] = {"results": results, "summary_only": summary_only}
-        fig = None
-        if results is not None and not summary_only:
-            f = (results.get("memorization") or {}).get("figure")
-            if f and Path(f).is_file():
-                fig = imgs.copy("eval_memorization.png", Path(f))
-        out["eval"]["figure"] = fig
-        if train is not None:
-            u8 = to_uint8(grid)
-            mem = memorization(u8, train.images, held.images if separate else None,
-                               top_k=min(plan.nearest, len(u8)), seed=seed)
-            path, rel = imgs.path("nearest.png")
-            save_memorization_figure(u8, train.images, mem, path)
-            out["nearest"] = {"image": rel, "n": len(u8), "flagged": mem.n_flagged,
-                              "threshold": mem.threshold}
+        for sec in SECTIONS:
+            sec.draw(ctx)
     finally:
-        prog.close()
-    out["seconds"] = time.perf_counter() - t_start
-    return out
+        ctx.prog.close()
+    ctx.out["seconds"] = time.perf_counter() - t_start
+    return ctx.out

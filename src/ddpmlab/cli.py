@@ -552,9 +552,12 @@ class _Terminated(BaseException):  # (not Exception: no "except Exception" may s
 
 
 _SIGINTS: list[int] = []  # SIGINTs seen by the command (one may be swallowed by a library)
+_SIGTERMS: list[int] = []  # SIGTERMs seen (likewise: a bare "except:" in a library takes it)
+_HELD: list[int] = []     # signals that came while the libraries loaded (acted on once loaded)
 
 
 def _on_sigterm(signum, frame) -> None:
+    _SIGTERMS.append(signum)
     raise _Terminated
 
 
@@ -563,23 +566,45 @@ def _on_sigint(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def _hold(signum, frame) -> None:
+    _HELD.append(signum)
+
+
+def _load_libraries() -> None:
+    """Import numpy and torch (every command's parser needs them) with SIGTERM and SIGINT held:
+    an exception raised inside their imports is lost in a bare ``except:`` of theirs (exit 0,
+    the whole command run) or turns into another error inside numpy's import (a traceback).
+    A signal that came meanwhile is raised as soon as they are in."""
+    import numpy  # noqa: F401
+    import torch  # noqa: F401
+
+
 def main(argv: list[str] | None = None) -> int:
-    """The command. Its first line takes over SIGTERM and SIGINT, so a signal at any moment,
-    even while torch is still being imported, ends with one line and exit 130 / 143 (a Ctrl-C
-    that library code caught is still reported as one); the training loop installs its own
-    handlers (finish the step, save)."""
+    """The command. Its first line takes over SIGTERM and SIGINT, so a signal at any moment
+    ends with one line and exit 130 / 143: while numpy and torch load (the first second or
+    two) it is held and acted on once they are in; after that it interrupts at once; one that
+    library code swallowed is still reported (a run that then finished says so, exit 130 /
+    143). The training loop installs its own handlers (finish the step, save)."""
     import signal
     import threading
 
     main_thread = threading.current_thread() is threading.main_thread()
-    old_term = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
-    old_int = signal.signal(signal.SIGINT, _on_sigint) if main_thread else None
-    _SIGINTS.clear()
+    old_term = signal.signal(signal.SIGTERM, _hold) if main_thread else None
+    old_int = signal.signal(signal.SIGINT, _hold) if main_thread else None
+    for seen in (_SIGINTS, _SIGTERMS, _HELD):
+        seen.clear()
     try:
+        if argv is None:  # the `ddpmlab` command itself (tests call main([...]) in-process)
+            tune_allocator()   # (before the libraries allocate)
+        _load_libraries()
+        if main_thread:
+            signal.signal(signal.SIGTERM, _on_sigterm)
+            signal.signal(signal.SIGINT, _on_sigint)
+        for signum in _HELD[:1]:
+            (_on_sigterm if signum == signal.SIGTERM else _on_sigint)(signum, None)
         code = _main(argv)
-        if _SIGINTS and code == 0:  # a Ctrl-C that library code caught: still an interruption
-            print("\nddpmlab: interrupted", file=sys.stderr)
-            return EXIT_INTERRUPTED["SIGINT"]
+        if code == 0 and (_SIGINTS or _SIGTERMS):  # a signal that library code caught
+            raise _Terminated if _SIGTERMS else KeyboardInterrupt
         return code
     except KeyboardInterrupt:
         print("\nddpmlab: interrupted", file=sys.stderr)
@@ -594,8 +619,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    if argv is None:  # the `ddpmlab` command itself (tests call main([...]) in their own process)
-        tune_allocator()
     parser = build_parser()
     args = parser.parse_args(argv)
     if hasattr(args, "run_pos"):

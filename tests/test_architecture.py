@@ -9,6 +9,7 @@ imports that break each rule, so the check itself is shown to fail when it shoul
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -24,7 +25,7 @@ LAYER = {
     "errors": 0, "io": 0,
     "schedules": 1, "broadcast": 1, "forward": 1, "parametrization": 1, "reverse": 1,
     "losses": 1, "likelihood": 1, "likelihood_ode": 1, "samplers": 1, "objectives": 1,
-    "config": 2, "device": 2, "layout": 2, "outputs": 2,
+    "config": 2, "device": 2, "layout": 2, "session": 2, "outputs": 2,
     "nn": 3, "data": 3, "features": 3,
     "train": 4, "evaluate": 4, "viz": 4,
     "runs": 5, "interop": 5, "report": 5,
@@ -34,6 +35,7 @@ LAYER = {
 MATH = {name for name, layer in LAYER.items() if layer == 1}
 # Same-layer imports allowed between different top-level pieces (all others are forbidden).
 SAME_LAYER_OK = {("io", "errors"), ("features", "data"), ("config", "device"), ("layout", "config"),
+                 ("session", "layout"), ("session", "config"),
                  ("interop", "runs"), ("report", "runs"), ("report", "interop"),
                  ("__main__", "cli")}
 MATH_EXTERNAL = {"torch", "numpy", "tqdm"}      # what math may import besides the stdlib
@@ -181,6 +183,17 @@ def test_config_and_cli_choices_are_the_registries():
 
     nll = next(a for a in sub["eval"]._actions if a.dest == "nll")
     assert list(nll.choices) == list(NLLS) and nll.default == "elbo"
+    precision = next(a for a in sub["sample"]._actions if a.dest == "precision")
+    assert list(precision.choices) == list(PRECISIONS)
+    # the presets are the packaged config files, and --config / --dataset name every choice
+    from ddpmlab.config import PRESETS, preset_path
+    from ddpmlab.data import BUILTINS
+
+    files = {p.stem for p in preset_path("mnist").parent.glob("*.yaml")}
+    assert set(PRESETS) == files and all(preset_path(n).is_file() for n in PRESETS)
+    train = {a.dest: a for a in sub["train"]._actions}
+    assert all(name in train["config"].help for name in PRESETS)
+    assert train["dataset"].help.startswith(" | ".join(BUILTINS) + " |")
 
 
 def test_every_registered_sampler_is_described_and_runs():
@@ -195,10 +208,64 @@ def test_every_registered_sampler_is_described_and_runs():
 
 
 def test_the_run_layout_has_one_home():
-    # the run directory's file names are written in ddpmlab.layout alone (interop/ also names
-    # diffusers' own unet/config.json, which is not a run's)
-    for name in ("metrics.jsonl", '"config.json"'):
-        homes = [p.relative_to(SRC).as_posix() for p in SRC.rglob("*.py")
-                 if name in p.read_text(encoding="utf-8")
-                 and not p.relative_to(SRC).as_posix().startswith("interop/")]
-        assert homes == ["layout.py"], (name, homes)
+    # the run directory's names are written in ddpmlab.layout alone: no other module's code
+    # (prose aside) spells one
+    found = {p.relative_to(SRC).as_posix(): layout_literals(p.read_text(encoding="utf-8"))
+             for p in SRC.rglob("*.py")}
+    bad = {k: [v for v in vs if v not in _LAYOUT_HOMES.get(k, ())] for k, vs in found.items()
+           if k != "layout.py"}
+    assert {k: vs for k, vs in bad.items() if vs} == {}
+    assert len(found["layout.py"]) >= 6, "the guard no longer sees the names where they live"
+
+
+# A run's files (config.json, metrics.jsonl), a step's names (checkpoints/step_XXXXXXXX,
+# samples/step_XXXXXXXX.png, their globs and patterns), sample_*.png, and joins onto a run's
+# folders: only ddpmlab.layout writes them.
+_LAYOUT_TEXT = re.compile(r"(?<![A-Za-z])(step|sample)_(?![a-z])|metrics\.jsonl|^config\.json$")
+_LAYOUT_FOLDERS = ("samples", "checkpoints")
+_LAYOUT_HOMES = {  # what another module may spell, and why
+    "features/inception.py": ("/ 'checkpoints'",),      # torch.hub's own folder, not a run's
+    "interop/diffusers.py": ("config.json",),            # diffusers' unet/config.json
+}
+
+
+def layout_literals(source: str) -> list[str]:
+    """The run-layout names in the code of ``source``: string constants (also the pieces of an
+    f-string) that are ``config.json``, hold ``metrics.jsonl``, or hold ``step_`` / ``sample_``
+    followed by no lowercase word (``step_{n:08d}``, ``step_*.png``, ``(step_\\d{8,})``; a key
+    like ``step_label`` is not a name), and ``/ "samples"`` or ``/ "checkpoints"`` path joins.
+    Docstrings and comments are prose and do not count."""
+    tree = ast.parse(source)
+    prose = {id(node.value) for node in ast.walk(tree)
+             if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)}
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                and id(node) not in prose and _LAYOUT_TEXT.search(node.value):
+            out.append(node.value)
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div) \
+                and isinstance(node.right, ast.Constant) and node.right.value in _LAYOUT_FOLDERS:
+            out.append(f"/ {node.right.value!r}")
+    return out
+
+
+@pytest.mark.parametrize("source", [
+    'final = root / f"step_{step:08d}"',
+    'grids = sorted(run.samples.glob("step_*.png"))',
+    'm = re.match(r"^\\.tmp-replaced-(step_\\d{8,})\\.\\d+$", name)',
+    'out = run_dir / "samples" / name',
+    'name = f"sample_{tag}_seed{seed}.png"',
+    'ckpt = root / "checkpoints"',
+    'tmp = root / (".tmp-step_" + str(step))',
+    'cfg = run / "config.json"',
+    'log = open(os.path.join(run, "metrics.jsonl"), "a")',
+])
+def test_the_layout_guard_catches_each_kind_of_name(source):
+    assert layout_literals(source), source
+
+
+def test_the_layout_guard_lets_prose_and_other_keys_pass():
+    source = ('def f():\n    """Writes RUN/samples/step_00000001.png, RUN/metrics.jsonl."""\n'
+              '    return text("step_label"), cfg["sample_every"], x / "figures"  # step_*\n'
+              'MSG = "--resume takes the run\'s own config.json"\n')
+    assert layout_literals(source) == []

@@ -228,3 +228,94 @@ def test_sample_with_any_registered_sampler(run_dir, tmp_path, capsys, sampler, 
                  str(steps), "--out", str(out), "--no-progress"]) == 0
     assert f"{steps} steps = {nfe} network evaluations" in capsys.readouterr().out
     assert out.is_file()
+
+
+def test_max_steps_lifts_the_presets_time_limit_and_says_so(run_dir, capsys):
+    """The fixture's run asked for --max-steps 3 with the mnist preset (time limit 8 min):
+    the limit is off in the run's config, and a new run prints why at the start."""
+    import json
+
+    assert json.loads((run_dir / "config.json").read_text())["train"]["time_limit_min"] == 0
+    out = run_dir.parent / "again"
+    assert main(["train", "--dataset", "digits", "--max-steps", "1", "--out", str(out),
+                 "--no-progress", "--device", "cpu", "--no-samples", *TINY]) == 0
+    said = capsys.readouterr().out
+    assert "the preset's time limit (train.time_limit_min=8) is now off" in said
+
+
+def test_the_class_label_policy_of_sample():
+    """--class: none given = a balanced mix, 'none' = the null class, 'all' = one row per class,
+    a list = cycled; an unconditional run refuses a class (one line naming the run)."""
+    import torch
+
+    from ddpmlab.config import Config, ModelConfig
+    from ddpmlab.errors import ConfigError
+    from ddpmlab.runs import class_labels
+
+    cond, uncond = Config(model=ModelConfig(num_classes=3)), Config()
+    y, nrow = class_labels(cond, 5, None)
+    assert y.tolist() == [0, 1, 2, 0, 1] and nrow is None
+    assert class_labels(uncond, 5, None) == (None, None)
+    assert class_labels(cond, 5, "none") == (None, None)
+    y, nrow = class_labels(cond, 7, "all")
+    assert y.tolist() == [0, 0, 1, 1, 2, 2] and nrow == 2
+    assert class_labels(cond, 2, "all")[0].tolist() == [0, 1, 2]     # at least one per class
+    y, nrow = class_labels(cond, 5, "2,0")
+    assert torch.equal(y, torch.tensor([2, 0, 2, 0, 2])) and nrow is None
+    for text, needle in (("3", "0..2"), ("x", "a class number"), (",", "0..2")):
+        with pytest.raises(ConfigError, match=needle):
+            class_labels(cond, 4, text)
+    for text in ("1", "none"):
+        with pytest.raises(ConfigError, match="runs/u.*unconditional"):
+            class_labels(uncond, 4, text, "runs/u")
+
+
+def test_one_device_choice_for_every_process():
+    """Under torchrun (world > 1) CUDA means the process's own GPU; otherwise the device asked
+    for. Training and sampling call this one function."""
+    import inspect
+
+    import torch
+
+    from ddpmlab import runs
+    from ddpmlab.device import process_device
+    from ddpmlab.train import loop
+
+    assert process_device(torch.device("cuda", 0), 4, 3) == torch.device("cuda", 3)
+    assert process_device(torch.device("cuda", 1), 1, 0) == torch.device("cuda", 1)
+    assert process_device(torch.device("cpu"), 4, 3) == torch.device("cpu")
+    for module in (runs, loop):   # (no second copy of the rule)
+        text = inspect.getsource(module)
+        assert "process_device(" in text and 'torch.device("cuda", ' not in text, module
+
+
+def test_sample_writes_its_default_grid_where_layout_names_it(run_dir, capsys):
+    from ddpmlab.layout import RunDir
+
+    assert main(["sample", str(run_dir), "--n", "2", "--steps", "2", "--seed", "3",
+                 "--no-progress"]) == 0
+    grid = RunDir(run_dir).sample_grid("ddim", 2, 3)
+    assert grid.is_file() and str(grid) in capsys.readouterr().out
+
+
+def test_eval_silences_only_the_small_sample_warning(run_dir, tmp_path, monkeypatch):
+    """score_run ignores evaluate's SmallSampleWarning (the baseline is printed beside the FID)
+    and nothing else: another warning of the evaluation still reaches the user."""
+    import warnings
+
+    from ddpmlab import runs
+
+    real = runs.evaluate_samples
+
+    def noisy(*args, **kwargs):
+        warnings.warn("an unrelated problem", RuntimeWarning, stacklevel=1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runs, "evaluate_samples", noisy)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert main(["eval", str(run_dir), "--n", "12", "--steps", "2", "--bpd-images", "0",
+                     "--json", str(tmp_path / "e.json"), "--no-progress"]) == 0
+    kinds = [(w.category.__name__, str(w.message)) for w in seen]
+    assert ("RuntimeWarning", "an unrelated problem") in kinds
+    assert not any(k == "SmallSampleWarning" for k, _ in kinds), kinds

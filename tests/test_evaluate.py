@@ -22,6 +22,7 @@ from ddpmlab import features as FT
 from ddpmlab.config import DataConfig
 from ddpmlab.data import load_dataset, to_model_range
 from ddpmlab.errors import DataError
+from ddpmlab.viz import save_memorization_figure
 
 
 @pytest.fixture(scope="module")
@@ -225,10 +226,18 @@ def test_memorization_figure(tmp_path, mnist):
     train, _ = mnist
     samples = train.images[[5, 6, 7]]
     m = E.memorization(samples, train.images, top_k=3)
-    path = E.save_memorization_figure(samples, train.images, m, tmp_path / "mem.png")
+    path = save_memorization_figure(samples, train.images, m, tmp_path / "mem.png")
     with Image.open(path) as im:
         assert im.format == "PNG" and im.size[1] >= 3 * 56
-    E.save_memorization_figure(samples, train.images, [(0, 5)], tmp_path / "one.png")
+    save_memorization_figure(samples, train.images, [(0, 5)], tmp_path / "one.png")
+    with pytest.raises(DataError, match="no pairs"):
+        save_memorization_figure(samples, train.images, [], tmp_path / "none.png")
+
+
+def test_evaluate_holds_metrics_only():
+    """The figure is viz's, the samples .npz reader data's, the printed table the CLI's."""
+    for name in ("save_memorization_figure", "load_samples_npz", "format_report"):
+        assert not hasattr(E, name), name
 
 
 # =========================================================================== shipped feature nets
@@ -259,8 +268,9 @@ def test_all_shipped_nets_meet_their_targets():
 
 def test_evaluate_samples_on_digits_with_the_8x8_net():
     test = load_dataset(DataConfig(dataset="digits"), "test")
-    with pytest.warns(UserWarning, match="biased upwards"):
+    with pytest.warns(E.SmallSampleWarning, match="biased upwards"):  # (its own category:
         out = E.evaluate_samples(test.images[:60], "digits", kid_subsets=5, max_real=600)
+    assert issubclass(E.SmallSampleWarning, UserWarning)  # score_run ignores it alone)
     assert out["features"]["name"] == "featnet:digits" and out["features"]["arch"] == "featnet8"
     assert out["memorization"]["n_flagged"] == 0
     assert out["classifier"]["confident_share"] > 0.9

@@ -550,7 +550,7 @@ def _same_checkpoints(a, b, names):
 
 
 def test_hybrid_training_then_sampling_eval_and_figures(tmp_path, tiny_cfg):
-    from ddpmlab.runs import load_run, run_figures, sample_images, score_run
+    from ddpmlab.runs import ScoreOptions, load_run, run_figures, sample_images, score_run
     from ddpmlab.train import Trainer
 
     cfg = tiny_cfg.override({"model.learn_sigma": "true", "diffusion.loss": "hybrid"})
@@ -563,8 +563,8 @@ def test_hybrid_training_then_sampling_eval_and_figures(tmp_path, tiny_cfg):
     for sampler in ("ddpm", "ddim", "dpm_solver"):
         x = sample_images(model, rcfg, n=3, sampler=sampler, steps=5)
         assert x.shape == (3, 1, 8, 8) and torch.isfinite(x).all(), sampler
-    out = score_run(tmp_path / "run", n=20, sampler="ddpm", steps=5, bpd_images=8,
-                    bpd_timesteps=5, progress=False)
+    out = score_run(tmp_path / "run", ScoreOptions(n=20, sampler="ddpm", steps=5, bpd_images=8,
+                                                   bpd_timesteps=5), progress=False)
     bpd = out["bits_per_dim"]
     assert math.isfinite(bpd["total"]) and bpd["total"] > 0
     assert all(math.isfinite(v) for v in bpd["terms"].values())

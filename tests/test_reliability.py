@@ -26,7 +26,6 @@ import pytest
 import torch
 from PIL import Image
 
-from ddpmlab import cli
 from ddpmlab.cli import main
 from ddpmlab.config import _CHOICES, SECTIONS
 from ddpmlab.errors import CheckpointError, DataError
@@ -560,9 +559,11 @@ def test_sample_does_not_overwrite_a_users_files(trained, tmp_path, capsys):
 
 def test_default_output_never_leaves_runs(monkeypatch, tmp_path):
     """The run directory comes from --out, else runs/<data set name>: never outside runs/."""
+    from ddpmlab.layout import default_run_dir
+
     monkeypatch.chdir(tmp_path)
     for dataset in ("..", "/data/..", "a/../..", ".", "...", "~/x/..", "digits", "/d/faces.npz"):
-        out = cli._default_out(dataset).resolve()
+        out = default_run_dir(dataset).resolve()
         assert out.parent == (tmp_path / "runs").resolve(), (dataset, out)
 
 

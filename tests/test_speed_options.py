@@ -195,8 +195,9 @@ def test_evaluation_networks_are_governed_and_released(tmp_path, tiny_cfg, monke
     monkeypatch.setattr(ThreadGovernor, "for_device", staticmethod(fake))
     monkeypatch.setattr(ThreadGovernor, "poll", busy_clock_poll(ThreadGovernor.poll))
     try:
-        out = runs.score_run(tmp_path / "r", n=8, steps=2, bpd_images=4, bpd_timesteps=3,
-                             nll="both", ode_images=2, ode_steps=2, progress=False)
+        out = runs.score_run(tmp_path / "r", runs.ScoreOptions(
+            n=8, steps=2, bpd_images=4, bpd_timesteps=3, nll="both", ode_images=2, ode_steps=2),
+            progress=False)
         assert math.isfinite(out["fid"]) and "bits_per_dim_ode" in out
         assert len(made) == 2                    # sampling's governor, then the evaluation's
         assert len(seen) > 20 and set(seen[2:]) == {1}, seen[:10]

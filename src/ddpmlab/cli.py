@@ -1,15 +1,17 @@
 """The ``ddpmlab`` command: train | sample | eval | figures | report | import | export | samplers.
 
-Each command parses its arguments, builds a config, and calls the library; nothing else lives
-here. Errors caused by the user's input (:class:`~ddpmlab.errors.DDPMLabError`) and by the
-environment (an ``OSError``: disk full, no permission) print one line and exit with status 2;
-``--debug`` shows the traceback instead. See RELIABILITY.md for every case.
+Each command parses its arguments, builds its settings (a config, a request), makes one library
+call (:mod:`ddpmlab.runs`' commands, :func:`~ddpmlab.report.write_report`, ...) and prints what
+it returns; every choice a flag offers is read from its owner (the registries, the preset files,
+the built-in data sets). Errors caused by the user's input
+(:class:`~ddpmlab.errors.DDPMLabError`) and by the environment (an ``OSError``: disk full, no
+permission) print one line and exit with status 2; ``--debug`` shows the traceback instead. See
+RELIABILITY.md for every case.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -21,7 +23,7 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = {"SIGINT": 130, "SIGTERM": 143}
 
 
-# ----------------------------------------------------------------------------- helpers
+# ----------------------------------------------------------------------------- parsing
 def _overrides(pairs: list[str]) -> dict[str, str]:
     out = {}
     for item in pairs:
@@ -32,87 +34,9 @@ def _overrides(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-def _default_out(dataset: str) -> Path:
-    """``runs/<dataset>``, or ``runs/<dataset>-2``, ... if that already holds a run."""
-    name = Path(dataset).stem if ("/" in dataset or "." in dataset) else dataset
-    name = name.lstrip(".")  # "--dataset .." must not make runs/.. (the current folder)
-    base = Path("runs") / (name or "run")
-    cand, k = base, 2
-    while cand.exists() and any(cand.iterdir()):
-        cand = base.with_name(f"{base.name}-{k}")
-        k += 1
-    return cand
-
-
-def _parse_classes(text: str, num_classes: int) -> list[int]:
-    if text == "all":
-        return list(range(num_classes))
-    try:
-        classes = [int(c) for c in text.split(",") if c.strip()]
-    except ValueError:
-        raise ConfigError(f"--class {text!r}: give a class number, a list like 3,5, or all")\
-            from None
-    bad = [c for c in classes if not 0 <= c < num_classes]
-    if bad or not classes:
-        raise ConfigError(f"--class {text!r}: classes must be in 0..{num_classes - 1}")
-    return classes
-
-
-def _positive(name: str, value: int | None) -> None:
-    if value is not None and value < 1:
-        raise ConfigError(f"{name}={value} must be >= 1")
-
-
-def _finite_nonneg(name: str, value: float | None) -> None:
-    """A number flag the config would refuse (negative, NaN, inf) stops with one line."""
-    if value is not None and not (value >= 0 and math.isfinite(value)):
-        raise ConfigError(f"{name}={value} must be a finite number >= 0")
-
-
-MAX_SEED = 2**63 - 1
-
-
-def _seed(value: int | None) -> None:
-    if value is not None and not 0 <= value <= MAX_SEED:
-        raise ConfigError(f"--seed={value} must be in 0..2**63-1")
-
-
-def _check_output(path: Path, kind: str, force: bool) -> None:
-    """Before any work: refuse to overwrite a user's file (:func:`ddpmlab.io.check_replaceable`),
-    and make sure ``path`` is writable."""
-    from .io import check_replaceable
-
-    check_replaceable(path, kind, force)
-    probe = path.with_name(f".write-test-{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise DDPMLabError(f"{path}: cannot write there ({e.strerror or e})") from None
-
-
-# ----------------------------------------------------------------------------- train
-def cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .layout import RunDir
-    from .runs import grid_labels, sample_grid, train_run
-    from .train.distributed import cleanup
-
+def _train_overrides(args: argparse.Namespace) -> dict[str, str]:
+    """The config overrides of ``train``: the ``section.key=value`` ones, then its flags'."""
     ov = _overrides(args.set)
-    if args.resume:
-        run_dir = Path(args.resume)
-        if args.out and Path(args.out) != run_dir:
-            raise ConfigError("--resume DIR continues DIR; do not also give a different --out")
-        for note in RunDir(run_dir).recover():  # (a --force killed before its checkpoint)
-            print(f"ddpmlab: {note}", flush=True)
-        if not RunDir(run_dir).is_run():
-            raise DDPMLabError(f"{run_dir}: not a ddpmlab run directory (no config.json)")
-        cfg = RunDir(run_dir).read_config()
-        if args.config:
-            raise ConfigError("--resume takes the run's own config.json; drop --config")
-    else:
-        cfg = load_config(args.config or "mnist")
     if args.dataset:
         ov["data.dataset"] = args.dataset
     if args.max_steps is not None:  # exactly N steps: no time budget (unless one is given too;
@@ -120,198 +44,191 @@ def cmd_train(args: argparse.Namespace) -> int:
         ov.setdefault("train.time_budget_min", "0")
     if args.time_budget is not None:
         ov["train.time_budget_min"] = str(args.time_budget)
-    if args.seed is not None:
-        _seed(args.seed)
+    if args.seed is not None:   # (its range: the config's train.seed check)
         ov["train.seed"] = str(args.seed)
     if args.device:
         ov["train.device"] = args.device
     if args.conditional and args.unconditional:
         raise ConfigError("--conditional and --unconditional: give one of them")
-    if args.conditional:
-        ov["data.conditional"] = "true"
-    if args.unconditional:
-        ov["data.conditional"] = "false"
+    if args.conditional or args.unconditional:
+        ov["data.conditional"] = "true" if args.conditional else "false"
     if args.time_limit is not None:
         ov["train.time_limit_min"] = str(args.time_limit)
-    cfg = cfg.override(ov)
-    run_dir = Path(args.resume) if args.resume else Path(args.out or _default_out(
-        cfg.data.dataset))
-    trainer = train_run(cfg, run_dir, resume=bool(args.resume), force=args.force,
-                        progress=not args.no_progress)
-    main = trainer.dist.is_main
-    if main:
-        from .data import describe
+    return ov
 
-        how = (f"conditional on {cfg_classes} classes (guidance-ready)"
-               if (cfg_classes := trainer.cfg.model.num_classes) else "unconditional")
-        print(f"ddpmlab: training on {describe(trainer.data)}; {how}", flush=True)
-        n_params = sum(p.numel() for p in trainer.model.parameters())
-        print(f"ddpmlab: model {n_params / 1e6:.2f}M parameters on {trainer.device} "
-              f"({trainer.precision_reason}); run directory {run_dir}", flush=True)
-    start = trainer.step  # (a resumed run starts at its checkpoint's step)
-    result = trainer.train()
-    if result.stopped_by in EXIT_INTERRUPTED:
-        if main:
-            print(f"\nddpmlab: stopped by {result.stopped_by} at step {result.step}; checkpoint "
-                  f"saved to {result.checkpoint}.\nResume with: ddpmlab train --resume {run_dir}",
+
+MAX_SEED = 2**63 - 1
+# The number flags checked before any work, with the flag in the message. The library checks
+# what needs the run (a step count against its T) and train's flags (through the config).
+_FLAG_RULES = {
+    **dict.fromkeys(("n", "batch_size", "steps", "bpd_timesteps", "ode_images", "ode_steps",
+                     "ode_probes", "chain_steps"), ("must be >= 1", lambda v: v >= 1)),
+    **dict.fromkeys(("eta", "guidance"), ("must be a finite number >= 0",
+                                          lambda v: v >= 0 and math.isfinite(v))),
+    "seed": ("must be in 0..2**63-1", lambda v: 0 <= v <= MAX_SEED),
+}
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """Each flag of :data:`_FLAG_RULES` the command has and was given must keep its rule:
+    one line naming it (``--n=0 must be >= 1``) otherwise."""
+    for dest, (rule, ok) in _FLAG_RULES.items():
+        value = getattr(args, dest, None)
+        if value is not None and not ok(value):
+            raise ConfigError(f"--{dest.replace('_', '-')}={value} {rule}")
+
+
+def _device(args: argparse.Namespace):
+    from .device import resolve_device
+
+    return resolve_device(args.device or "auto", key="--device")
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+# ----------------------------------------------------------------------------- train
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .layout import default_run_dir
+    from .runs import train_command
+    from .session import read_resume_config
+    from .train.budget import respect_run_length
+
+    ov = _train_overrides(args)
+    if args.resume:
+        run_dir = Path(args.resume)
+        if args.out and Path(args.out) != run_dir:
+            raise ConfigError("--resume DIR continues DIR; do not also give a different --out")
+        cfg = read_resume_config(run_dir, lambda note: print(note, flush=True))
+        if args.config:
+            raise ConfigError("--resume takes the run's own config.json; drop --config")
+    else:
+        cfg = load_config(args.config or "mnist")
+    cfg, note = respect_run_length(cfg.override(ov), set(ov))
+    if note:
+        _say(note)
+    run_dir = Path(args.resume) if args.resume else Path(args.out or default_run_dir(
+        cfg.data.dataset))
+    done = train_command(cfg, run_dir, resume=bool(args.resume), force=args.force,
+                         progress=not args.no_progress, grid=not args.no_samples, log=_say)
+    if done.interrupted:
+        if done.is_main:
+            r = done.result
+            print(f"\nddpmlab: stopped by {r.stopped_by} at step {r.step}; checkpoint saved to "
+                  f"{r.checkpoint}.\nResume with: ddpmlab train --resume {run_dir}",
                   file=sys.stderr)
-        cleanup()
-        return EXIT_INTERRUPTED[result.stopped_by]
-    grid = None
-    if main and not args.no_samples:
-        rc = trainer.cfg  # resolved: the classes come from the data
-        how = (f", one row per class, guidance {rc.sample.guidance:g}"
-               if rc.model.num_classes else "")
-        y_grid, _ = grid_labels(rc, rc.sample.n)
-        count = rc.sample.n if y_grid is None else len(y_grid)
-        print(f"ddpmlab: drawing {count} samples with the EMA weights "
-              f"({cfg.sample.sampler}{how})...", flush=True)
-        grid = sample_grid(trainer.ema, rc, trainer.run.grid, device=trainer.device)
-    if main:
-        why = " (time limit reached)" if result.stopped_by == "time limit" else ""
-        span = f"{result.step - start} steps (step {start} -> {result.step})" if start else \
-            f"{result.step} steps"
-        print(f"ddpmlab: trained {span} in {result.seconds / 60:.1f} min{why}, "
-              f"final loss {result.loss:.4f}")
-        print(f"  run directory : {run_dir}")
-        print(f"  checkpoint    : {result.checkpoint}")
-        print(f"  metrics       : {trainer.run.metrics}")
-        if grid is not None:
-            print(f"  sample grid   : {grid}")
-        print(f"  more samples  : ddpmlab sample --run {run_dir}")
-    cleanup()
+        return EXIT_INTERRUPTED[done.result.stopped_by]
+    if done.is_main:
+        print(format_training(done))
     return 0
+
+
+def format_training(done) -> str:
+    """The lines ``ddpmlab train`` ends with (a :class:`~ddpmlab.runs.TrainOutcome`)."""
+    r, start, root = done.result, done.start, done.run.root
+    why = " (time limit reached)" if r.stopped_by == "time limit" else ""
+    span = f"{r.step - start} steps (step {start} -> {r.step})" if start else f"{r.step} steps"
+    lines = [f"ddpmlab: trained {span} in {r.seconds / 60:.1f} min{why}, final loss {r.loss:.4f}",
+             f"  run directory : {root}",
+             f"  checkpoint    : {r.checkpoint}",
+             f"  metrics       : {done.run.metrics}"]
+    if done.grid is not None:
+        lines.append(f"  sample grid   : {done.grid}")
+    lines.append(f"  more samples  : ddpmlab sample --run {root}")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- sample
 def cmd_sample(args: argparse.Namespace) -> int:
-    import torch
+    from .runs import SampleRequest, sample_command
 
-    from .device import resolve_device
-    from .runs import (
-        check_sample_memory,
-        class_rows,
-        default_labels,
-        load_run,
-        sample_images_sharded,
-        save_npz,
-    )
-    from .samplers import SAMPLERS
-    from .train import distributed as D
-    from .viz import save_grid
-
-    _positive("--n", args.n)
-    _positive("--batch-size", args.batch_size)
-    _positive("--steps", args.steps)
-    _finite_nonneg("--eta", args.eta)
-    _finite_nonneg("--guidance", args.guidance)
-    _seed(args.seed)
-    out = Path(args.out) if args.out else None
-    if os.environ.get("RANK", "0") == "0":  # rank 0 writes the files: check them before sampling
-        for path, kind in ((out, "png"), (Path(args.npz) if args.npz else None, "npz")):
-            if path is not None:
-                _check_output(path, kind, args.force)
-    device = resolve_device(args.device or "auto")
-    info = D.init(device.type)
-    if info.enabled and device.type == "cuda":
-        device = torch.device("cuda", info.local_rank)
-    model, cfg, ckpt = load_run(args.run, use_ema=not args.no_ema, device=device)
-    T = cfg.diffusion.timesteps
-    if args.steps is not None and args.steps > T:
-        raise ConfigError(f"--steps={args.steps} exceeds the run's diffusion.timesteps={T}")
-    check_sample_memory(cfg, args.n, args.batch_size)
-    y = None
-    n, nrow = args.n, None
-    if args.class_ is None:
-        # A conditional run draws a balanced mix of classes (sample k: class k % classes).
-        y = default_labels(cfg, n)
-    elif args.class_.strip().lower() == "none":
-        if cfg.model.num_classes == 0:
-            raise ConfigError(f"--class none: the run {args.run} is unconditional already; "
-                              "drop --class")
-        y = None  # the null class: the model's unconditional distribution
-    else:
-        if cfg.model.num_classes == 0:
-            raise ConfigError(f"--class: the run {args.run} was trained unconditionally "
-                              "(train with --conditional to choose classes)")
-        classes = _parse_classes(args.class_, cfg.model.num_classes)
-        per = max(1, n // len(classes)) if args.class_ == "all" else None
-        if per is not None:
-            y = class_rows(len(classes), per)  # "all": classes are 0..C-1
-            nrow = per
-        else:
-            y = torch.tensor([classes[k % len(classes)] for k in range(n)])
-        n = len(y)
-    images = sample_images_sharded(model, cfg, n=n, seed=args.seed, device=device,
-                                   sampler=args.sampler, steps=args.steps, eta=args.eta, y=y,
-                                   spacing=args.spacing,
-                                   options=None if args.churn is None else {"churn": args.churn},
-                                   guidance=args.guidance, batch_size=args.batch_size,
-                                   precision=args.precision,
-                                   progress=not args.no_progress and info.is_main)
-    D.cleanup()
-    if images is None:  # not rank 0: rank 0 writes the files
-        return 0
-    run_dir = Path(args.run)
-    name = args.sampler or cfg.sample.sampler
-    n_steps = args.steps or cfg.sample.steps or T
-    tag = f"{name}-{n_steps}"
-    out = out or run_dir / "samples" / f"sample_{tag}_seed{args.seed}.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_grid(images, out, nrow=nrow, scale=2)
-    nfe = SAMPLERS[name].info.nfe(n_steps)
-    from .device import inference_precision, precision_reason
-
-    why = precision_reason(inference_precision(args.precision or cfg.train.precision, device),
-                           device)
-    print(f"ddpmlab: {n} samples ({name}, {n_steps} steps = {nfe} network evaluations each; "
-          f"{why}) from {ckpt} -> {out}")
-    if args.npz:
-        npz = save_npz(images, args.npz, labels=y)
-        print(f"ddpmlab: uint8 NxHxWxC array (key arr_0) -> {npz}")
+    _check_flags(args)
+    request = SampleRequest(
+        run=args.run, n=args.n, seed=args.seed, classes=args.class_, sampler=args.sampler,
+        steps=args.steps, eta=args.eta, spacing=args.spacing, guidance=args.guidance,
+        options=None if args.churn is None else {"churn": args.churn},
+        batch_size=args.batch_size, precision=args.precision, use_ema=not args.no_ema,
+        out=args.out, npz=args.npz, force=args.force, progress=not args.no_progress)
+    r = sample_command(request, _device(args))
+    if r is not None:  # (rank 0 of a torchrun launch writes and reports)
+        print(f"ddpmlab: {r.n} samples ({r.sampler}, {r.steps} steps = {r.nfe} network "
+              f"evaluations each; {r.precision}) from {r.checkpoint} -> {r.grid}")
+        if r.npz is not None:
+            print(f"ddpmlab: uint8 NxHxWxC array (key arr_0) -> {r.npz}")
     return 0
 
 
 # ----------------------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .device import resolve_device
-    from .evaluate import format_report
-    from .runs import score_run
+    from .runs import ScoreOptions, eval_command
 
-    _positive("--n", args.n)
-    _positive("--bpd-timesteps", args.bpd_timesteps)
-    _positive("--steps", args.steps)
-    _positive("--ode-images", args.ode_images)
-    _positive("--ode-steps", args.ode_steps)
-    _positive("--ode-probes", args.ode_probes)
-    _seed(args.seed)
-    if args.json:   # before the evaluation: never replace a user's (or the run's) file
-        _check_output(Path(args.json), "json", args.force)
-    device = resolve_device(args.device or "auto")
-    results = score_run(args.run, samples_npz=args.samples, n=args.n, sampler=args.sampler,
-                           steps=args.steps, seed=args.seed, bpd_images=args.bpd_images,
-                           bpd_timesteps=args.bpd_timesteps,
-                           inception_weights=args.inception_weights, device=device,
-                           progress=not args.no_progress, force=args.force, nll=args.nll,
-                           ode_images=args.ode_images, ode_steps=args.ode_steps,
-                           ode_probes=args.ode_probes)
+    _check_flags(args)
+    options = ScoreOptions(
+        samples_npz=args.samples, n=args.n, sampler=args.sampler, steps=args.steps,
+        seed=args.seed, nll=args.nll, bpd_images=args.bpd_images,
+        bpd_timesteps=args.bpd_timesteps, ode_images=args.ode_images,
+        ode_steps=args.ode_steps, ode_probes=args.ode_probes,
+        inception_weights=args.inception_weights)
+    results = eval_command(args.run, options, _device(args), json_out=args.json,
+                           progress=not args.no_progress, force=args.force)
     print(format_report(results))
-    if args.json:
-        from .io import atomic_write_text
-
-        atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")
     return 0
+
+
+def format_report(r: dict) -> str:
+    """The table ``ddpmlab eval`` prints (a :func:`~ddpmlab.runs.score_run` result)."""
+    lines = [f"samples        : {r.get('samples', r['n'])}",
+             f"features       : {r['features']['name']} ({r['features']['dim']}-d)",
+             f"FID            : {r['fid']:.3f}" + (
+                 f"   (real-vs-real at n={r['baseline']['n']}: "
+                 f"{r['baseline']['fid_mean']:.3f}; recommended n >= {r['recommended_n']})"
+                 if r.get("baseline") else ""),
+             f"KID            : {r['kid_mean']:.5f} +- {r['kid_std']:.5f}",
+             f"precision      : {r['precision']:.3f}   recall: {r['recall']:.3f}"]
+    m = r["memorization"]
+    lines.append(f"memorization   : {m['share'] * 100:.2f}% near-copies (ratio < "
+                 f"{m['threshold']:.2f}; held-out real images: "
+                 f"{(m['reference_share'] or 0) * 100:.2f}%), min ratio {m['ratio_min']:.3f}")
+    c = r.get("classifier")
+    if c:
+        real = c["real_confident_share"]
+        lines.append(f"classifier     : {c['confident_share'] * 100:.1f}% of samples classified "
+                     f"with confidence >= {c['confidence']}"
+                     + (f" (real held-out: {real * 100:.1f}%)" if real is not None else ""))
+        lines.append(f"class counts   : {c['class_counts']}")
+    lines += _likelihood_lines(r)
+    return "\n".join(lines)
+
+
+def _likelihood_lines(r: dict) -> list[str]:
+    lines = []
+    b = r.get("bits_per_dim")
+    if b:
+        lines.append(f"bits/dim       : {b['total']:.4f} (prior {b['prior']:.5f}, decoder "
+                     f"{b['decoder']:.4f}, diffusion {b['diffusion']:.4f}; {b['images']} "
+                     f"held-out images, {b['timesteps_evaluated']} timesteps)")
+    o = r.get("bits_per_dim_ode")
+    if o:   # right under the ELBO's line when both were computed
+        half = (f"; {o['halved_steps']} steps: {o['halved_total']:.4f}"
+                if o.get("halved_total") is not None else "")
+        sem = f" +- {o['sem']:.4f}" if o.get("sem") is not None else ""
+        probes = f"{o['probes']} probe(s)" if o["trace"] == "hutchinson" else "exact trace"
+        lines.append(f"bits/dim (ODE) : {o['total']:.4f}{sem} (probability-flow ODE, {o['solver']}, "
+                     f"{o['steps']} steps{half}; Hutchinson, {probes}; {o['images']} "
+                     f"held-out images)")
+    if r.get("bits_per_dim_note"):
+        lines.append(r["bits_per_dim_note"])
+    return lines
 
 
 # ----------------------------------------------------------------------------- figures
 def cmd_figures(args: argparse.Namespace) -> int:
-    from .device import resolve_device
     from .runs import run_figures
 
-    _positive("--chain-steps", args.chain_steps)
-    _seed(args.seed)
-    device = resolve_device(args.device or "auto")
-    for path in run_figures(args.run, args.out, seed=args.seed, device=device,
+    _check_flags(args)
+    for path in run_figures(args.run, args.out, seed=args.seed, device=_device(args),
                             chain_steps=args.chain_steps, force=args.force):
         print(f"ddpmlab: wrote {path}")
     return 0
@@ -319,13 +236,11 @@ def cmd_figures(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- report
 def cmd_report(args: argparse.Namespace) -> int:
-    from .device import resolve_device
     from .report import write_report
 
-    _seed(args.seed)
-    device = resolve_device(args.device or "auto")
-    index = write_report(args.run, args.out, lang=args.lang, seed=args.seed, device=device,
-                         progress=not args.no_progress)
+    _check_flags(args)
+    index = write_report(args.run, args.out, lang=args.lang, seed=args.seed,
+                         device=_device(args), progress=not args.no_progress)
     print(f"ddpmlab: wrote {index} (open it in any browser; it needs no network)")
     return 0
 
@@ -375,6 +290,9 @@ def _add_run_argument(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import PRESETS
+    from .data import BUILTINS
+    from .device import DEVICE_HELP, PRECISIONS
     from .likelihood_ode import NLLS
     from .samplers import SAMPLERS, SPACINGS
 
@@ -388,15 +306,15 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a UNet noise predictor (default: built-in MNIST)",
                        description="Train on a data set and write a run directory. Any config "
                        "key can be overridden as section.key=value (e.g. train.lr=5e-4).")
-    t.add_argument("--config", help="a preset (mnist, mnist-edm, mnist-flow, fashion-mnist, "
-                   "fashion-mnist-10min, fashion-mnist-60min, cifar10) or a YAML/TOML file (default: mnist)")
-    t.add_argument("--dataset", help="mnist | fashion-mnist | digits | a folder | a .npz")
+    t.add_argument("--config", help=f"a preset ({', '.join(PRESETS)}) or a YAML/TOML file "
+                   "(default: mnist)")
+    t.add_argument("--dataset", help=f"{' | '.join(BUILTINS)} | a folder | a .npz")
     t.add_argument("--out", help="run directory (default: runs/<dataset>, a new one if taken)")
     t.add_argument("--max-steps", type=int, help="optimizer steps in all")
     t.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly")
     t.add_argument("--force", action="store_true", help="replace a run already in --out")
     t.add_argument("--seed", type=int, help="seed of initialisation, data order and noise")
-    t.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
+    t.add_argument("--device", help=f"{DEVICE_HELP} (default auto)")
     t.add_argument("--conditional", action="store_true",
                    help="train with the class labels (for --class and --guidance when sampling)")
     t.add_argument("--unconditional", action="store_true",
@@ -426,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "Algorithm 2; default: the run's sample.churn, 0 = deterministic)")
     s.add_argument("--seed", type=int, default=0, help="sample k depends on (seed, k) only")
     s.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
-    s.add_argument("--out", help="PNG grid path (default: RUN/samples/sample_*.png)")
+    s.add_argument("--out", help="PNG grid path (default: a new grid in RUN/samples/, named by "
+                   "sampler, steps and seed)")
     s.add_argument("--npz", help="also write uint8 NxHxWxC images (key arr_0) here")
     s.add_argument("--force", action="store_true",
                    help="overwrite --out/--npz even if it is not a PNG / samples .npz")
@@ -436,10 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the unconditional model); default: a balanced mix for a conditional run")
     s.add_argument("--guidance", type=float,
                    help="classifier-free guidance w: eps_u + w (eps_c - eps_u); 1 = conditional")
-    s.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    s.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+    s.add_argument("--device", help=DEVICE_HELP)
+    s.add_argument("--precision", choices=list(PRECISIONS),
                    help="the network's precision (default: the run's train.precision; auto = "
-                        "bf16 autocast on CUDA and on CPUs with native bf16, else fp32)")
+                        "bf16 autocast on CUDA and on CPUs with native bf16, else fp32; fp16 "
+                        "needs CUDA)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_sample)
 
@@ -466,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", help="write the results as JSON here")
     e.add_argument("--force", action="store_true",
                    help="overwrite --json even if it is not an earlier eval result")
-    e.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    e.add_argument("--device", help=DEVICE_HELP)
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=cmd_eval)
 
@@ -476,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--chain-steps", type=int,
                    help="DDPM steps of the denoising chain (default: all T, as in the paper)")
-    f.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    f.add_argument("--device", help=DEVICE_HELP)
     f.add_argument("--force", action="store_true",
                    help="replace PNGs in --out that ddpmlab did not write")
     f.set_defaults(func=cmd_figures)
@@ -495,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="language of the page's text (default en; zh: Chinese)")
     rp.add_argument("--seed", type=int, default=0,
                     help="the training images and sample noises shown (default 0)")
-    rp.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    rp.add_argument("--device", help=DEVICE_HELP)
     rp.add_argument("--no-progress", action="store_true", help="no progress bar")
     rp.set_defaults(func=cmd_report)
 

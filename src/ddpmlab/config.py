@@ -31,10 +31,9 @@ from .objectives import EDM_P_MEAN, EDM_P_STD, FLOW_TIMES, OBJECTIVES
 from .parametrization import PREDICTIONS
 from .reverse import VARIANCES
 from .samplers import SAMPLERS, SPACINGS
-from .schedules import SCHEDULES, linear_problem
+from .schedules import SCHEDULES
 
 MAX_TIMESTEPS = 1_000_000   # diffusion.timesteps: the literature uses <= 4,000
-MAX_GUIDANCE = 1e4          # sample.guidance, --guidance: the literature uses <= 10
 
 
 @dataclass(frozen=True)
@@ -102,8 +101,6 @@ class DataConfig:
     conditional: str = "false"             # train with the labels (sets model.num_classes):
                                            # true | false | auto (when the data set has labels)
     p_uncond: float = 0.1                  # conditional training: share of labels dropped to null
-    recipe: tuple[str, ...] = ()           # keys the data decide (ddpmlab.recipe); a key the
-                                           # user sets leaves the list (override)
 
 
 @dataclass(frozen=True)
@@ -136,8 +133,6 @@ class TrainConfig:
                                            # ends within this many minutes; 0: off. config.json
                                            # records the max_steps chosen (and 0 here)
     skip_nonfinite: bool = False           # skip (and count) steps with a NaN/Inf loss or gradient
-    tensorboard: bool = False              # also log scalars and sample grids to RUN/tensorboard/
-                                           # (needs the tensorboard extra)
 
 
 @dataclass(frozen=True)
@@ -271,8 +266,6 @@ class Config:
             if isinstance(value, str):
                 value = _parse_scalar(value, _field_type(SECTIONS[sec], name), key, source)
             d[sec][name] = value
-        if "data.recipe" not in assignments:   # a value the user sets is theirs, not the recipe's
-            d["data"]["recipe"] = [k for k in d["data"]["recipe"] if k not in assignments]
         return Config.from_dict(d, source)
 
     # ----------------------------------------------------------------- validation
@@ -303,9 +296,6 @@ class Config:
         if dif.timesteps > MAX_TIMESTEPS:  # (the schedule's float64 columns: ~160 bytes per t)
             raise bad("diffusion.timesteps", dif.timesteps, f"must be <= {MAX_TIMESTEPS:,} (its "
                       f"schedule alone would take {format_size(dif.timesteps * 160)})")
-        if dif.objective == "ddpm" and dif.schedule == "linear" \
-                and (why := linear_problem(dif.timesteps)) is not None:
-            raise bad("diffusion.timesteps", dif.timesteps, f"with diffusion.schedule=linear: {why}")
         if not m.channel_mult or any(c < 1 for c in m.channel_mult):
             raise bad("model.channel_mult", list(m.channel_mult), "must be positive integers")
         if any(r < 1 for r in m.attention_resolutions):
@@ -324,8 +314,6 @@ class Config:
         for key, value in nonneg.items():
             if not value >= 0 or (isinstance(value, float) and not math.isfinite(value)):
                 raise bad(key, value, "must be a finite number >= 0")
-        if s.guidance > MAX_GUIDANCE:  # (w (eps_c - eps_u) overflows: all-zero images)
-            raise bad("sample.guidance", s.guidance, f"must be at most {MAX_GUIDANCE:,.0f}")
         if not (0 < m.norm_eps < 1):
             raise bad("model.norm_eps", m.norm_eps, "must be in (0, 1)")
         if not 0 <= m.dropout < 1:

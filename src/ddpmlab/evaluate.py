@@ -2,7 +2,10 @@ r"""Sample quality and memorization: FID, KID, precision/recall, nearest trainin
 
 Every metric works on plain arrays (features ``[N, D]`` as float64 NumPy), so each one is tested
 on synthetic points against an independent computation; :func:`evaluate_samples` embeds the
-images (:mod:`ddpmlab.features` chooses the network) and reports them all in one dict.
+images (:mod:`ddpmlab.features` chooses the network) and reports them all in one dict. This
+module holds metrics only: the memorization figure is :func:`ddpmlab.viz.save_memorization_figure`,
+reading a samples ``.npz`` is :func:`ddpmlab.data.npz.load_samples_npz`, and the table ``ddpmlab
+eval`` prints is the CLI's (``format_report``).
 
 * **FID** (Heusel et al. 2017): the Fréchet distance between Gaussians fitted to the two feature
   sets, ``|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^{1/2})``. The trace of the matrix square root
@@ -38,19 +41,18 @@ between two disjoint *real* sets of N images each falls as about 1/N (N = 500: 2
 2,000: 0.55, 5,000: 0.25, 10,000: 0.13; MNIST gives the same up to its 2 x 2,000), while the
 test images blurred by a 3x3 box filter or with Gaussian noise of 25 grey levels score FID 21
 and 16. At 5,000 the small-N floor is about 1-2 % of such a visible defect. Below the
-recommended N :func:`evaluate_samples` warns and reports :func:`real_vs_real_baseline` beside
-the result: the FID/KID two real sets of the same N already show, the floor to compare the
-samples' FID with. The MNIST built-in has only 5,000 digits (4,500 train), so its reference set
-is always smaller than that: read its FID next to the baseline, and prefer KID (unbiased) for
-comparisons across different N.
+recommended N :func:`evaluate_samples` warns (:class:`SmallSampleWarning`) and reports
+:func:`real_vs_real_baseline` beside the result: the FID/KID two real sets of the same N already
+show, the floor to compare the samples' FID with. The MNIST built-in has only 5,000 digits
+(4,500 train), so its reference set is always smaller than that: read its FID next to the
+baseline, and prefer KID (unbiased) for comparisons across different N.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,10 +63,10 @@ from .config import DataConfig
 from .data import BUILTINS, ImageData, load_dataset
 from .errors import DataError
 from .features import FeatureExtractor, get_feature_extractor
-from .io import atomic_write_bytes, png_bytes
 
 __all__ = [
     "Memorization",
+    "SmallSampleWarning",
     "evaluate_samples",
     "fid",
     "frechet_distance",
@@ -73,12 +75,17 @@ __all__ = [
     "memorization",
     "precision_recall",
     "real_vs_real_baseline",
-    "save_memorization_figure",
 ]
 
 CONFIDENCE = 0.9               # "classified with confidence >= 0.9"
 MEMORIZATION_THRESHOLD = 1 / 3
 _MAX_PAIR_ELEMENTS = 1 << 24   # distance-matrix chunk: 16M entries (128 MB in float64)
+
+
+class SmallSampleWarning(UserWarning):
+    """:func:`evaluate_samples` scored fewer samples than the feature network's recommended N:
+    the FID is biased upwards, and the real-vs-real ``baseline`` beside it says by how much (a
+    caller that prints the baseline may ignore this warning by its category)."""
 
 
 # =========================================================================== FID
@@ -377,6 +384,30 @@ def _subset(x: torch.Tensor, n_max: int, rng: np.random.Generator) -> torch.Tens
     return x[torch.from_numpy(np.sort(rng.choice(x.shape[0], n_max, replace=False)))]
 
 
+def _samples_and_sets(samples_u8, cfg: DataConfig, split: str, heldout_split: str,
+                      reference: ImageData | None, heldout: ImageData | None
+                      ) -> tuple[torch.Tensor, ImageData, ImageData | None]:
+    """The samples (checked: uint8 ``[N, C, H, W]``, N >= 4, the data's C, H, W), the
+    reference set and the held-out set of :func:`evaluate_samples` (None when the data have no
+    separate held-out split: memorization then uses leave-one-out)."""
+    x = torch.as_tensor(np.asarray(samples_u8)) if not isinstance(samples_u8, torch.Tensor) \
+        else samples_u8.cpu()
+    if x.dtype != torch.uint8 or x.ndim != 4:
+        raise DataError(f"samples must be uint8 [N, C, H, W], got {x.dtype} {tuple(x.shape)}")
+    if x.shape[0] < 4:
+        raise DataError(f"need at least 4 samples to evaluate, got {int(x.shape[0])}")
+    ref = reference if reference is not None else load_dataset(cfg, split)
+    if tuple(x.shape[1:]) != ref.shape:
+        raise DataError(f"samples are {'x'.join(map(str, x.shape[1:]))} but {ref.source} images "
+                        f"are {'x'.join(map(str, ref.shape))} (set data.image_size/channels)")
+    held: ImageData | None = heldout
+    if held is None and heldout_split:
+        held = load_dataset(cfg, heldout_split)
+    if held is not None and len(held) == len(ref) and torch.equal(held.images, ref.images):
+        held = None  # no separate held-out split (a folder or .npz): leave-one-out instead
+    return x, ref, held
+
+
 def evaluate_samples(
     samples_u8,
     data: str | DataConfig,
@@ -418,23 +449,8 @@ def evaluate_samples(
     the held-out real images, for scale) and the classifier's held-out ``accuracy``.
     """
     cfg = data if isinstance(data, DataConfig) else DataConfig(dataset=str(data))
-    x = torch.as_tensor(np.asarray(samples_u8)) if not isinstance(samples_u8, torch.Tensor) \
-        else samples_u8.cpu()
-    if x.dtype != torch.uint8 or x.ndim != 4:
-        raise DataError(f"samples must be uint8 [N, C, H, W], got {x.dtype} {tuple(x.shape)}")
+    x, ref, held = _samples_and_sets(samples_u8, cfg, split, heldout_split, reference, heldout)
     n = int(x.shape[0])
-    if n < 4:
-        raise DataError(f"need at least 4 samples to evaluate, got {n}")
-    ref = reference if reference is not None else load_dataset(cfg, split)
-    if tuple(x.shape[1:]) != ref.shape:
-        raise DataError(f"samples are {'x'.join(map(str, x.shape[1:]))} but {ref.source} images "
-                        f"are {'x'.join(map(str, ref.shape))} (set data.image_size/channels)")
-    held: ImageData | None = heldout
-    if held is None and heldout_split:
-        held = load_dataset(cfg, heldout_split)
-    if held is not None and len(held) == len(ref) and torch.equal(held.images, ref.images):
-        held = None  # no separate held-out split (a folder or .npz): leave-one-out instead
-
     name = cfg.dataset.strip().lower()
     ext = extractor or get_feature_extractor(name if name in BUILTINS else ref.shape,
                                              inception_weights, features)
@@ -463,134 +479,34 @@ def evaluate_samples(
         warnings.warn(
             f"FID from n={n} samples is biased upwards (recommended >= {ext.recommended_n} for "
             f"{ext.name}); two disjoint real sets of n={b['n']} already give FID "
-            f"{b['fid_mean']:.3g} +- {b['fid_std']:.2g}: compare against that", stacklevel=2)
+            f"{b['fid_mean']:.3g} +- {b['fid_std']:.2g}: compare against that",
+            SmallSampleWarning, stacklevel=2)
     mem = memorization(x, ref.images, None if held is None else held.images,
                        memorization_threshold, top_k, seed=seed, device=device)
     out["memorization"] = mem.summary()
     out["classifier"] = None
     if ext.is_classifier and probs is not None:
-        conf, pred = probs.max(1), probs.argmax(1)
-        k = len(ext.class_names)
-        confident = conf >= CONFIDENCE
-        real_share = None
-        if held is not None:
-            _, real_p = ext(_subset(held.images, max_real, rng), batch_size, device,
-                            with_probs=True)
-            real_share = float((real_p.max(1) >= CONFIDENCE).mean())
-        out["classifier"] = {
-            "confidence": CONFIDENCE, "confident_share": float(confident.mean()),
-            "class_counts": np.bincount(pred, minlength=k).tolist(),
-            "confident_class_counts": np.bincount(pred[confident], minlength=k).tolist(),
-            "class_names": list(ext.class_names), "real_confident_share": real_share,
-            "accuracy": ext.info.get("accuracy"),
-        }
+        real_images = None if held is None else _subset(held.images, max_real, rng)
+        out["classifier"] = _classifier_report(ext, probs, real_images, batch_size, device)
     return out
 
 
-# =========================================================================== figure
-def save_memorization_figure(samples, train_images, pairs, path: str | Path,
-                             min_height: int = 64) -> Path:
-    """Write a PNG with one row per pair: the sample, its nearest training image, the ratio.
-
-    ``samples``/``train_images``: uint8 ``[N, C, H, W]``; ``pairs``: a :class:`Memorization`
-    (its ``worst``) or ``(sample_index, train_index[, ratio])`` tuples. Small images are
-    enlarged by an integer factor (nearest neighbour) to at least ``min_height`` pixels.
-    """
-    from PIL import Image, ImageDraw
-
-    rows: Sequence = pairs.worst if isinstance(pairs, Memorization) else list(pairs)
-    if not rows:
-        raise DataError("save_memorization_figure: no pairs to draw")
-    s = torch.as_tensor(np.asarray(samples)) if not isinstance(samples, torch.Tensor) \
-        else samples.cpu()
-    t = torch.as_tensor(np.asarray(train_images)) if not isinstance(train_images, torch.Tensor) \
-        else train_images.cpu()
-    c, h, w = s.shape[1:]
-    f = max(1, math.ceil(min_height / h))
-    hh, ww, gap, text_w, top = h * f, w * f, 4, 110, 16
-
-    def tile(img: torch.Tensor) -> Image.Image:
-        a = img.numpy().transpose(1, 2, 0)
-        pic = Image.fromarray(a[..., 0] if c == 1 else a, "L" if c == 1 else "RGB")
-        return pic.resize((ww, hh), Image.Resampling.NEAREST).convert("RGB")
-
-    canvas = Image.new("RGB", (2 * ww + 3 * gap + text_w, top + len(rows) * (hh + gap) + gap),
-                       "white")
-    draw = ImageDraw.Draw(canvas)
-    draw.text((gap, 2), "sample", fill="black")
-    draw.text((2 * gap + ww, 2), "nearest train", fill="black")
-    draw.text((3 * gap + 2 * ww, 2), "d / d_real", fill="black")
-    for r, row in enumerate(rows):
-        i, j = int(row[0]), int(row[1])
-        y = top + r * (hh + gap)
-        canvas.paste(tile(s[i]), (gap, y))
-        canvas.paste(tile(t[j]), (2 * gap + ww, y))
-        label = f"#{i} ~ train #{j}"
-        if len(row) > 2:
-            label += f"\nratio {float(row[2]):.3f}"
-        draw.text((3 * gap + 2 * ww, y + 2), label, fill="black")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, png_bytes(canvas))
-    return path
-
-
-# =========================================================================== files
-def load_samples_npz(path: Path) -> torch.Tensor:
-    """uint8 ``N x H x W x C`` (key ``arr_0``) -> ``[N, C, H, W]``; errors name the file."""
-    if path.suffix.lower() != ".npz":
-        raise DataError(f"{path}: samples must be an .npz (uint8 N x H x W x C under arr_0), "
-                        f"got a {path.suffix or 'suffix-less'} file")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            if not hasattr(f, "files") or "arr_0" not in f.files:
-                raise DataError(f"{path}: no 'arr_0' array (expected uint8 N x H x W x C)")
-            arr = f["arr_0"]
-    except DataError:
-        raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise DataError(f"{path}: cannot read samples ({type(e).__name__}: {e})") from None
-    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] not in (1, 3):
-        raise DataError(f"{path}: 'arr_0' must be uint8 N x H x W x C (C = 1 or 3), got "
-                        f"{arr.dtype} {arr.shape}")
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
-
-
-def format_report(r: dict) -> str:
-    """The table ``ddpmlab eval`` prints."""
-    lines = [f"samples        : {r.get('samples', r['n'])}",
-             f"features       : {r['features']['name']} ({r['features']['dim']}-d)",
-             f"FID            : {r['fid']:.3f}" + (
-                 f"   (real-vs-real at n={r['baseline']['n']}: "
-                 f"{r['baseline']['fid_mean']:.3f}; recommended n >= {r['recommended_n']})"
-                 if r.get("baseline") else ""),
-             f"KID            : {r['kid_mean']:.5f} +- {r['kid_std']:.5f}",
-             f"precision      : {r['precision']:.3f}   recall: {r['recall']:.3f}"]
-    m = r["memorization"]
-    lines.append(f"memorization   : {m['share'] * 100:.2f}% near-copies (ratio < "
-                 f"{m['threshold']:.2f}; held-out real images: "
-                 f"{(m['reference_share'] or 0) * 100:.2f}%), min ratio {m['ratio_min']:.3f}")
-    c = r.get("classifier")
-    if c:
-        real = c["real_confident_share"]
-        lines.append(f"classifier     : {c['confident_share'] * 100:.1f}% of samples classified "
-                     f"with confidence >= {c['confidence']}"
-                     + (f" (real held-out: {real * 100:.1f}%)" if real is not None else ""))
-        lines.append(f"class counts   : {c['class_counts']}")
-    b = r.get("bits_per_dim")
-    if b:
-        lines.append(f"bits/dim       : {b['total']:.4f} (prior {b['prior']:.5f}, decoder "
-                     f"{b['decoder']:.4f}, diffusion {b['diffusion']:.4f}; {b['images']} "
-                     f"held-out images, {b['timesteps_evaluated']} timesteps)")
-    o = r.get("bits_per_dim_ode")
-    if o:   # right under the ELBO's line when both were computed
-        half = (f"; {o['halved_steps']} steps: {o['halved_total']:.4f}"
-                if o.get("halved_total") is not None else "")
-        sem = f" +- {o['sem']:.4f}" if o.get("sem") is not None else ""
-        probes = f"{o['probes']} probe(s)" if o["trace"] == "hutchinson" else "exact trace"
-        lines.append(f"bits/dim (ODE) : {o['total']:.4f}{sem} (probability-flow ODE, {o['solver']}, "
-                     f"{o['steps']} steps{half}; Hutchinson, {probes}; {o['images']} "
-                     f"held-out images)")
-    if r.get("bits_per_dim_note"):
-        lines.append(r["bits_per_dim_note"])
-    return "\n".join(lines)
+def _classifier_report(ext: FeatureExtractor, probs: np.ndarray,
+                       real_images: torch.Tensor | None, batch_size: int,
+                       device: str | torch.device) -> dict:
+    """The ``classifier`` entry of :func:`evaluate_samples`: how confidently a shipped
+    classifier recognises the samples (``probs``), and the same share on ``real_images``."""
+    conf, pred = probs.max(1), probs.argmax(1)
+    k = len(ext.class_names)
+    confident = conf >= CONFIDENCE
+    real_share = None
+    if real_images is not None:
+        _, real_p = ext(real_images, batch_size, device, with_probs=True)
+        real_share = float((real_p.max(1) >= CONFIDENCE).mean())
+    return {
+        "confidence": CONFIDENCE, "confident_share": float(confident.mean()),
+        "class_counts": np.bincount(pred, minlength=k).tolist(),
+        "confident_class_counts": np.bincount(pred[confident], minlength=k).tolist(),
+        "class_names": list(ext.class_names), "real_confident_share": real_share,
+        "accuracy": ext.info.get("accuracy"),
+    }

@@ -38,6 +38,7 @@ from torch import nn
 from . import schedules
 from .config import Config
 from .data import BUILTINS, load_dataset, to_model_range, to_uint8
+from .data.npz import load_samples_npz
 from .device import (
     ThreadGovernor,
     autocast_call,
@@ -46,7 +47,7 @@ from .device import (
     resolve_precision,
 )
 from .errors import CheckpointError, ConfigError
-from .evaluate import evaluate_samples, load_samples_npz, save_memorization_figure
+from .evaluate import SmallSampleWarning, evaluate_samples
 from .features import get_feature_extractor
 from .io import (
     SOFTWARE,
@@ -69,6 +70,7 @@ from .viz import (
     loss_plot,
     noising_strip,
     save_grid,
+    save_memorization_figure,
     schedule_plot,
     vlb_plot,
 )
@@ -389,33 +391,65 @@ def train_run(cfg: Config, run_dir: str | os.PathLike, **kwargs: Any) -> Trainer
 
 
 # ============================================================================ scoring
-def score_run(run_dir: str | os.PathLike, *, samples_npz: str | os.PathLike | None = None,
-              n: int | None = None, sampler: str | None = None, steps: int | None = None,
-              seed: int = 0, bpd_images: int = 256, bpd_timesteps: int | None = 100,
-              inception_weights: str | os.PathLike | None = None,
+@dataclass(frozen=True)
+class ScoreOptions:
+    """What :func:`score_run` (``ddpmlab eval``) scores, and with how much work.
+
+    Samples: ``samples_npz`` (uint8 ``N x H x W x C`` under ``arr_0``), or ``n`` new ones
+    (None: the feature network's recommended N) drawn with ``sampler`` / ``steps`` (None: the
+    run's) from ``seed``. Likelihood, by ``nll`` (:data:`ddpmlab.likelihood_ode.NLLS`):
+    ``elbo``, the ELBO of ``bpd_images`` held-out images (the ``test`` split; 0: none) from
+    ``bpd_timesteps`` stratified timesteps (None: all T, the exact sum); ``ode``, the
+    probability-flow ODE bits/dim of ``ode_images`` images with ``ode_steps`` RK4 steps and
+    ``ode_probes`` Hutchinson probes each; or ``both``. ``inception_weights``: the FID
+    Inception-v3 weights file (data sets without a shipped feature network). ``seed`` also
+    picks the held-out images and the likelihoods' noises. Checked when made (ConfigError)."""
+
+    samples_npz: str | os.PathLike | None = None
+    n: int | None = None
+    sampler: str | None = None
+    steps: int | None = None
+    seed: int = 0
+    nll: str = "elbo"
+    bpd_images: int = 256
+    bpd_timesteps: int | None = 100
+    ode_images: int = 64
+    ode_steps: int = 32
+    ode_probes: int = 1
+    inception_weights: str | os.PathLike | None = None
+
+    def __post_init__(self) -> None:
+        if self.nll not in NLLS:
+            raise ConfigError(f"nll={self.nll!r}: choose one of {', '.join(NLLS)}")
+        for name in ("ode_steps", "ode_probes"):
+            v = getattr(self, name)
+            if self.nll != "elbo" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ConfigError(f"{name}={v!r} must be an integer >= 1")
+
+    def describe(self, cfg: Config, n: int) -> str:
+        """Where the scored samples came from, in words (the ``samples`` of ``eval.json``)."""
+        if self.samples_npz is not None:
+            return str(self.samples_npz)
+        steps = self.steps or cfg.sample.steps or cfg.diffusion.timesteps
+        return f"{n} samples ({self.sampler or cfg.sample.sampler}, {steps} steps, seed {self.seed})"
+
+
+def score_run(run_dir: str | os.PathLike, options: ScoreOptions | None = None, *,
               device: str | torch.device = "cpu", progress: bool = True,
-              force: bool = False, nll: str = "elbo", ode_images: int = 64,
-              ode_steps: int = 32, ode_probes: int = 1) -> dict:
-    """Everything ``ddpmlab eval`` reports for a run, as one JSON-ready dict.
+              force: bool = False) -> dict:
+    """Everything ``ddpmlab eval`` reports for a run, as one JSON-ready dict: the metrics of
+    :func:`ddpmlab.evaluate.evaluate_samples` and the likelihoods ``options`` ask for
+    (:class:`ScoreOptions`; default: all defaults).
 
-    Samples come from ``samples_npz`` (uint8 ``N x H x W x C`` under ``arr_0``) or are drawn
-    with the run's EMA weights (``n`` defaults to the feature network's recommended N; a
-    conditional run is scored on a balanced mix of its classes, with its guidance). The
-    bits/dim is the ELBO of ``bpd_images`` held-out images (the ``test`` split) estimated from
-    ``bpd_timesteps`` timesteps (None: all T; see :mod:`ddpmlab.likelihood`). Also writes
+    New samples are drawn with the run's EMA weights; a conditional run is scored on a balanced
+    mix of its classes (:func:`default_labels`), with its guidance. Also writes
     ``RUN/figures/vlb.png`` (L_t against t) and ``RUN/figures/memorization.png`` (the closest
-    samples beside their nearest training images), appends an ``{"event": "eval"}`` line
-    to the run's metrics and writes the whole dict to ``RUN/eval.json`` (what ``ddpmlab
-    report`` shows). The feature network is built once and each split is read once.
-
-    ``nll`` says which likelihood: ``elbo`` (the default, above), ``ode`` (the
-    probability-flow ODE bits/dim instead, :func:`ode_bits_report`) or ``both``.
-    """
-    if nll not in NLLS:
-        raise ConfigError(f"nll={nll!r}: choose one of {', '.join(NLLS)}")
-    for name, v in (("ode_steps", ode_steps), ("ode_probes", ode_probes)):
-        if nll != "elbo" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise ConfigError(f"{name}={v!r} must be an integer >= 1")
+    samples beside their nearest training images), appends an ``{"event": "eval"}`` line to
+    the run's metrics and writes the whole dict to ``RUN/eval.json`` (what ``ddpmlab report``
+    shows); ``force`` lets those replace files ddpmlab did not write. The feature network is
+    built once and each split is read once. The one warning silenced is
+    :class:`~ddpmlab.evaluate.SmallSampleWarning`: the result carries its ``baseline``."""
+    o = options if options is not None else ScoreOptions()
     run = RunDir(run_dir)
     model, cfg, ckpt = load_run(run.root, use_ema=True, device=device)
     check_outputs([run.figures / "memorization.png", run.figures / "vlb.png"], force)
@@ -424,53 +458,66 @@ def score_run(run_dir: str | os.PathLike, *, samples_npz: str | os.PathLike | No
     held = load_dataset(cfg.data, "test")
     data_name = cfg.data.dataset.strip().lower()
     ext = get_feature_extractor(data_name if data_name in BUILTINS else train.shape,
-                                inception_weights)
-    if samples_npz is not None:
-        x = load_samples_npz(Path(samples_npz))
-        source = str(samples_npz)
+                                o.inception_weights)
+    if o.samples_npz is not None:
+        x = load_samples_npz(o.samples_npz)
     else:
-        n = n or ext.recommended_n
-        imgs = sample_images(model, cfg, n=n, seed=seed, device=device, sampler=sampler,
-                             steps=steps, y=default_labels(cfg, n), progress=progress)
-        x = to_uint8(imgs)
-        source = f"{n} samples ({sampler or cfg.sample.sampler}, " \
-                 f"{steps or cfg.sample.steps or cfg.diffusion.timesteps} steps, seed {seed})"
+        n = o.n or ext.recommended_n
+        x = to_uint8(sample_images(model, cfg, n=n, seed=o.seed, device=device,
+                                   sampler=o.sampler, steps=o.steps, y=default_labels(cfg, n),
+                                   progress=progress))
     governor = ThreadGovernor.for_device(device)  # features, ELBO, ODE: threads follow the
     with (governor.hooked(model, ext.net) if governor is not None  # free cores, as sampling's
           else contextlib.nullcontext()):
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the baseline is reported beside the numbers instead
+            warnings.filterwarnings("ignore", category=SmallSampleWarning)  # (the baseline)
             out = evaluate_samples(x, cfg.data, extractor=ext, reference=train, heldout=held,
-                                   device=device, seed=seed)
-        out["samples"] = source
+                                   device=device, seed=o.seed)
+        out["samples"] = o.describe(cfg, len(x))
         out["checkpoint"] = str(ckpt)
         run.figures.mkdir(exist_ok=True)
         worst = [(w["sample"], w["train"], w["ratio"]) for w in out["memorization"]["worst"]]
         if worst:
             out["memorization"]["figure"] = str(save_memorization_figure(
                 x, train.images, worst, run.figures / "memorization.png"))
-        elbo = nll != "ode" and bpd_images > 0
-        if elbo and cfg.diffusion.objective != "ddpm":
-            out["bits_per_dim_note"] = (f"ELBO bits/dim: not defined for objective "
-                                        f"{cfg.diffusion.objective} (use the ODE likelihood)")
-        elif elbo:
-            out["bits_per_dim"] = elbo_bits_report(model, cfg, held, seed=seed,
-                                                   images=bpd_images, timesteps=bpd_timesteps,
-                                                   device=device, progress=progress,
-                                                   figure=run.figures / "vlb.png")
-        if nll != "elbo" and ode_images > 0:
-            out["bits_per_dim_ode"] = ode_bits_report(model, cfg, held, seed=seed, images=ode_images,
-                                                      steps=ode_steps, probes=ode_probes,
-                                                      device=device, progress=progress)
+        out.update(_likelihoods(model, cfg, held, o, run, device, progress))
+    run.append_metrics({"event": "eval", "time": time.time(), "n": out["n"],
+                        **_eval_summary(out)})
+    atomic_write_text(run.eval_results, json.dumps(out, indent=2) + "\n")  # for the report
+    return out
+
+
+def _likelihoods(model: nn.Module, cfg: Config, held: Any, o: ScoreOptions, run: RunDir,
+                 device: str | torch.device, progress: bool) -> dict:
+    """The ``bits_per_dim`` (ELBO; or the note that the objective has none), and
+    ``bits_per_dim_ode`` entries of ``eval.json`` that ``o.nll`` asks for."""
+    out: dict[str, Any] = {}
+    elbo = o.nll != "ode" and o.bpd_images > 0
+    if elbo and cfg.diffusion.objective != "ddpm":
+        out["bits_per_dim_note"] = (f"ELBO bits/dim: not defined for objective "
+                                    f"{cfg.diffusion.objective} (use the ODE likelihood)")
+    elif elbo:
+        out["bits_per_dim"] = elbo_bits_report(model, cfg, held, seed=o.seed,
+                                               images=o.bpd_images, timesteps=o.bpd_timesteps,
+                                               device=device, progress=progress,
+                                               figure=run.figures / "vlb.png")
+    if o.nll != "elbo" and o.ode_images > 0:
+        out["bits_per_dim_ode"] = ode_bits_report(model, cfg, held, seed=o.seed,
+                                                  images=o.ode_images, steps=o.ode_steps,
+                                                  probes=o.ode_probes, device=device,
+                                                  progress=progress)
+    return out
+
+
+def _eval_summary(out: dict) -> dict:
+    """The headline numbers of a :func:`score_run` result (its line in the run's metrics)."""
     summary = {k: out[k] for k in ("fid", "kid_mean", "precision", "recall") if k in out}
     summary["memorization_share"] = out["memorization"]["share"]
     if "bits_per_dim" in out:
         summary["bits_per_dim"] = out["bits_per_dim"]["total"]
     if "bits_per_dim_ode" in out:
         summary["bits_per_dim_ode"] = out["bits_per_dim_ode"]["total"]
-    run.append_metrics({"event": "eval", "time": time.time(), "n": out["n"], **summary})
-    atomic_write_text(run.eval_results, json.dumps(out, indent=2) + "\n")  # for the report
-    return out
+    return summary
 
 
 def heldout_elbo(model: nn.Module, cfg: Config, held: Any, *, seed: int = 0,
@@ -608,3 +655,227 @@ def run_figures(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = 
         imgs = sample_images(model, cfg, n=64, seed=seed, device=device)
         written.append(save_grid(imgs, out / "samples.png", scale=2))
     return written
+
+
+# ============================================================================ the commands
+# What ``ddpmlab``'s commands call, one function each (cli.py parses, builds the settings,
+# makes that one call and prints what it returns). The decisions a command makes beyond the
+# library above live here: which labels ``sample --class`` draws, the device of a process under
+# torchrun (:func:`ddpmlab.device.process_device`), where an output may be written.
+SIGNALS = ("SIGINT", "SIGTERM")   # the ``stopped_by`` of a training a signal interrupted
+
+
+def check_output(path: str | os.PathLike, kind: str, force: bool) -> None:
+    """Before any work: refuse to overwrite a user's file (:func:`ddpmlab.io.check_replaceable`)
+    and make sure ``path``'s folder is writable (made when missing)."""
+    from .errors import DDPMLabError
+
+    path = Path(path)
+    check_replaceable(path, kind, force)
+    probe = path.with_name(f".write-test-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise DDPMLabError(f"{path}: cannot write there ({e.strerror or e})") from None
+
+
+def parse_classes(text: str, num_classes: int) -> list[int]:
+    """``--class`` as class numbers: ``all``, one number, or a list like ``3,5``; each in
+    0..num_classes-1."""
+    if text == "all":
+        return list(range(num_classes))
+    try:
+        classes = [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        raise ConfigError(f"--class {text!r}: give a class number, a list like 3,5, or all")\
+            from None
+    bad = [c for c in classes if not 0 <= c < num_classes]
+    if bad or not classes:
+        raise ConfigError(f"--class {text!r}: classes must be in 0..{num_classes - 1}")
+    return classes
+
+
+def class_labels(cfg: Config, n: int, classes: str | None,
+                 run: str | os.PathLike = "") -> tuple[torch.Tensor | None, int | None]:
+    """The labels ``ddpmlab sample`` draws for ``--class`` ``classes``, and the grid's images per
+    row (None: the grid's own square layout). None: a conditional run's balanced mix
+    (:func:`default_labels`), nothing for an unconditional one; ``none``: the null class (the
+    model's unconditional distribution); ``all``: one row of ``max(1, n // C)`` samples per
+    class; ``K`` or ``K1,K2,...``: sample k gets the (k mod count)-th of them. A class for an
+    unconditional ``run`` is refused (ConfigError naming it)."""
+    if classes is None:
+        return default_labels(cfg, n), None
+    num = cfg.model.num_classes
+    if classes.strip().lower() == "none":
+        if num == 0:
+            raise ConfigError(f"--class none: the run {run} is unconditional already; "
+                              "drop --class")
+        return None, None
+    if num == 0:
+        raise ConfigError(f"--class: the run {run} was trained unconditionally "
+                          "(train with --conditional to choose classes)")
+    chosen = parse_classes(classes, num)
+    if classes == "all":
+        per = max(1, n // num)
+        return class_rows(num, per), per
+    return torch.tensor([chosen[k % len(chosen)] for k in range(n)]), None
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """``ddpmlab sample``: draw ``n`` images of ``run`` from ``seed`` and write a PNG grid
+    (``out``; default :meth:`~ddpmlab.layout.RunDir.sample_grid` in ``RUN/samples/``) and,
+    with ``npz``, the uint8 array. ``classes`` is ``--class`` (:func:`class_labels`); the
+    sampling settings left None are the run's (:func:`sample_images`); ``force`` replaces
+    outputs ddpmlab did not write."""
+
+    run: str | os.PathLike
+    n: int = 64
+    seed: int = 0
+    classes: str | None = None
+    sampler: str | None = None
+    steps: int | None = None
+    eta: float | None = None
+    spacing: str | None = None
+    guidance: float | None = None
+    options: dict[str, Any] | None = None
+    batch_size: int | None = None
+    precision: str | None = None
+    use_ema: bool = True
+    out: str | os.PathLike | None = None
+    npz: str | os.PathLike | None = None
+    force: bool = False
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """What :func:`sample_command` drew and wrote (rank 0 of a torchrun launch)."""
+
+    n: int
+    sampler: str
+    steps: int
+    nfe: int               # network evaluations per image
+    precision: str         # why the network ran in its precision, in words
+    checkpoint: Path
+    grid: Path
+    npz: Path | None
+
+
+def sample_command(req: SampleRequest, device: torch.device) -> SampleResult | None:
+    """``ddpmlab sample``: outputs checked first, then the run loaded on this process's device
+    (:func:`~ddpmlab.device.process_device`: its own GPU under torchrun) and the images drawn,
+    split over the processes (:func:`sample_images_sharded`). Rank 0 writes the files and gets
+    the result; other ranks get None."""
+    from .device import precision_reason, process_device
+    from .train import distributed as D
+
+    if D.env_info().is_main:  # rank 0 writes the files: check them before sampling
+        for path, kind in ((req.out, "png"), (req.npz, "npz")):
+            if path is not None:
+                check_output(path, kind, req.force)
+    info = D.init(device.type)
+    device = process_device(device, info.world_size, info.local_rank)
+    try:
+        model, cfg, ckpt = load_run(req.run, use_ema=req.use_ema, device=device)
+        T = cfg.diffusion.timesteps
+        if req.steps is not None and req.steps > T:
+            raise ConfigError(f"--steps={req.steps} exceeds the run's diffusion.timesteps={T}")
+        check_sample_memory(cfg, req.n, req.batch_size)  # (before any label is made)
+        y, nrow = class_labels(cfg, req.n, req.classes, req.run)
+        n = req.n if y is None else len(y)
+        images = sample_images_sharded(
+            model, cfg, n=n, seed=req.seed, device=device, sampler=req.sampler, steps=req.steps,
+            eta=req.eta, y=y, spacing=req.spacing, guidance=req.guidance, options=req.options,
+            batch_size=req.batch_size, precision=req.precision,
+            progress=req.progress and info.is_main)
+    finally:
+        D.cleanup()
+    if images is None:  # not rank 0: rank 0 writes the files
+        return None
+    name = req.sampler or cfg.sample.sampler
+    steps = req.steps or cfg.sample.steps or T
+    out = Path(req.out) if req.out else RunDir(req.run).sample_grid(name, steps, req.seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_grid(images, out, nrow=nrow, scale=2)
+    why = precision_reason(inference_precision(req.precision or cfg.train.precision, device),
+                           device)
+    npz = save_npz(images, req.npz, labels=y) if req.npz else None
+    return SampleResult(n, name, steps, SAMPLERS[name].info.nfe(steps), why, ckpt, out, npz)
+
+
+def eval_command(run: str | os.PathLike, options: ScoreOptions, device: torch.device, *,
+                 json_out: str | os.PathLike | None = None, progress: bool = True,
+                 force: bool = False) -> dict:
+    """``ddpmlab eval``: :func:`score_run`, and its results also written to ``json_out`` (checked
+    before the evaluation: a user's file, or the run's own, is never replaced)."""
+    if json_out:
+        check_output(json_out, "json", force)
+    results = score_run(run, options, device=device, progress=progress, force=force)
+    if json_out:
+        atomic_write_text(json_out, json.dumps(results, indent=2) + "\n")
+    return results
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """What :func:`train_command` did: the Trainer's ``result`` (step, seconds, loss,
+    checkpoint, ``stopped_by``), the step it started from (a resumed run's), where its metrics
+    and end-of-training grid went, and whether this process is rank 0 (the one that
+    reports)."""
+
+    result: Any
+    start: int
+    run: RunDir
+    grid: Path | None
+    is_main: bool
+
+    @property
+    def interrupted(self) -> bool:
+        """Stopped by SIGINT or SIGTERM (a checkpoint was saved; ``--resume`` continues)."""
+        return self.result.stopped_by in SIGNALS
+
+
+def train_command(cfg: Config, run_dir: str | os.PathLike, *, resume: bool = False,
+                  force: bool = False, progress: bool = True, grid: bool = True,
+                  log: Callable[[str], None] = print) -> TrainOutcome:
+    """``ddpmlab train``: :func:`train_run`, trained to its end, then (rank 0, unless ``grid``
+    is False or a signal stopped it) the end-of-training grid with the EMA weights
+    (:func:`sample_grid`). What it is about to do goes to ``log`` as it goes (rank 0)."""
+    from .train.distributed import cleanup
+
+    trainer = train_run(cfg, run_dir, resume=resume, force=force, progress=progress)
+    main = trainer.dist.is_main
+    try:
+        if main:
+            _log_start(trainer, log)
+        start = trainer.step  # (a resumed run starts at its checkpoint's step)
+        result = trainer.train()
+        path = None
+        if main and grid and result.stopped_by not in SIGNALS:
+            rc = trainer.cfg  # resolved: the classes come from the data
+            how = f", one row per class, guidance {rc.sample.guidance:g}" \
+                if rc.model.num_classes else ""
+            y_grid, _ = grid_labels(rc, rc.sample.n)
+            count = rc.sample.n if y_grid is None else len(y_grid)
+            log(f"ddpmlab: drawing {count} samples with the EMA weights "
+                f"({rc.sample.sampler}{how})...")
+            path = sample_grid(trainer.ema, rc, trainer.run.grid, device=trainer.device)
+    finally:
+        cleanup()
+    return TrainOutcome(result, start, trainer.run, path, main)
+
+
+def _log_start(trainer: Trainer, log: Callable[[str], None]) -> None:
+    """The two lines ``ddpmlab train`` starts with: the data and conditioning; the model, its
+    device and precision, the run directory."""
+    from .data import describe
+
+    classes = trainer.cfg.model.num_classes
+    how = f"conditional on {classes} classes (guidance-ready)" if classes else "unconditional"
+    log(f"ddpmlab: training on {describe(trainer.data)}; {how}")
+    n_params = sum(p.numel() for p in trainer.model.parameters())
+    log(f"ddpmlab: model {n_params / 1e6:.2f}M parameters on {trainer.device} "
+        f"({trainer.precision_reason}); run directory {trainer.run.root}")

@@ -33,7 +33,7 @@ from torch import nn
 from ..config import Config
 from ..data import ImageData, describe, load_dataset, to_model_range, to_uint8
 from ..errors import CheckpointError, ConfigError, DataError
-from ..evaluate import memorization, save_memorization_figure
+from ..evaluate import memorization
 from ..forward import q_posterior, q_sample
 from ..io import atomic_write_text, read_json
 from ..layout import RunDir, step_of
@@ -57,6 +57,7 @@ from ..viz import (
     loss_plot,
     read_losses,
     save_grid,
+    save_memorization_figure,
     vlb_plot,
 )
 from .page import GENERATOR, num, render
@@ -531,7 +532,7 @@ def _training_section(ctx: _Context) -> None:
         ck_rows.append({"step": _step_of(c),
                         "image": imgs.grid(f"ckpt_{_step_of(c):08d}.png", x, ctx.n_ck,
                                            ck_scale)})
-    grids = sorted(run.samples.glob("step_*.png")) if run.samples.is_dir() else []
+    grids = [p for _, p in run.training_grids()]
     grids = _pick_checkpoints(grids, ctx.plan.max_training_grids)
     ctx.out["training"] = {
         "rows": ck_rows, "saved": len(ctx.ckpts), "keep_last": cfg.train.keep_last,

@@ -31,9 +31,10 @@ from .objectives import EDM_P_MEAN, EDM_P_STD, FLOW_TIMES, OBJECTIVES
 from .parametrization import PREDICTIONS
 from .reverse import VARIANCES
 from .samplers import SAMPLERS, SPACINGS
-from .schedules import SCHEDULES
+from .schedules import SCHEDULES, linear_problem
 
 MAX_TIMESTEPS = 1_000_000   # diffusion.timesteps: the literature uses <= 4,000
+MAX_GUIDANCE = 1e4          # sample.guidance, --guidance: the literature uses <= 10
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,8 @@ class DataConfig:
     conditional: str = "false"             # train with the labels (sets model.num_classes):
                                            # true | false | auto (when the data set has labels)
     p_uncond: float = 0.1                  # conditional training: share of labels dropped to null
+    recipe: tuple[str, ...] = ()           # keys the data decide (ddpmlab.recipe); a key the
+                                           # user sets leaves the list (override)
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,8 @@ class TrainConfig:
                                            # ends within this many minutes; 0: off. config.json
                                            # records the max_steps chosen (and 0 here)
     skip_nonfinite: bool = False           # skip (and count) steps with a NaN/Inf loss or gradient
+    tensorboard: bool = False              # also log scalars and sample grids to RUN/tensorboard/
+                                           # (needs the tensorboard extra)
 
 
 @dataclass(frozen=True)
@@ -266,11 +271,14 @@ class Config:
             if isinstance(value, str):
                 value = _parse_scalar(value, _field_type(SECTIONS[sec], name), key, source)
             d[sec][name] = value
+        if "data.recipe" not in assignments:   # a value the user sets is theirs, not the recipe's
+            d["data"]["recipe"] = [k for k in d["data"]["recipe"] if k not in assignments]
         return Config.from_dict(d, source)
 
     # ----------------------------------------------------------------- validation
     def validate(self, source: str = "<config>") -> None:
-        """Range checks that types alone cannot express."""
+        """Range checks that types alone cannot express (each error names the key and
+        ``source``): choices, counts, numbers, then the keys that depend on each other."""
 
         def bad(key: str, value: Any, why: str) -> ConfigError:
             return ConfigError(f"{source}: {key}={_short(value)} {why}")
@@ -280,7 +288,14 @@ class Config:
             value = getattr(getattr(self, sec), name)
             if value not in choices:
                 raise bad(key, value, f"is not one of {', '.join(choices)}")
-        m, dif, data, tr, s = self.model, self.diffusion, self.data, self.train, self.sample
+        self._check_counts(bad)
+        self._check_numbers(bad)
+        self._check_combinations(bad)
+        self.sample.check_options(source)
+
+    def _check_counts(self, bad: Callable) -> None:
+        """Counts and sizes that must be >= 1 or bounded."""
+        m, dif, tr, s = self.model, self.diffusion, self.train, self.sample
         positive = {
             "model.in_channels": m.in_channels, "model.image_size": m.image_size,
             "model.base_channels": m.base_channels, "model.num_res_blocks": m.num_res_blocks,
@@ -296,10 +311,17 @@ class Config:
         if dif.timesteps > MAX_TIMESTEPS:  # (the schedule's float64 columns: ~160 bytes per t)
             raise bad("diffusion.timesteps", dif.timesteps, f"must be <= {MAX_TIMESTEPS:,} (its "
                       f"schedule alone would take {format_size(dif.timesteps * 160)})")
+        if dif.objective == "ddpm" and dif.schedule == "linear" \
+                and (why := linear_problem(dif.timesteps)) is not None:
+            raise bad("diffusion.timesteps", dif.timesteps, f"with diffusion.schedule=linear: {why}")
         if not m.channel_mult or any(c < 1 for c in m.channel_mult):
             raise bad("model.channel_mult", list(m.channel_mult), "must be positive integers")
         if any(r < 1 for r in m.attention_resolutions):
             raise bad("model.attention_resolutions", list(m.attention_resolutions), "must be >= 1")
+
+    def _check_numbers(self, bad: Callable) -> None:
+        """Numbers that must be finite, non-negative or in a range."""
+        m, dif, data, tr, s = self.model, self.diffusion, self.data, self.train, self.sample
         nonneg = {
             "model.num_classes": m.num_classes, "data.image_size": data.image_size,
             "data.channels": data.channels, "train.warmup_steps": tr.warmup_steps,
@@ -314,6 +336,8 @@ class Config:
         for key, value in nonneg.items():
             if not value >= 0 or (isinstance(value, float) and not math.isfinite(value)):
                 raise bad(key, value, "must be a finite number >= 0")
+        if s.guidance > MAX_GUIDANCE:  # (w (eps_c - eps_u) overflows: all-zero images)
+            raise bad("sample.guidance", s.guidance, f"must be at most {MAX_GUIDANCE:,.0f}")
         if not (0 < m.norm_eps < 1):
             raise bad("model.norm_eps", m.norm_eps, "must be in (0, 1)")
         if not 0 <= m.dropout < 1:
@@ -326,6 +350,10 @@ class Config:
             raise bad("train.lr", tr.lr, "must be a finite number > 0")
         if not 0 <= tr.ema_decay < 1:
             raise bad("train.ema_decay", tr.ema_decay, "must be in [0, 1)")
+
+    def _check_combinations(self, bad: Callable) -> None:
+        """Keys whose valid values depend on other keys."""
+        m, dif, data, tr, s = self.model, self.diffusion, self.data, self.train, self.sample
         if tr.time_budget_min and tr.lr_decay != "none" and tr.warmup_steps < BUDGET_WINDOW[1]:
             raise bad("train.time_budget_min", tr.time_budget_min, f"with train.lr_decay="
                       f"{tr.lr_decay} needs train.warmup_steps >= {BUDGET_WINDOW[1]} (the LR of "

@@ -30,6 +30,7 @@ from ..reverse import Model, check_variance
 from ..schedules import Schedule
 from .ancestral import ddpm_step
 from .base import Prediction, SamplerInfo, Step, StepContext
+from .consistency import consistency_step
 from .ddim import ddim_step
 from .dpm_solver import dpm_solver_step
 from .dpmpp_2m_sde import dpmpp_2m_sde_step
@@ -37,7 +38,7 @@ from .dpmpp_3m_sde import dpmpp_3m_sde_step
 from .euler import euler_step
 from .euler_ancestral import euler_ancestral_step
 from .flow_heun import flow_heun_step
-from .guidance import classifier_free_guidance
+from .guidance import autoguidance, classifier_free_guidance, guided_model
 from .heun import heun_step
 from .noise import Generators, per_sample_generators, randn
 from .spacing import SPACINGS, timestep_pairs, timesteps
@@ -55,6 +56,7 @@ SAMPLERS: dict[str, Step] = {
     "dpmpp_3m_sde": dpmpp_3m_sde_step,
     "unipc": unipc_step,
     "flow_heun": flow_heun_step,
+    "consistency": consistency_step,
 }
 
 __all__ = [
@@ -62,7 +64,7 @@ __all__ = [
     "ddpm_step", "ddim_step", "dpm_solver_step", "euler_step", "heun_step",
     "euler_ancestral_step", "dpmpp_2m_sde_step", "dpmpp_3m_sde_step", "unipc_step",
     "flow_heun_step",
-    "classifier_free_guidance", "timestep_pairs",
+    "autoguidance", "classifier_free_guidance", "guided_model", "timestep_pairs",
     "timesteps", "per_sample_generators", "randn",
 ]
 
@@ -96,6 +98,9 @@ def sample(
     dtype: torch.dtype | None = None,
     options: dict[str, Any] | None = None,
     learn_sigma: bool = False,
+    guide: Model | None = None,
+    guide_weight: float = 1.0,
+    guidance_interval: tuple[float, float] | None = None,
 ) -> torch.Tensor:
     """Draw samples x0 of ``shape`` ``(n, *dims)`` from ``model`` by the named ``sampler``.
 
@@ -110,7 +115,12 @@ def sample(
     posterior, ``"large"`` = beta). ``options`` are sampler-specific settings (Heun:
     ``churn``, ``s_tmin``, ``s_tmax``, ``s_noise``, EDM Algorithm 2). ``y`` (labels ``[n]``
     or one int) with ``guidance`` w applies classifier-free guidance
-    ``pred_u + w (pred_c - pred_u)``. ``x_T`` is the starting noise; otherwise it is drawn
+    ``pred_u + w (pred_c - pred_u)``. ``guide`` (a weaker model of the same task and
+    signature) with ``guide_weight`` w_g applies autoguidance ``pred_g + w_g (pred_c - pred_g)``
+    (with labels and ``guidance`` != 1 as well, both directions add; :mod:`.guidance`).
+    ``guidance_interval=(sigma_lo, sigma_hi)`` guides only where ``sigma_lo < sigma_t <=
+    sigma_hi`` (sigma of ``schedule`` at the step's index) and uses the plain conditional
+    prediction elsewhere. ``x_T`` is the starting noise; otherwise it is drawn
     from ``generator`` (one ``torch.Generator`` or one per sample). ``callback(info)`` gets
     ``i``, ``t``, ``t_prev``, ``steps`` (how many steps the call walks), ``nfe`` (network
     evaluations so far), ``x`` (x_t), ``x0_hat`` and ``x_next`` at every step. ``dtype``
@@ -141,18 +151,16 @@ def sample(
             raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape={tuple(shape)}")
         x = x_T.to(device=device or x_T.device, dtype=dtype or x_T.dtype)
     sched = schedule.to(x.device)
-    net: Model = model
-    cond_y: torch.Tensor | None = None
+    yt: torch.Tensor | None = None
     if y is not None:
         yt = torch.as_tensor(y, dtype=torch.long, device=x.device)
         if yt.ndim == 0:
             yt = yt.expand(x.shape[0])
         if yt.shape != (x.shape[0],):
             raise ValueError(f"y must be one label or {x.shape[0]} labels, got {tuple(yt.shape)}")
-        if guidance == 1.0:
-            cond_y = yt
-        else:
-            net = classifier_free_guidance(model, yt, float(guidance), null_class, learn_sigma)
+    net, cond_y = guided_model(model, yt, float(guidance), null_class=null_class,
+                               learn_sigma=learn_sigma, guide=guide, guide_weight=guide_weight,
+                               interval=guidance_interval, schedule=sched)
     nfe = [0]
 
     def counted(*args: Any) -> torch.Tensor:

@@ -63,8 +63,10 @@ MAX_SEED = 2**63 - 1
 _FLAG_RULES = {
     **dict.fromkeys(("n", "batch_size", "steps", "bpd_timesteps", "ode_images", "ode_steps",
                      "ode_probes", "chain_steps"), ("must be >= 1", lambda v: v >= 1)),
-    **dict.fromkeys(("eta", "guidance"), ("must be a finite number >= 0",
-                                          lambda v: v >= 0 and math.isfinite(v))),
+    **dict.fromkeys(("eta", "churn"), ("must be a finite number >= 0",
+                                        lambda v: v >= 0 and math.isfinite(v))),
+    "guidance": ("must be a finite number in 0..10,000 (config.MAX_GUIDANCE)",
+                 lambda v: 0 <= v <= 1e4),
     "seed": ("must be in 0..2**63-1", lambda v: 0 <= v <= MAX_SEED),
 }
 

@@ -25,6 +25,7 @@ LAYER = {
     "errors": 0, "io": 0,
     "schedules": 1, "broadcast": 1, "forward": 1, "parametrization": 1, "reverse": 1,
     "losses": 1, "likelihood": 1, "likelihood_ode": 1, "samplers": 1, "objectives": 1,
+    "edit": 1,
     "config": 2, "device": 2, "layout": 2, "session": 2, "outputs": 2,
     "nn": 3, "data": 3, "features": 3,
     "train": 4, "evaluate": 4, "viz": 4,

@@ -289,12 +289,12 @@ def reconstruct_run(run: RunDir | str | os.PathLike, sigma_rel: float,
     """The parameters (by name) of the post-hoc average of length ``sigma_rel`` at ``step``
     (default: the newest snapshot's) from every snapshot of ``run`` up to ``step``; the files
     are read one at a time (memory: two copies of the model in float64)."""
-    snaps = run_snapshots(run)
-    if step is not None:
-        snaps = [s for s in snaps if s[0] <= step]
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    snaps = [s for s in run_snapshots(run) if step is None or s[0] <= step]
     if not snaps:
-        raise CheckpointError(f"{RunDir(run).phema if not isinstance(run, RunDir) else run.phema}"
-                              ": no post-hoc EMA snapshots (train with train.phema: true)")
+        raise CheckpointError(f"{run.phema}: no post-hoc EMA snapshots"
+                              f"{'' if step is None else f' up to step {step}'} (train with "
+                              "train.phema: true)")
     basis = [(s, k, sigma_rel_to_gamma(sig)) for s, sigmas, _ in snaps
              for k, sig in enumerate(sigmas)]
     x = solve_weights([b[0] for b in basis], [b[2] for b in basis],

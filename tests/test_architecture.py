@@ -26,7 +26,7 @@ LAYER = {
     "schedules": 1, "broadcast": 1, "forward": 1, "parametrization": 1, "reverse": 1,
     "losses": 1, "likelihood": 1, "likelihood_ode": 1, "samplers": 1, "objectives": 1,
     "edit": 1,
-    "config": 2, "device": 2, "layout": 2, "session": 2, "outputs": 2,
+    "config": 2, "device": 2, "layout": 2, "session": 2, "outputs": 2, "recipe": 2,
     "nn": 3, "data": 3, "features": 3,
     "train": 4, "evaluate": 4, "viz": 4,
     "runs": 5, "interop": 5, "report": 5,
@@ -36,7 +36,7 @@ LAYER = {
 MATH = {name for name, layer in LAYER.items() if layer == 1}
 # Same-layer imports allowed between different top-level pieces (all others are forbidden).
 SAME_LAYER_OK = {("io", "errors"), ("features", "data"), ("config", "device"), ("layout", "config"),
-                 ("session", "layout"), ("session", "config"),
+                 ("session", "layout"), ("session", "config"), ("recipe", "config"),
                  ("interop", "runs"), ("report", "runs"), ("report", "interop"),
                  ("__main__", "cli")}
 MATH_EXTERNAL = {"torch", "numpy", "tqdm"}      # what math may import besides the stdlib

@@ -137,7 +137,7 @@ class Trainer:
 
     def _set_up(self, cfg: Config, resume: bool, data: ImageData | None) -> None:
         self.data = data if data is not None else load_dataset(cfg.data, "train")
-        cfg = resolve_config(cfg, self.data)
+        cfg = resolve_config(cfg, self.data, self.log)
         if resume:
             check_same_run(self.run.read_config(), cfg, self.run.config)
         self.cfg = cfg

@@ -3,6 +3,7 @@ must pass before anything is allocated or written."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
@@ -12,10 +13,15 @@ from ..data import ImageData
 from ..device import check_memory
 from ..errors import CheckpointError, ConfigError, DataError
 from ..nn import UNet
+from ..recipe import DataStats, apply_recipe, check_fit
 
 
-def resolve_config(cfg: Config, data: ImageData) -> Config:
-    """Fill the model's data-dependent fields (channels, size, classes) from the data."""
+def resolve_config(cfg: Config, data: ImageData,
+                   log: Callable[[str], None] | None = None) -> Config:
+    """Fill the model's data-dependent fields (channels, size, classes) from the data, then
+    the keys of ``data.recipe`` by the recipe (:mod:`ddpmlab.recipe`: its one line goes to
+    ``log``); a preset's attention levels that fit no level of this data's network are one
+    line naming the key."""
     c, h, w = data.shape
     if h != w:
         raise DataError(f"{data.source}: images are {h}x{w}; ddpmlab trains on square images "
@@ -34,6 +40,10 @@ def resolve_config(cfg: Config, data: ImageData) -> Config:
     model = replace(cfg.model, in_channels=c, image_size=h, num_classes=num_classes)
     data_cfg = replace(cfg.data, conditional="true" if num_classes > 0 else "false")
     out = replace(cfg, model=model, data=data_cfg)
+    out, line = apply_recipe(out, DataStats(h, c, len(data), data.num_classes))
+    if line and log is not None:
+        log(line)
+    check_fit(out, cfg.model.image_size)
     out.validate("resolved config")
     return out
 

@@ -1,0 +1,253 @@
+"""The recipe: what a preset would hard-code, derived from the data (issue 32).
+
+A preset lists the keys the data may decide in ``data.recipe`` (the ``mnist``, ``mnist-flow``
+and ``mnist-edm`` presets list every key of :data:`RECIPE_KEYS`). ``Config.override`` removes
+a key from that list when the user sets it (``key=value``, or a flag such as
+``--time-budget``), so **a value the user gives is never changed**; a config file without
+``data.recipe`` is used as written. The trainer (``train.setup.resolve_config``) measures the
+data (:class:`DataStats`), calls :func:`apply_recipe`, prints its one line and writes the
+resolved config, with ``data.recipe`` emptied (every value is now fixed: ``--resume`` and a
+copy of ``config.json`` repeat the run as it was chosen).
+
+This module knows no data, network or trainer: it maps four numbers to config values.
+
+**The rules**, each anchored on the main job (the ``mnist`` preset on 4,500 gray 28x28
+digits, 10 classes), which they reproduce exactly (``tests/test_recipe.py``):
+
+* **Depth** (``model.channel_mult``): halve the image until its lowest-resolution level is 4
+  to 8 px (``levels = max(2, 1 + ceil(log2(size / 8)))``): the lowest level holds the layout
+  of the whole image, so it stays the same few pixels whatever the image size (28 px: 28, 14,
+  7; 32 px: 32, 16, 8; 64 px: 64, 32, 16, 8). Level 0 and levels larger than 32 px have the
+  base width (x1: there the convolutions cost most), the others twice it (x2): (1, 2, 2) at 28
+  and 32 px, (1, 2, 2, 2) at 64, (1, 1, 2, 2, 2) at 128.
+* **Attention** (``model.attention_resolutions``), at levels relative to the depth, never at
+  absolute sizes: the lowest-resolution level, and with 4 levels or more also the one above
+  it (16 px at 64 and 128 px, where DDPM's models attend). The middle block always has its
+  own. So 28 px gets ``[7]`` (the preset's), 32 px ``[8]``, 64 px ``[16, 8]``.
+* **Width** (``model.base_channels``): the widest of 32, 48, 64, 96, 128 whose estimated
+  compute per image (:func:`image_cost`: the 3x3 convolutions and the attention of every
+  level) is at most the main job's, and at least 32: under a fixed time budget a wider
+  network buys quality only where the images are small enough to pay for it (8x8 digits:
+  96; 28 and 32 px: 32; above, 32 and more time).
+* **Batch** (``train.batch_size``): the main job's 32, but at most a quarter of the images
+  (rounded down to a power of two, at least 1), so that an epoch is at least four different
+  batches: 50 images train with batches of 8. A batch the user sets is kept; one larger than
+  the data set is refused in one line naming ``train.batch_size``.
+* **Learning rate** (``train.lr``): the main job's 2e-3 at batch 32, scaled by
+  ``sqrt(batch / 32)`` (Adam's square-root rule, Malladi et al. 2022) for the run's batch,
+  the recipe's or the user's.
+* **Time budget** (``train.time_budget_min``, and ``train.time_limit_min`` = budget + 1 min,
+  the preset's margin): as long as the main job's ~800 steps take at the reference speed
+  (2 AVX2 cores: 1.9 main-job steps/s, README), at least the main job's 7 minutes and at most
+  60: estimated step compute (batch x :func:`image_cost`) over the main job's, times 7 min.
+  The time budget then counts the steps on the machine itself.
+* **EMA** (``train.ema_decay``): an averaging length ``1 / (1 - decay)`` of half the expected
+  steps (the budget's at the reference speed, or ``train.max_steps`` without a budget),
+  rounded down to 1, 2 or 5 x 10^k, at least 1,000 and at most 10,000 steps (EDM2: the best
+  length is a share of the run; the EMA warm-up ``(1 + t) / (10 + t)`` already covers short
+  runs). The main job (~800 steps): 0.999; the fashion-mnist-60min preset's 5,638 steps give
+  its 0.9995.
+* **Classes** change nothing above: a class is one embedding vector.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .config import Config
+from .errors import ConfigError
+
+__all__ = ["RECIPE_KEYS", "DataStats", "Recipe", "apply_recipe", "check_fit", "choose",
+           "image_cost", "level_sizes"]
+
+RECIPE_KEYS: tuple[str, ...] = (
+    "model.base_channels", "model.channel_mult", "model.attention_resolutions",
+    "train.batch_size", "train.lr", "train.ema_decay", "train.time_budget_min",
+    "train.time_limit_min",
+)
+
+# The main job (configs/mnist.yaml on 4,500 MNIST digits) the rules are anchored on.
+REF_SIZE, REF_BASE, REF_MULT, REF_ATTN, REF_BLOCKS = 28, 32, (1, 2, 2), (7,), 1
+REF_BATCH, REF_LR = 32, 2e-3
+REF_BUDGET_MIN, BUDGET_MAX_MIN, LIMIT_MARGIN_MIN = 7.0, 60.0, 1.0
+REF_STEPS_PER_S = 1.9           # the main job on the reference machine (2 AVX2 cores, fp32)
+WIDTHS = (32, 48, 64, 96, 128)
+EMA_MIN, EMA_MAX = 1_000, 10_000
+
+
+@dataclass(frozen=True)
+class DataStats:
+    """What the recipe knows of the data: square images of ``image_size`` px with
+    ``channels`` planes, ``count`` training images, ``num_classes`` (0: unlabelled)."""
+
+    image_size: int
+    channels: int
+    count: int
+    num_classes: int
+
+
+def level_sizes(image_size: int, levels: int) -> list[int]:
+    """The UNet's level sizes (``ceil(size / 2**l)``, as ``nn.UNet`` names them)."""
+    return [math.ceil(image_size / 2**lvl) for lvl in range(levels)]
+
+
+def _depth(size: int) -> tuple[int, ...]:
+    levels = max(2, 1 + math.ceil(math.log2(max(size, 1) / 8)))
+    sizes = level_sizes(size, levels)
+    return tuple(1 if lvl == 0 or s > 32 else 2 for lvl, s in enumerate(sizes))
+
+
+def _attention(size: int, levels: int) -> tuple[int, ...]:
+    sizes = level_sizes(size, levels)
+    return tuple(sizes[-2:]) if levels >= 4 else (sizes[-1],)
+
+
+def image_cost(size: int, base: int, mult: tuple[int, ...], attention: tuple[int, ...],
+               blocks: int = REF_BLOCKS) -> float:
+    """Relative compute of one image through the UNet: per level, its 3x3 convolutions
+    (``2 * (2 * blocks + 1)`` of them, down and up, ~ pixels x channels^2 x 9) and, at an
+    attention level, its attention (~ pixels^2 x channels + projections); the middle block
+    counts as one more attention level. Only ratios of this number are used."""
+    cost = 0.0
+    sizes = level_sizes(size, len(mult))
+    for s, m in zip(sizes, mult, strict=True):
+        ch, n = base * m, s * s
+        cost += 2 * (2 * blocks + 1) * 9 * n * ch * ch
+        if s in attention:
+            cost += (2 * blocks + 1) * (2 * n * n * ch + 4 * n * ch * ch)
+    n, ch = sizes[-1] ** 2, base * mult[-1]
+    return cost + 2 * n * n * ch + 4 * n * ch * ch
+
+
+REF_COST = image_cost(REF_SIZE, REF_BASE, REF_MULT, REF_ATTN) * REF_BATCH
+
+
+def _nice_floor(x: float) -> int:
+    """The largest 1, 2 or 5 x 10^k that is <= x (x >= 1)."""
+    k = 10 ** math.floor(math.log10(x))
+    return max(m * k for m in (1, 2, 5) if m * k <= x)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The values the recipe chose (config key -> value) and, per key, why."""
+
+    values: dict[str, Any]
+    reasons: dict[str, str]
+
+    def line(self, stats: DataStats) -> str:
+        """The one line the trainer prints."""
+        kind = f"{stats.image_size} px {'RGB' if stats.channels == 3 else 'gray'}"
+        classes = f"{stats.num_classes} classes" if stats.num_classes else "unlabelled"
+        said = "; ".join(self.reasons[k] for k in self.reasons)
+        return (f"ddpmlab: recipe for {stats.count:,} images of {kind}, {classes}: {said} "
+                "(set a key to choose it)")
+
+
+def choose(stats: DataStats, cfg: Config, keys: set[str]) -> Recipe:
+    """The recipe's values for ``keys`` (a subset of :data:`RECIPE_KEYS`); every other value
+    (the user's or the preset's) is read from ``cfg`` and kept."""
+    m, tc, size = cfg.model, cfg.train, stats.image_size
+    values: dict[str, Any] = {}
+    why: dict[str, str] = {}
+    mult = _depth(size) if "model.channel_mult" in keys else m.channel_mult
+    attn = _attention(size, len(mult)) if "model.attention_resolutions" in keys \
+        else m.attention_resolutions
+    base = m.base_channels
+    if "model.base_channels" in keys:
+        fits = [w for w in WIDTHS if image_cost(size, w, mult, attn, m.num_res_blocks)
+                <= image_cost(REF_SIZE, REF_BASE, REF_MULT, REF_ATTN)]
+        base = max(fits, default=WIDTHS[0])
+    cost = image_cost(size, base, mult, attn, m.num_res_blocks)
+    rel = cost / image_cost(REF_SIZE, REF_BASE, REF_MULT, REF_ATTN)
+    if "model.base_channels" in keys:
+        values["model.base_channels"] = base
+        why["model.base_channels"] = (f"base_channels {base} (the widest at most an MNIST "
+                                      f"image's compute, >= 32; {rel:.2g}x)")
+    if "model.channel_mult" in keys:
+        values["model.channel_mult"] = mult
+        why["model.channel_mult"] = (f"channel_mult {list(mult)} ({len(mult)} levels, down to "
+                                     f"{level_sizes(size, len(mult))[-1]} px)")
+    if "model.attention_resolutions" in keys:
+        values["model.attention_resolutions"] = attn
+        which = "the two lowest-resolution levels" if len(attn) == 2 \
+            else "the lowest-resolution level"
+        why["model.attention_resolutions"] = f"attention at {list(attn)} px ({which})"
+    batch = tc.batch_size
+    if "train.batch_size" in keys:
+        batch = max(1, min(REF_BATCH, 2 ** math.floor(math.log2(max(stats.count // 4, 1)))))
+        values["train.batch_size"] = batch
+        why["train.batch_size"] = f"batch {batch}" + (
+            f" (at most a quarter of the {stats.count} images)" if batch < REF_BATCH else "")
+    if "train.lr" in keys:
+        lr = float(f"{REF_LR * math.sqrt(batch / REF_BATCH):.3g}")
+        values["train.lr"] = lr
+        why["train.lr"] = f"lr {lr:g} (2e-3 x sqrt(batch/32))"
+    _time(stats, tc, keys, batch * cost / REF_COST, values, why)
+    return Recipe(values, why)
+
+
+def _time(stats: DataStats, tc: Any, keys: set[str], step_rel: float, values: dict[str, Any],
+          why: dict[str, str]) -> None:
+    """The time budget (and its limit) and the EMA length from the step's relative cost."""
+    budget = tc.time_budget_min
+    if "train.time_budget_min" in keys:
+        budget = float(min(BUDGET_MAX_MIN, max(REF_BUDGET_MIN,
+                                               math.ceil(REF_BUDGET_MIN * step_rel))))
+        values["train.time_budget_min"] = budget
+        why["train.time_budget_min"] = (f"time budget {budget:g} min (a step {step_rel:.2g}x "
+                                        "the main job's, 7-60 min)")
+        if "train.time_limit_min" in keys:
+            values["train.time_limit_min"] = budget + LIMIT_MARGIN_MIN
+    if "train.ema_decay" in keys:
+        if budget:
+            steps = budget * 60 * REF_STEPS_PER_S / max(step_rel, 1e-9)
+            source = f"the ~{steps:,.0f} steps expected"
+        else:
+            steps, source = float(tc.max_steps), f"max_steps={tc.max_steps}"
+        length = min(EMA_MAX, max(EMA_MIN, _nice_floor(max(steps / 2, 1))))
+        decay = round(1 - 1 / length, 6)
+        values["train.ema_decay"] = decay
+        why["train.ema_decay"] = f"EMA {decay:g} ({length:,} steps: half {source}, >= 1,000)"
+
+
+def apply_recipe(cfg: Config, stats: DataStats) -> tuple[Config, str | None]:
+    """``cfg`` with the recipe's values for the keys in ``cfg.data.recipe`` and that list
+    emptied, and the one line that says what was chosen and why (None: nothing to choose)."""
+    keys = set(cfg.data.recipe)
+    unknown = sorted(keys - set(RECIPE_KEYS))
+    if unknown:
+        raise ConfigError(f"data.recipe: {unknown} cannot be chosen by the recipe (it chooses "
+                          f"{', '.join(RECIPE_KEYS)})")
+    data = replace(cfg.data, recipe=())
+    if not keys:
+        return replace(cfg, data=data), None
+    recipe = choose(stats, cfg, keys)
+    sections: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
+    for key, value in recipe.values.items():
+        sec, name = key.split(".")
+        sections[sec][name] = value
+    out = replace(cfg, data=data, model=replace(cfg.model, **sections["model"]),
+                  train=replace(cfg.train, **sections["train"]))
+    return out, recipe.line(stats)
+
+
+def check_fit(cfg: Config, preset_size: int) -> None:
+    """A preset's fixed ``model.attention_resolutions`` that names no level of the data's
+    network: one line saying which key to change and to what (the UNet would refuse it with
+    the sizes only)."""
+    m = cfg.model
+    sizes = level_sizes(m.image_size, len(m.channel_mult))
+    unknown = sorted(set(m.attention_resolutions) - set(sizes))
+    if not unknown:
+        return
+    made = f" (set for {preset_size} px images)" if preset_size != m.image_size else ""
+    fit = _attention(m.image_size, len(sizes))
+    which = "the two lowest-resolution levels" if len(fit) == 2 else "the lowest-resolution level"
+    raise ConfigError(
+        f"model.attention_resolutions={list(m.attention_resolutions)}{made}: {unknown} match no "
+        f"level of the network for {m.image_size} px data (level sizes {sizes}); set "
+        f"model.attention_resolutions={','.join(map(str, fit))} ({which}), or let the recipe "
+        "choose it (data.recipe=model.attention_resolutions)")

@@ -411,6 +411,19 @@ def test_ddib_with_an_unconditional_inversion_is_not_ot(monkeypatch):
     assert errs[0] > 0.1, errs
 
 
+def test_inversion_with_guidance_is_not_exact():
+    # documented in edit/inversion.py: the guided field is inverted less exactly as w grows
+    model = two_class_model()
+    x0 = MU_A + SD_A * torch.randn(32, 2, generator=gen(0), dtype=F64)
+
+    def error(w):
+        kw = dict(sampler="dpm_solver", steps=20, y=0, guidance=w)
+        return (regenerate(model, SCHED, invert(model, SCHED, x0, **kw), **kw) - x0).abs().max().item()
+
+    e1, e3 = error(1.0), error(3.0)
+    assert e1 < 2e-3 and e3 > 5 * e1, (e1, e3)
+
+
 # =========================================================================== interpolation
 def test_slerp_endpoints_are_the_inputs_and_the_norm_is_kept():
     a, b = torch.randn(2, 4, 3, 5, 5, generator=gen(0), dtype=F64)

@@ -30,7 +30,7 @@ def translate(model: Model, schedule: Schedule, x0: torch.Tensor,
               **sampling: Any) -> torch.Tensor:
     """``x0`` ``[N, *]`` of class ``y_source`` carried to class ``y_target`` (one label or N
     labels each). ``sampler`` in :data:`.inversion.INVERTERS`; ``sampling``: prediction,
-    guidance, null_class, options, learn_sigma."""
+    guidance (and guide, guide_weight, guidance_interval), null_class, options, learn_sigma."""
     x_T = invert(model, schedule, x0, sampler=sampler, steps=steps, spacing=spacing, y=y_source,
                  **sampling)
     return regenerate(model, schedule, x_T, sampler=sampler, steps=steps, spacing=spacing,

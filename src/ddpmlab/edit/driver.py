@@ -28,7 +28,7 @@ import torch
 from ..forward import alpha_bar_at
 from ..parametrization import check_prediction
 from ..reverse import Model, check_variance
-from ..samplers import SAMPLERS, StepContext, classifier_free_guidance
+from ..samplers import SAMPLERS, StepContext, guided_model
 from ..samplers.base import Step
 from ..samplers.noise import Generators, randn
 from ..samplers.spacing import timesteps
@@ -89,29 +89,31 @@ def build(model: Model, schedule: Schedule, x: torch.Tensor, *, sampler: str = "
           prediction: str = "eps", y: torch.Tensor | int | None = None, guidance: float = 1.0,
           null_class: int | None = None, clip_x0: bool = False,
           options: dict[str, Any] | None = None, learn_sigma: bool = False,
+          guide: Model | None = None, guide_weight: float = 1.0,
+          guidance_interval: tuple[float, float] | None = None,
           steps_in_call: int = 0) -> Driver:
     """The :class:`Driver` that ``sample()`` would use for a batch like ``x`` (same checks,
-    guidance wrapper and counter). ``steps_in_call`` is ``StepContext.steps``."""
+    the same guidance decision :func:`~ddpmlab.samplers.guided_model`, the same counter).
+    ``steps_in_call`` is ``StepContext.steps``."""
     step = check_settings(sampler, prediction, variance, eta, guidance)
-    net: Model = model
-    cond_y: torch.Tensor | None = None
+    sched = schedule.to(x.device)
+    yt: torch.Tensor | None = None
     if y is not None:
         yt = torch.as_tensor(y, dtype=torch.long, device=x.device)
         if yt.ndim == 0:
             yt = yt.expand(x.shape[0])
         if yt.shape != (x.shape[0],):
             raise ValueError(f"y must be one label or {x.shape[0]} labels, got {tuple(yt.shape)}")
-        if guidance == 1.0:
-            cond_y = yt
-        else:
-            net = classifier_free_guidance(model, yt, float(guidance), null_class, learn_sigma)
+    net, cond_y = guided_model(model, yt, float(guidance), null_class=null_class,
+                               learn_sigma=learn_sigma, guide=guide, guide_weight=guide_weight,
+                               interval=guidance_interval, schedule=sched)
     calls = [0]
 
     def counted(*args: Any) -> torch.Tensor:
         calls[0] += 1
         return net(*args)
 
-    ctx = StepContext(counted, schedule.to(x.device), prediction=prediction, clip_x0=clip_x0,
+    ctx = StepContext(counted, sched, prediction=prediction, clip_x0=clip_x0,
                       y=cond_y, generator=generator, eta=None if eta is None else float(eta),
                       variance=variance, steps=int(steps_in_call), options=dict(options or {}),
                       learn_sigma=bool(learn_sigma))

@@ -99,8 +99,9 @@ def inpaint(model: Model, schedule: Schedule, x_known: torch.Tensor, mask: torch
     levels as in :func:`ddpmlab.sample`; ``jump_length`` (j) and ``jump_n_sample`` (r) the
     RePaint schedule (module doc; r = 1 is plain replacement); ``inpaint_nfe`` its cost.
     ``sampling``: ``sample()``'s other settings (eta, variance, prediction, y, guidance,
-    null_class, clip_x0, options, learn_sigma). Starts from pure noise drawn from
-    ``generator``; returns x0 with the known pixels pasted exactly.
+    null_class, guide, guide_weight, guidance_interval, clip_x0, options, learn_sigma).
+    Starts from pure noise drawn from ``generator``; returns x0 with the known pixels pasted
+    exactly.
     """
     m = check_mask(mask, x_known)
     ts = levels(schedule, sampler, steps, spacing)

@@ -25,12 +25,14 @@ step (a point mass: every state of the inversion is revisited by the regeneratio
 tolerance); otherwise its error falls with the number of steps at the solver's order
 (``tests/test_edit.py``).
 
-**Guidance.** ``y`` with ``guidance`` = 1 inverts the conditional model's ODE. With guidance
-w != 1 the inversion follows the guided field pred_u + w (pred_c - pred_u), which is the score
-of no distribution (Ho & Salimans 2022): its ODE is still invertible step by step, but the
-error of the explicit steps grows with w (the field is steeper), so reconstruction is not
-exact and degrades as w grows at a fixed number of steps (Mokady et al. 2023, null-text
-inversion). Invert and regenerate with the same ``y`` and ``guidance``.
+**Guidance.** ``y`` with ``guidance`` = 1 inverts the conditional model's ODE, as exactly as
+the unconditional one. With guidance w != 1 (or autoguidance, or a guidance interval) both
+directions follow the guided field pred_u + w (pred_c - pred_u), which is not the noised score
+of any one distribution (Ho & Salimans 2022): each explicit step evaluates it at the other end
+of its interval than the step that undoes it, and with w > 1 the field changes faster and
+amplifies the mismatch, so reconstruction is **not exact** and degrades as w grows at a fixed
+number of steps (what null-text inversion, Mokady et al. 2023, repairs;
+``tests/test_edit.py`` measures it). Invert and regenerate with the same labels and guidance.
 """
 
 from __future__ import annotations
@@ -82,8 +84,9 @@ def invert(model: Model, schedule: Schedule, x0: torch.Tensor, *, sampler: str =
     """x_T at index tau_0 (the sampler's top level, T - 1) from data ``x0`` ``[N, *]``.
 
     ``sampler`` in :data:`INVERTERS`; ``steps`` / ``spacing`` as in ``sample()`` (use the same
-    in :func:`regenerate`). ``sampling``: prediction, y, guidance, null_class, options,
-    learn_sigma (module doc on guidance). ``callback(info)`` gets ``i``, ``t``, ``t_next``,
+    in :func:`regenerate`). ``sampling``: ``sample()``'s prediction, y, guidance, null_class,
+    guide, guide_weight, guidance_interval, options, learn_sigma (module doc on guidance).
+    ``callback(info)`` gets ``i``, ``t``, ``t_next``,
     ``nfe``, ``x``, ``x0_hat`` and ``x_next`` after each step upwards.
     """
     _check(sampler, sampling)
@@ -110,7 +113,8 @@ def invert(model: Model, schedule: Schedule, x0: torch.Tensor, *, sampler: str =
 def regenerate(model: Model, schedule: Schedule, x_T: torch.Tensor, *, sampler: str = "ddim",
                steps: int | None = None, spacing: str | None = None, **sampling: Any) -> torch.Tensor:
     """x0 from an inverted x_T: ``sample()`` with the same deterministic solver, eta = 0
-    (``sampling``: prediction, y, guidance, null_class, options, learn_sigma, callback)."""
+    (``sampling``: ``sample()``'s prediction, y, guidance, null_class, guide, guide_weight,
+    guidance_interval, options, learn_sigma, callback)."""
     _check(sampler, sampling)
     sampling = {k: v for k, v in sampling.items() if k not in ("clip_x0", "eta")}
     return sample(model, schedule, x_T=x_T, sampler=sampler, steps=steps, spacing=spacing,

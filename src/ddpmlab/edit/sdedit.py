@@ -56,7 +56,8 @@ def img2img(model: Model, schedule: Schedule, x_guide: torch.Tensor, strength: f
     ``sample()``); ``mask`` (1 = edit) restricts the edit to a region. ``noise`` (standard
     normal, ``x_guide``'s shape) replaces the draw of the starting noise from ``generator``.
     ``sampler``, ``steps``, ``spacing`` and ``sampling`` (eta, variance, prediction, y,
-    guidance, null_class, clip_x0, options, learn_sigma) are ``sample()``'s.
+    guidance, null_class, guide, guide_weight, guidance_interval, clip_x0, options,
+    learn_sigma) are ``sample()``'s.
     """
     m = check_mask(mask, x_guide)
     ts = levels(schedule, sampler, steps, spacing)

@@ -73,6 +73,8 @@ def inpaint_nfe(steps: int, jump_length: int = 1, jump_n_sample: int = 1,
                 sampler: str = "ddpm") -> int:
     """The exact number of network evaluations of :func:`inpaint` (without guidance's doubling
     when its two halves run apart): the sampler's cost of the R reverse steps of the walk."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     path = jump_schedule(steps, jump_length, jump_n_sample)
     reverse_steps = sum(1 for a, b in zip(path[:-1], path[1:], strict=True) if b < a)
     return SAMPLERS[sampler].info.nfe(reverse_steps)

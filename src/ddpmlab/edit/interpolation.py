@@ -48,7 +48,9 @@ def slerp(a: torch.Tensor, b: torch.Tensor, alpha: float, *, eps: float = 1e-7) 
 def interpolate_latent(model: Model, schedule: Schedule, x_a: torch.Tensor, x_b: torch.Tensor,
                        alphas: Sequence[float], *, sampler: str = "ddim",
                        steps: int | None = None, **sampling: Any) -> torch.Tensor:
-    """``[len(alphas), N, *]``: regenerations of slerp(invert(x_a), invert(x_b), alpha)."""
+    """``[len(alphas), N, *]``: regenerations of slerp(invert(x_a), invert(x_b), alpha).
+    The two images are inverted as one batch of 2N and the strip regenerated as one of
+    ``len(alphas) N``: ``y``, if any, is one label."""
     both = invert(model, schedule, torch.cat([x_a, x_b]), sampler=sampler, steps=steps, **sampling)
     z_a, z_b = both.chunk(2)
     z = torch.cat([slerp(z_a, z_b, float(al)) for al in alphas])

@@ -77,6 +77,16 @@ def test_int_accepted_for_float():
     ({"model": {"dropout": 1.5}}, "model.dropout"),
     ({"data": {"conditional": "maybe"}}, "data.conditional"),
     ({"data": {"conditional": 1}}, "data.conditional"),
+    ({"train": {"phema_every": 0}}, "train.phema_every=0 must be >= 1"),
+    ({"train": {"phema_sigma_rels": []}}, "train.phema_sigma_rels=[] must be one or more"),
+    ({"train": {"phema_sigma_rels": [0.05, 0.05]}}, "must be one or more distinct"),
+    ({"train": {"phema_sigma_rels": [0.05, 0.31]}}, "must each lie in (0, 0.3003)"),
+    ({"train": {"phema_sigma_rels": [0.0]}}, "must each lie in (0, 0.3003)"),
+    ({"sample": {"guide_weight": -1}}, "sample.guide_weight=-1.0 must be a finite number"),
+    ({"sample": {"guide_weight": 2}}, "sample.guide_weight=2.0 needs sample.guide"),
+    ({"sample": {"guidance_interval": [1.0]}}, "sample.guidance_interval=[1.0] must be []"),
+    ({"sample": {"guidance_interval": [-1.0, 2.0]}}, "sample.guidance_interval=[-1.0, 2.0]"),
+    ({"sample": {"guidance_interval": [0.5, 1e400]}}, "sample.guidance_interval=[0.5, inf]"),
 ])
 def test_bad_values_name_key_and_file(tmp_path, doc, needle):
     p = tmp_path / "bad.json"
@@ -134,3 +144,17 @@ def test_every_preset_is_named_by_train_help_and_has_a_file():
     for name in PRESETS:
         assert name in re.split(r"[ ,()]+", help_text), name
         assert preset_path(name).is_file(), name
+
+
+def test_phema_and_guidance_keys_have_their_defaults_and_round_trip():
+    cfg = Config()
+    assert (cfg.train.phema, cfg.train.phema_sigma_rels, cfg.train.phema_every) == \
+        (False, (0.05, 0.10), 100)
+    assert (cfg.sample.guide, cfg.sample.guide_weight, cfg.sample.guidance_interval) == \
+        ("", 1.0, ())
+    set_ = cfg.override({"train.phema": "true", "train.phema_sigma_rels": "0.04,0.2",
+                         "sample.guide": "runs/small", "sample.guide_weight": "2",
+                         "sample.guidance_interval": "0.3,5"})
+    assert set_.train.phema_sigma_rels == (0.04, 0.2)
+    assert set_.sample.guidance_interval == (0.3, 5.0)
+    assert Config.from_dict(json.loads(set_.to_json())) == set_

@@ -485,3 +485,43 @@ def test_a_run_length_the_user_asks_for_is_not_cut_by_the_presets_time_limit():
                                    {"train.time_budget_min"})  # inside the limit: unchanged
     assert cfg.train.time_limit_min == 8 and note is None
     assert respect_run_length(preset, set()) == (preset, None)  # ./run.sh as it is
+
+
+def test_phema_in_a_run_writes_snapshots_reconstructs_and_resumes(tmp_path, tiny_cfg):
+    """``train.phema``: the Trainer's listener writes a snapshot every ``phema_every`` steps and
+    at each checkpoint, says the storage cost once; the reconstruction at a tracked sigma_rel
+    is that tracked average; a resumed run continues the averages exactly."""
+    from ddpmlab.io import load_tensors
+    from ddpmlab.layout import RunDir
+    from ddpmlab.train.phema import reconstruct_run, run_snapshots
+
+    cfg = tiny_cfg.override({"train.phema": "true", "train.phema_every": "2",
+                             "train.phema_sigma_rels": "0.05,0.12"})
+    lines: list[str] = []
+    Trainer(cfg, tmp_path / "a", progress=False, log=lines.append).train()
+    said = [s for s in lines if s.startswith("post-hoc EMA")]
+    assert len(said) == 1 and "sigma_rel 0.05, 0.12" in said[0] and "3 snapshots" in said[0]
+    assert [s for s, _, _ in run_snapshots(tmp_path / "a")] == [2, 3, 4, 6]  # every 2 + ckpt 3
+    last = load_tensors(RunDir(tmp_path / "a").phema_snapshot(6))
+    for k, sigma in enumerate((0.05, 0.12)):
+        got = reconstruct_run(tmp_path / "a", sigma)
+        want = {n[len(f"ema{k}."):]: v for n, v in last.items() if n.startswith(f"ema{k}.")}
+        assert got.keys() == want.keys()
+        for n in want:
+            torch.testing.assert_close(got[n], want[n], rtol=1e-4, atol=1e-6)
+    # the averages differ from each other and from the live weights (they are averages)
+    live = load_tensors(latest_checkpoint(tmp_path / "a") / "model.safetensors")
+    name = next(n for n in live if n.endswith("weight") and live[n].ndim == 4)
+    assert not torch.equal(last[f"ema0.{name}"], live[name])
+    assert not torch.equal(last[f"ema0.{name}"], last[f"ema1.{name}"])
+    # stopped at step 4 and resumed: the step-6 snapshot equals the uninterrupted run's
+    Trainer(cfg.override({"train.max_steps": "4"}), tmp_path / "b", progress=False,
+            log=lambda m: None).train()
+    Trainer(cfg, tmp_path / "b", resume=True, progress=False, log=lambda m: None).train()
+    resumed = load_tensors(RunDir(tmp_path / "b").phema_snapshot(6))
+    assert resumed.keys() == last.keys()
+    for n in last:
+        assert torch.equal(resumed[n], last[n]), n
+    # off (the default): no snapshots
+    Trainer(tiny_cfg, tmp_path / "c", progress=False, log=lambda m: None).train()
+    assert not RunDir(tmp_path / "c").phema.exists()

@@ -35,6 +35,12 @@ from .schedules import SCHEDULES, linear_problem
 
 MAX_TIMESTEPS = 1_000_000   # diffusion.timesteps: the literature uses <= 4,000
 MAX_GUIDANCE = 1e4          # sample.guidance, --guidance: the literature uses <= 10
+#: the largest relative standard deviation a power-function EMA profile has (at exponent
+#: gamma = (sqrt 5 - 3) / 2; Karras et al. 2024): train.phema_sigma_rels and ``ddpmlab ema
+#: --sigma-rel`` lie in (0, MAX_SIGMA_REL). Owned here, where the config checks it;
+#: :mod:`ddpmlab.train.phema` reads it.
+MAX_SIGMA_REL = math.sqrt((math.sqrt(5) - 1) / 2 / ((math.sqrt(5) + 1) / 2) ** 2
+                          / ((math.sqrt(5) + 3) / 2))
 
 
 @dataclass(frozen=True)
@@ -138,6 +144,12 @@ class TrainConfig:
     skip_nonfinite: bool = False           # skip (and count) steps with a NaN/Inf loss or gradient
     tensorboard: bool = False              # also log scalars and sample grids to RUN/tensorboard/
                                            # (needs the tensorboard extra)
+    phema: bool = False                    # post-hoc EMA (Karras et al. 2024): track power-function
+                                           # EMAs and keep snapshots in RUN/phema/, so that
+                                           # `ddpmlab ema` reconstructs any EMA length afterwards
+    phema_sigma_rels: tuple[float, ...] = (0.05, 0.10)   # the tracked lengths (relative std
+                                           # of the averaging profile; distinct, in (0, 0.3003))
+    phema_every: int = 100                 # steps between snapshots (and one at each checkpoint)
 
 
 @dataclass(frozen=True)
@@ -152,6 +164,13 @@ class SampleConfig:
     variance: str = "small"                # DDPM: small (posterior) | large (beta)
     clip_x0: bool = True                   # clip the x0 estimate to [-1, 1]
     guidance: float = 1.0                  # classifier-free guidance weight w
+    guide: str = ""                        # autoguidance: a run directory or one of its
+                                           # checkpoints/step_* folders (a weaker model of the
+                                           # same task); "" = none
+    guide_weight: float = 1.0              # autoguidance weight: pred_g + w (pred - pred_g);
+                                           # 1 = no autoguidance
+    guidance_interval: tuple[float, ...] = ()   # [lo, hi]: guide only where lo < sigma_t <= hi
+                                           # (the run's own sigma); [] = at every level
     # sampler options (handed to the sampler as ``sample(options=...)``; only heun reads them:
     # EDM Algorithm 2's S_churn, S_tmin, S_tmax, S_noise; churn 0 = deterministic Algorithm 1)
     churn: float = 0.0
@@ -291,6 +310,7 @@ class Config:
         self._check_counts(bad)
         self._check_numbers(bad)
         self._check_combinations(bad)
+        self._check_phema_and_guide(bad)
         self.sample.check_options(source)
 
     def _check_counts(self, bad: Callable) -> None:
@@ -303,7 +323,8 @@ class Config:
             "diffusion.timesteps": dif.timesteps, "train.batch_size": tr.batch_size,
             "train.grad_accum": tr.grad_accum, "train.max_steps": tr.max_steps,
             "train.log_every": tr.log_every, "train.ckpt_every": tr.ckpt_every,
-            "train.keep_last": tr.keep_last, "sample.n": s.n, "sample.batch_size": s.batch_size,
+            "train.keep_last": tr.keep_last, "train.phema_every": tr.phema_every,
+            "sample.n": s.n, "sample.batch_size": s.batch_size,
         }
         for key, value in positive.items():
             if value < 1:
@@ -387,6 +408,26 @@ class Config:
         if m.learn_sigma and s.variance != "small":
             raise bad("sample.variance", s.variance, "is a fixed variance; a model.learn_sigma "
                       "run samples with its own")
+
+    def _check_phema_and_guide(self, bad: Callable) -> None:
+        """The post-hoc EMA's lengths and the autoguidance / guidance interval settings."""
+        tr, s = self.train, self.sample
+        sig = tr.phema_sigma_rels
+        if not sig or len(set(sig)) != len(sig):
+            raise bad("train.phema_sigma_rels", list(sig), "must be one or more distinct numbers")
+        if not all(0 < v < MAX_SIGMA_REL for v in sig):
+            raise bad("train.phema_sigma_rels", list(sig), f"must each lie in (0, "
+                      f"{MAX_SIGMA_REL:.4f}) (the relative std of a power-function EMA)")
+        w = s.guide_weight
+        if not (0 <= w <= MAX_GUIDANCE):
+            raise bad("sample.guide_weight", w, f"must be a finite number in 0..{MAX_GUIDANCE:,.0f}")
+        if w != 1.0 and not s.guide:
+            raise bad("sample.guide_weight", w, "needs sample.guide (the run or checkpoint that "
+                      "guides; 1 = no autoguidance)")
+        iv = s.guidance_interval
+        if iv and (len(iv) != 2 or not all(math.isfinite(v) for v in iv) or iv[0] < 0):
+            raise bad("sample.guidance_interval", list(iv), "must be [] (every level) or [lo, "
+                      "hi]: two finite noise levels sigma with 0 <= lo (lo >= hi: none)")
 
 
 def _check_objective_keys(dif: DiffusionConfig, learn_sigma: bool, bad: Callable) -> None:

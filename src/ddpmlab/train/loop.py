@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import os
 import signal
 import time
@@ -46,6 +47,7 @@ from ..data import ImageData, load_dataset, to_model_range
 from ..device import (
     ThreadGovernor,
     autocast,
+    format_size,
     precision_reason,
     process_device,
     resolve_device,
@@ -71,6 +73,7 @@ from .ema import ema_decay_at, ema_update
 from .events import Listener, Listeners, MetricsLog, ProgressBar, TensorBoardLog
 from .optim import lr_at, make_optimizer
 from .order import BatchOrder
+from .phema import PhemaListener, snapshot_bytes
 from .setup import (
     build_model,
     check_batch,
@@ -432,13 +435,16 @@ class Trainer:
     # ------------------------------------------------------------------ the loop's parts
     @contextlib.contextmanager
     def _listeners(self, budget: TimeBudget) -> Iterator[Listener]:
-        """The progress bar, ``metrics.jsonl`` and (``train.tensorboard``) TensorBoard, on the
-        main process; the others report nothing."""
+        """The progress bar, ``metrics.jsonl``, (``train.tensorboard``) TensorBoard and
+        (``train.phema``) the post-hoc EMA's snapshots, on the main process; the others report
+        nothing."""
         listeners: list[Listener] = []
         if self.dist.is_main:
             listeners = [ProgressBar(self.progress, self.log), MetricsLog(self.run)]
             if self.cfg.train.tensorboard:
                 listeners.append(TensorBoardLog(self.run.tensorboard))
+            if self.cfg.train.phema:
+                listeners.append(self._phema())
         events = Listeners(listeners)
         try:
             events.start(self.step, None if budget.active else self.cfg.train.max_steps,
@@ -447,6 +453,17 @@ class Trainer:
             yield events
         finally:
             events.close()
+
+    def _phema(self) -> Listener:
+        """The post-hoc EMA listener (:mod:`ddpmlab.train.phema`), its storage cost said once."""
+        tr = self.cfg.train
+        listener = PhemaListener(self.model, self.run, tr.phema_sigma_rels, tr.phema_every)
+        count = math.ceil(tr.max_steps / tr.phema_every)
+        self.log(f"post-hoc EMA: sigma_rel {', '.join(f'{s:g}' for s in tr.phema_sigma_rels)}, "
+                 f"a snapshot every {tr.phema_every} steps and at each checkpoint: about "
+                 f"{format_size(snapshot_bytes(self.model, len(tr.phema_sigma_rels)) * count)} "
+                 f"in {self.run.phema} for {count} snapshots")
+        return listener
 
     @contextlib.contextmanager
     def _signal_handlers(self) -> Iterator[None]:

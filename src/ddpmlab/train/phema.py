@@ -51,15 +51,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config import (
+    MAX_SIGMA_REL,  # the largest sigma_rel of a profile (the config checks it)
+    TrainConfig,
+)
 from ..errors import CheckpointError
 from ..io import load_tensors, save_tensors
 from ..layout import RunDir, remove_tree
 from .events import Listener
 
-#: the largest sigma_rel a power-function profile has (at gamma = (sqrt 5 - 3) / 2)
-MAX_SIGMA_REL = math.sqrt((math.sqrt(5) - 1) / 2 / ((math.sqrt(5) + 1) / 2) ** 2
-                          / ((math.sqrt(5) + 3) / 2))
-DEFAULT_SIGMA_RELS = (0.05, 0.10)
+DEFAULT_SIGMA_RELS = TrainConfig.phema_sigma_rels   # (0.05, 0.10): EDM2's
 _META_SIGMAS, _META_STEP = "phema.sigma_rels", "phema.step"
 
 

@@ -319,7 +319,8 @@ def test_folder_train_test_layout(tmp_path):
     _img(tmp_path / "train" / "a" / "2.png", (8, 8), "L")
     _img(tmp_path / "train" / "b" / "3.png", (8, 8), "L")
     _img(tmp_path / "test" / "b" / "4.png", (8, 8), "L")
-    sizes = {s: len(D.load_dataset(cfg(tmp_path), s)) for s in ("train", "test", "all")}
+    with pytest.warns(UserWarning, match=r"1 class folder\(s\) with one image or none \(b\)"):
+        sizes = {s: len(D.load_dataset(cfg(tmp_path), s)) for s in ("train", "test", "all")}
     assert sizes == {"train": 3, "test": 1, "all": 4}
     test = D.load_dataset(cfg(tmp_path), "test")
     assert test.class_names == ["a", "b"] and test.labels.tolist() == [1]

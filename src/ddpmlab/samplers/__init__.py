@@ -129,35 +129,13 @@ def sample(
     ancestral sampler (``"ddpm"``) then uses the model's variance instead of ``variance``, and
     every other sampler the prediction half alone. Runs under ``torch.inference_mode``.
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    check_prediction(prediction)
-    check_variance(variance)
-    if eta is not None and (isinstance(eta, bool) or not isinstance(eta, (int, float))
-                            or not eta >= 0 or eta == float("inf")):
-        raise ValueError(f"eta must be a number >= 0, got {eta!r}")
-    if not isinstance(guidance, (int, float)) or not guidance >= 0:
-        raise ValueError(f"guidance must be a number >= 0, got {guidance!r}")
+    _check_args(sampler, prediction, variance, eta, guidance)
     step = SAMPLERS[sampler]
     spacing = spacing or step.info.spacing
     pairs = timestep_pairs(schedule.T, steps, spacing, schedule.log_snr.tolist())
-    if x_T is None:
-        if shape is None:
-            raise ValueError("give either shape or x_T")
-        shape = _check_shape(shape)
-        x = randn(shape, generator, device, dtype or torch.float32)
-    else:
-        if shape is not None and tuple(x_T.shape) != _check_shape(shape):
-            raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape={tuple(shape)}")
-        x = x_T.to(device=device or x_T.device, dtype=dtype or x_T.dtype)
+    x = _start(shape, x_T, generator, device, dtype)
     sched = schedule.to(x.device)
-    yt: torch.Tensor | None = None
-    if y is not None:
-        yt = torch.as_tensor(y, dtype=torch.long, device=x.device)
-        if yt.ndim == 0:
-            yt = yt.expand(x.shape[0])
-        if yt.shape != (x.shape[0],):
-            raise ValueError(f"y must be one label or {x.shape[0]} labels, got {tuple(yt.shape)}")
+    yt = _labels(y, x.shape[0], x.device)
     net, cond_y = guided_model(model, yt, float(guidance), null_class=null_class,
                                learn_sigma=learn_sigma, guide=guide, guide_weight=guide_weight,
                                interval=guidance_interval, schedule=sched)
@@ -171,7 +149,6 @@ def sample(
                       generator=generator, eta=None if eta is None else float(eta),
                       variance=variance, steps=len(pairs), options=dict(options or {}),
                       learn_sigma=bool(learn_sigma))
-    state: dict[str, Any] = {}
     bar: Any = None
     if progress:
         from tqdm.auto import tqdm
@@ -179,17 +156,61 @@ def sample(
         bar = tqdm(total=step.info.nfe(len(pairs)), desc=f"sampling ({sampler})", unit="NFE",
                    leave=False)
     try:
-        with torch.inference_mode():
-            for i, (t, t_prev) in enumerate(pairs):
-                before = nfe[0]
-                x_next, x0_hat = step(ctx, x, t, t_prev, state)
-                if bar is not None:
-                    bar.update(nfe[0] - before)
-                if callback is not None:
-                    callback({"i": i, "t": t, "t_prev": t_prev, "steps": len(pairs),
-                              "nfe": nfe[0], "x": x, "x0_hat": x0_hat, "x_next": x_next})
-                x = x_next
+        return _walk(step, ctx, x, pairs, nfe, callback, bar)
     finally:
         if bar is not None:
             bar.close()
+
+
+def _walk(step: Step, ctx: StepContext, x: torch.Tensor, pairs: list, nfe: list[int],
+          callback: Callable[[dict[str, Any]], None] | None, bar: Any) -> torch.Tensor:
+    """The loop of :func:`sample`: ``x, x0_hat = step(ctx, x, t, t_prev, state)`` over the
+    pairs, the callback after each step (``nfe[0]`` counts the network calls so far)."""
+    state: dict[str, Any] = {}
+    with torch.inference_mode():
+        for i, (t, t_prev) in enumerate(pairs):
+            before = nfe[0]
+            x_next, x0_hat = step(ctx, x, t, t_prev, state)
+            if bar is not None:
+                bar.update(nfe[0] - before)
+            if callback is not None:
+                callback({"i": i, "t": t, "t_prev": t_prev, "steps": len(pairs),
+                          "nfe": nfe[0], "x": x, "x0_hat": x0_hat, "x_next": x_next})
+            x = x_next
     return x
+
+
+def _check_args(sampler: str, prediction: str, variance: str, eta: Any, guidance: Any) -> None:
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    check_prediction(prediction)
+    check_variance(variance)
+    if eta is not None and (isinstance(eta, bool) or not isinstance(eta, (int, float))
+                            or not eta >= 0 or eta == float("inf")):
+        raise ValueError(f"eta must be a number >= 0, got {eta!r}")
+    if not isinstance(guidance, (int, float)) or not guidance >= 0:
+        raise ValueError(f"guidance must be a number >= 0, got {guidance!r}")
+
+
+def _start(shape: Sequence[int] | None, x_T: torch.Tensor | None, generator: Generators,
+           device: torch.device | str | None, dtype: torch.dtype | None) -> torch.Tensor:
+    """The starting noise: ``x_T`` (moved to ``device``/``dtype``) or drawn for ``shape``."""
+    if x_T is None:
+        if shape is None:
+            raise ValueError("give either shape or x_T")
+        return randn(_check_shape(shape), generator, device, dtype or torch.float32)
+    if shape is not None and tuple(x_T.shape) != _check_shape(shape):
+        raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape={tuple(shape)}")
+    return x_T.to(device=device or x_T.device, dtype=dtype or x_T.dtype)
+
+
+def _labels(y: torch.Tensor | int | None, n: int, device: torch.device) -> torch.Tensor | None:
+    """``y`` as ``n`` int64 labels on ``device`` (one int is repeated); None stays None."""
+    if y is None:
+        return None
+    yt = torch.as_tensor(y, dtype=torch.long, device=device)
+    if yt.ndim == 0:
+        yt = yt.expand(n)
+    if yt.shape != (n,):
+        raise ValueError(f"y must be one label or {n} labels, got {tuple(yt.shape)}")
+    return yt

@@ -270,3 +270,36 @@ def test_the_layout_guard_lets_prose_and_other_keys_pass():
               '    return text("step_label"), cfg["sample_every"], x / "figures"  # step_*\n'
               'MSG = "--resume takes the run\'s own config.json"\n')
     assert layout_literals(source) == []
+
+
+# ----------------------------------------------------------------------------- function size
+MAX_FUNCTION_LINES = 80          # a function you can read in one screen (docstring not counted)
+LONG_ALLOWED = {"cli.py:build_parser"}  # the argument parser: one declaration per flag
+
+
+def long_functions(source: str, name: str, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """``file:function (N lines)`` for each function of ``source`` longer than ``limit``."""
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            n = node.end_lineno - node.lineno + 1
+            first = node.body[0]
+            if (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+                    and isinstance(first.value.value, str)):
+                n -= first.end_lineno - first.lineno + 1
+            if n > limit and f"{name}:{node.name}" not in LONG_ALLOWED:
+                out.append(f"{name}:{node.name} ({n} lines)")
+    return out
+
+
+def test_no_function_in_the_source_is_longer_than_a_screen():
+    found = [f for p in sorted(SRC.rglob("*.py"))
+             for f in long_functions(p.read_text(encoding="utf-8"), p.relative_to(SRC).as_posix())]
+    assert found == []
+
+
+def test_the_function_size_check_fails_on_a_long_function():
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES + 1))
+    assert long_functions(f'def f():\n    """doc\n    lines"""\n{body}\n', "m.py") == [
+        f"m.py:f ({MAX_FUNCTION_LINES + 2} lines)"]
+    assert long_functions("def f():\n    return 1\n", "m.py") == []

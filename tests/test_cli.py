@@ -54,6 +54,7 @@ def test_default_preset_is_conditional_with_one_row_per_class(run_dir, uncond_ru
     assert main(["train", "--conditional", "--unconditional", "--out", "/tmp/x"]) == 2
 
 
+@pytest.mark.e2e  # over 2 s: trains
 def test_the_preset_is_sized_by_time_and_max_steps_turns_that_off(run_dir, tmp_path, capsys):
     """The mnist preset has a time budget; --max-steps N trains exactly N steps (config.json:
     no budget), a budget with max_steps as its cap times steps 5-40 and says what it chose."""
@@ -131,6 +132,7 @@ def test_python_dash_m_entry_point():
     assert r.returncode == 0 and "train" in r.stdout and "sample" in r.stdout
 
 
+@pytest.mark.e2e  # over 2 s: samples and scores a run
 def test_eval_reports_every_metric(run_dir, tmp_path, capsys):
     import json
 
@@ -163,6 +165,7 @@ def test_eval_scores_an_npz(run_dir, tmp_path, capsys):
     assert "bad.npz" in capsys.readouterr().err
 
 
+@pytest.mark.e2e  # over 2 s: draws every figure of a run
 @pytest.mark.parametrize("which, grid", [("run_dir", "samples_by_class.png"),
                                          ("uncond_run", "samples.png")])
 def test_figures_command(which, grid, request, tmp_path):

@@ -25,6 +25,7 @@ def test_label_dropout_rate():
     assert draw(g, 1000, (1,), DDPM(10), torch.device("cpu"), p_uncond=1.0).drop.all()
 
 
+@pytest.mark.e2e  # over 2 s: trains
 def test_dropped_labels_reach_the_model_as_null(tmp_path, tiny_cfg):
     from ddpmlab.train import Trainer
 

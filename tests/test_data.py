@@ -83,6 +83,7 @@ def test_digits():
     assert full.images[0, 0, 0].tolist() == [0, 0, 80, 207, 143, 16, 0, 0]
 
 
+@pytest.mark.e2e  # over 2 s: reads the whole digits set twice
 def test_digits_fallback_matches_sklearn(monkeypatch):
     """The direct CSV read equals sklearn.datasets.load_digits (the fallback path)."""
     fast = D._digits_all()

@@ -401,6 +401,7 @@ def test_fid_inception_architecture(tmp_path):
 
 
 # =========================================================================== end to end
+@pytest.mark.e2e  # over 2 s: the MNIST features of 4,500 digits
 def test_evaluate_samples_on_mnist(mnist):
     train, test = mnist
     samples = torch.cat([train.images[:40], test.images[::10]])   # 40 copies + 50 new digits

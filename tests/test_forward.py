@@ -102,6 +102,7 @@ def test_two_q_steps_equal_q_sample_with_the_combined_noise():
                                rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.e2e  # over 2 s: a Monte Carlo check
 def test_iterated_q_step_monte_carlo_matches_closed_form():
     # N chains of x0 -> x_t by q_step. Sample mean / variance of N iid Gaussians have standard
     # errors sqrt(var/N) and var*sqrt(2/N); we allow 5 of them (two-sided p ~ 6e-7 each).

@@ -57,6 +57,7 @@ def _same_outputs(ours, theirs, x, t, y=None, atol=2e-4):
     torch.testing.assert_close(a, b, rtol=1e-3, atol=atol)
 
 
+@pytest.mark.e2e  # over 2 s: the 35.7M CIFAR-10 network
 def test_the_ddpm_papers_cifar10_network_imports_exactly(tmp_path):
     folder, unet = _pipeline_folder(tmp_path, CIFAR10_32)
     import_diffusers(folder, tmp_path / "run")
@@ -114,6 +115,7 @@ def runs(tmp_path_factory):
     return made
 
 
+@pytest.mark.e2e  # over 2 s: trains, exports, samples
 @pytest.mark.parametrize("name", ["cond1", "uncond1", "uncond3"])
 def test_exported_runs_load_in_diffusers_and_agree(runs, tmp_path, name):
     _, cfg, _ = load_run(runs[name])

@@ -549,6 +549,7 @@ def _same_checkpoints(a, b, names):
             assert torch.equal(ta[k], tb[k]), f"{name}:{k} differs"
 
 
+@pytest.mark.e2e  # over 2 s: trains, samples, scores
 def test_hybrid_training_then_sampling_eval_and_figures(tmp_path, tiny_cfg):
     from ddpmlab.runs import ScoreOptions, load_run, run_figures, sample_images, score_run
     from ddpmlab.train import Trainer
@@ -578,6 +579,7 @@ def test_hybrid_training_then_sampling_eval_and_figures(tmp_path, tiny_cfg):
     assert not (tmp_path / "hf").exists()
 
 
+@pytest.mark.e2e  # over 2 s: trains twice
 def test_vlb_resume_is_exact_with_the_importance_sampler(tmp_path, tiny_cfg, monkeypatch):
     """A vlb run resumed after its loss history is full (t importance-sampled from then on)
     ends with exactly the weights, RNG states and history of an uninterrupted run; one that

@@ -99,11 +99,13 @@ def check_fourth_order(errs):
     assert float((errs[2] - richardson).abs().max()) < 0.3 * size[2], (errs[2], richardson)
 
 
+@pytest.mark.e2e  # over 2 s: ODE integrations
 def test_gaussian_ode_likelihood_is_the_analytic_one_and_rk4_is_fourth_order():
     errs = gaussian_errors()
     check_fourth_order(errs)
 
 
+@pytest.mark.e2e  # over 2 s: ODE integrations
 def test_the_ddpm_prior_end_matches_the_linear_flow_formula():
     """With the DDPM prior the answer is log N(y_T; 0, (1+smax^2) I) + sum_i 1/2 log((lam_i +
     smax^2) / (lam_i + smin^2)), y_T = m + Q diag(sqrt(...)) Q^T (x - m) (numpy)."""
@@ -150,6 +152,7 @@ BROKEN = {"divergence": ("divergence", _negated_divergence),
           "sigma_linear_index": ("index_of_sigma", _sigma_linear_index)}
 
 
+@pytest.mark.e2e  # over 2 s: ODE integrations
 @pytest.mark.parametrize("name", list(BROKEN))
 def test_broken_twins_fail_the_gaussian_check(name, monkeypatch):
     attr, broken = BROKEN[name]
@@ -278,6 +281,7 @@ TINY = ["model.base_channels=16", "model.channel_mult=1,2", "model.num_res_block
         "sample.n=4", "sample.sampler=ddim", "sample.steps=5"]
 
 
+@pytest.mark.e2e  # over 2 s: trains, then ODE likelihoods
 def test_eval_nll_ode_on_a_tiny_run(tmp_path, capsys):
     from ddpmlab.cli import main
 
@@ -327,6 +331,7 @@ def _exact_net(objective, m, cov):
     return net
 
 
+@pytest.mark.e2e  # over 2 s: ODE integrations
 @pytest.mark.parametrize("objective", ["edm", "flow"])
 def test_every_objective_gives_the_analytic_gaussian_likelihood(objective):
     """The same drift on the objective's noise-level grid, the network wrapped as the samplers

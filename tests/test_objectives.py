@@ -759,6 +759,7 @@ def _same(a, b):
             assert torch.equal(ta[k], tb[k]), f"{name}:{k} differs"
 
 
+@pytest.mark.e2e  # over 2 s: trains, samples, scores
 @pytest.mark.parametrize("objective, extra, sampler", [
     ("flow", {"diffusion.flow_t": "logit_normal"}, "flow_heun"),
     ("edm", {"diffusion.sigma_data": "0.6"}, "heun"),
@@ -826,6 +827,7 @@ def test_objective_training_draws_levels_from_the_run_generator(tiny_cfg):
                        torch.randint(0, 50, (4,), generator=torch.Generator().manual_seed(0)))
 
 
+@pytest.mark.e2e  # over 2 s: trains, samples, scores
 def test_the_cli_trains_samples_evaluates_and_draws_an_edm_run(tmp_path, capsys):
     from ddpmlab.cli import main
     from test_cli import TINY

@@ -92,6 +92,7 @@ known_key_documents = st.lists(pair_values, max_size=5).map(_nest)
 documents = random_documents | known_key_documents
 
 
+@pytest.mark.e2e  # over 2 s: a property search
 @SETTINGS
 @given(documents)
 @example({"model": {"dropout": 10**400}})          # found by this test: was an OverflowError
@@ -298,6 +299,7 @@ CHECKPOINT_FILES = ["model.safetensors", "ema.safetensors", "optimizer.safetenso
                     "optimizer.json", "rng.safetensors", "state.json"]
 
 
+@pytest.mark.e2e  # over 2 s: a property search
 @SETTINGS
 @given(st.binary(max_size=600), st.sampled_from(CHECKPOINT_FILES))
 def test_checkpoint_random_bytes(checkpoint_dir, raw, name):
@@ -387,6 +389,7 @@ def foreign_configs(draw):
     return name, None   # filled in by the test from the real config (keys drawn there)
 
 
+@pytest.mark.e2e  # over 2 s: a property search
 @SETTINGS
 @given(foreign_configs(), st.data())
 @example(("unet/config.json", b'{"layers_per_block": 1000000000}'), None)

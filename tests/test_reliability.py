@@ -159,6 +159,7 @@ def test_bad_data_is_one_line_error(tmp_path, capsys, make):
     assert not any((tmp_path / "out").glob("*"))                    # no run was started
 
 
+@pytest.mark.e2e  # over 2 s: trains
 def test_non_image_file_is_skipped_with_a_warning(tmp_path, capsys):
     data = tmp_path / "data"
     for i in range(8):
@@ -946,6 +947,7 @@ def test_a_force_killed_before_its_first_checkpoint_is_undone_on_the_next_start(
                not k.startswith(("metrics", "checkpoints")))
 
 
+@pytest.mark.e2e  # over 2 s: samples and draws figures
 def test_outputs_replace_only_files_ddpmlab_wrote(trained, tmp_path, capsys):
     """`np.savez(path, array)` writes the same members as a samples file: only the mark that
     ddpmlab puts in what it writes (a PNG text chunk, a `ddpmlab` npz member) allows

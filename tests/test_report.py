@@ -107,6 +107,7 @@ def _srcs(html: str) -> list[str]:
 
 
 # ============================================================================ the folder
+@pytest.mark.e2e  # over 2 s: the reports of four trained runs
 def test_every_picture_is_a_file_of_the_folder(reports):
     for name, index in reports.items():
         html = _html(index)
@@ -122,12 +123,14 @@ def test_every_picture_is_a_file_of_the_folder(reports):
             assert f'<section id="{sec}">' in html, (name, sec)
 
 
+@pytest.mark.e2e  # over 2 s: the reports of four trained runs
 def test_gray_and_rgb_pictures_keep_their_channels(reports):
     for name, index in reports.items():
         frame = Image.open(index.parent / _blob(_html(index))["scrubbers"]["forward"]["frames"][3])
         assert frame.mode == ("RGB" if name.startswith("rgb") else "L"), name
 
 
+@pytest.mark.e2e  # over 2 s: the reports of four trained runs
 def test_forward_readouts_are_the_schedule(reports, runs):
     from ddpmlab import schedules
     from ddpmlab.layout import RunDir
@@ -149,6 +152,7 @@ def test_forward_readouts_are_the_schedule(reports, runs):
     assert first.shape == last.shape and not np.array_equal(first, last)
 
 
+@pytest.mark.e2e  # over 2 s: the reports of four trained runs
 def test_conditional_run_with_checkpoints_and_eval(reports):
     html = _html(reports["gray-cond"])
     assert html.count("<tr><th>step ") == 2                   # two checkpoint rows
@@ -165,6 +169,7 @@ def test_conditional_run_with_checkpoints_and_eval(reports):
     assert chain["ddpm-t"][-2] == "0" and chain["ddpm-t"][-1] == "output"
 
 
+@pytest.mark.e2e  # over 2 s: the reports of four trained runs
 def test_one_checkpoint_and_no_eval_say_what_is_missing(reports, runs):
     html = _html(reports["gray-uncond"])
     assert "Only one checkpoint is saved" in html
@@ -176,6 +181,7 @@ def test_one_checkpoint_and_no_eval_say_what_is_missing(reports, runs):
     assert "img/nearest.png" in html
 
 
+@pytest.mark.e2e  # over 2 s: the reports of four trained runs
 def test_the_chain_is_the_runs_own_sampling(runs, tmp_path):
     """The report's chains start from the noise ``sample_images`` uses for samples 0..n-1 and
     take the same steps: the ancestral chain's output is ``sample_images(sampler="ddpm")``."""
@@ -193,6 +199,7 @@ def test_the_chain_is_the_runs_own_sampling(runs, tmp_path):
     assert chain["sigma"][-2] == "0" and float(chain["sigma"][0]) > 0
 
 
+@pytest.mark.e2e  # over 2 s: the reports of four trained runs
 def test_the_progress_total_is_the_sections_costs_and_the_network_calls(runs, tmp_path,
                                                                         monkeypatch):
     """The bar's total is the sum of the sections' declared costs, and both equal the images
@@ -257,6 +264,7 @@ def test_the_progress_total_is_the_sections_costs_and_the_network_calls(runs, tm
     assert c["sampling"] == grid + sweep + nfe_cells
 
 
+@pytest.mark.e2e  # over 2 s: the reports of four trained runs
 def test_a_second_report_replaces_the_first(runs, tmp_path):
     out = tmp_path / "rep"
     write_report(runs["rgb-uncond"], out, progress=False, plan=SMALL)
@@ -267,6 +275,7 @@ def test_a_second_report_replaces_the_first(runs, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rep"]  # no temporary folders
 
 
+@pytest.mark.e2e  # over 2 s: the reports of four trained runs
 def test_eval_writes_the_runs_results_and_never_replaces_a_foreign_file(runs, tmp_path, capsys):
     import shutil
 
@@ -283,6 +292,7 @@ def test_eval_writes_the_runs_results_and_never_replaces_a_foreign_file(runs, tm
 
 
 # ============================================================================ the command
+@pytest.mark.e2e  # over 2 s: the reports of four trained runs
 def test_command_chinese_with_the_default_plan_and_a_progress_bar(runs, tmp_path, capsys):
     out = tmp_path / "zh"
     assert main(["report", str(runs["gray-uncond"]), "--out", str(out), "--lang", "zh"]) == 0
@@ -301,6 +311,7 @@ def test_command_chinese_with_the_default_plan_and_a_progress_bar(runs, tmp_path
     assert len(blob["scrubbers"]["chain-ddpm"]["frames"]) == 51
 
 
+@pytest.mark.e2e  # over 2 s: the reports of four trained runs
 @pytest.mark.parametrize("argv,needle", [
     (["report", "/nonexistent/run"], "no such run directory"),
     (["report", "RUNDIR_NO_CKPT"], "holds no complete checkpoint"),

@@ -164,6 +164,7 @@ def heun_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.e2e  # over 2 s: trains and samples
 def test_sample_churn_flag_reaches_the_sampler(heun_run, tmp_path, capsys):
     from ddpmlab.cli import main
 

@@ -813,6 +813,7 @@ def test_gather_refuses_a_fractional_index():
         gather(SCHED.betas, torch.tensor([1.5]), torch.zeros(1, 2))
 
 
+@pytest.mark.e2e  # over 2 s: diffusers' schedulers
 def test_karras_spacing_is_eq5_and_matches_diffusers():
     ts = timesteps(T, 12, "karras", SCHED.log_snr.tolist())
     assert all(isinstance(t, float) for t in ts) and ts[0] == T - 1 and ts[-1] == 0.0

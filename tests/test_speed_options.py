@@ -57,6 +57,7 @@ def _rel(a, b):
     return float((a.float() - b.float()).norm() / b.float().norm())
 
 
+@pytest.mark.e2e  # over 2 s: a 32x32 network in two precisions
 @pytest.mark.parametrize("device", DEVICES)
 @torch.no_grad()
 def test_bf16_autocast_matches_fp32(device):
@@ -117,6 +118,7 @@ def _fused_adamw_available(device) -> bool:
     return True
 
 
+@pytest.mark.e2e  # over 2 s: two optimizers' steps
 @pytest.mark.parametrize("device", DEVICES)
 def test_fused_adamw_matches_the_default_loop(device, tiny_cfg):
     """The trainer's optimizer (fused AdamW where this torch has the kernel) takes the same
@@ -155,6 +157,7 @@ def test_trainer_uses_the_fused_optimizer_where_available(tmp_path, tiny_cfg):
 
 
 # ----------------------------------------------------------------------------- thread governor
+@pytest.mark.e2e  # over 2 s: trains and scores
 def test_evaluation_networks_are_governed_and_released(tmp_path, tiny_cfg, monkeypatch):
     """`score_run`'s feature, ELBO and ODE networks poll the governor (here a fake machine
     where another process takes one of 2 cores): they run on 1 thread, and after the

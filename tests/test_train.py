@@ -49,6 +49,7 @@ def test_training_loss_is_the_seed_step():
     assert torch.allclose(got, want, atol=1e-6)
 
 
+@pytest.mark.e2e  # over 2 s: trains
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tiny_cfg):
     torch.manual_seed(0)
     net = UNet(tiny_cfg.model.__class__(**{**tiny_cfg.model.__dict__, "in_channels": 1,
@@ -172,6 +173,7 @@ def test_save_load_gives_identical_outputs(tmp_path, tiny_cfg):
         load_run(tmp_path / "run", checkpoint=tmp_path / "run" / "checkpoints" / "step_00000099")
 
 
+@pytest.mark.e2e  # over 2 s: trains twice
 def test_resume_equals_uninterrupted(tmp_path, tiny_cfg):
     """On CPU a resumed run ends with exactly the weights of an uninterrupted one."""
     cfg = tiny_cfg.override({"data.hflip": "true", "model.dropout": "0.1"})
@@ -319,6 +321,7 @@ def _budget_cfg(tiny_cfg, **train):
                               **{f"train.{k}": str(v) for k, v in train.items()}})
 
 
+@pytest.mark.e2e  # over 2 s: trains twice
 def test_a_time_budget_sets_max_steps_and_max_steps_repeats_the_run(tiny_cfg, tmp_path):
     """A budget of 1.2 s: steps 5-40 are timed, max_steps is chosen (>= 40, <= the cap) and
     written to config.json with the budget resolved to 0; a new run with that max_steps (no
@@ -340,6 +343,7 @@ def test_a_time_budget_sets_max_steps_and_max_steps_repeats_the_run(tiny_cfg, tm
     _same_files(res.checkpoint, again.checkpoint)
 
 
+@pytest.mark.e2e  # over 2 s: trains 40 steps
 def test_a_time_budget_shorter_than_its_timed_steps_stops_at_step_40(tiny_cfg, tmp_path):
     cfg = _budget_cfg(tiny_cfg, time_budget_min=1e-6)
     res = Trainer(cfg, tmp_path / "r", progress=False, log=lambda m: None).train()
@@ -347,6 +351,7 @@ def test_a_time_budget_shorter_than_its_timed_steps_stops_at_step_40(tiny_cfg, t
     assert json.loads((tmp_path / "r" / "config.json").read_text())["train"]["max_steps"] == 40
 
 
+@pytest.mark.e2e  # over 2 s: trains
 def test_a_time_budget_that_cannot_time_its_steps_says_so(tiny_cfg, tmp_path):
     logged = []
     cfg = _budget_cfg(tiny_cfg, max_steps=30)

@@ -182,3 +182,109 @@ def test_sample_churn_flag_reaches_the_sampler(heun_run, tmp_path, capsys):
                  "--churn", "-1", "--out", str(tmp_path / "bad.png")]) == 2
     err = capsys.readouterr().err.strip()
     assert "churn=-1.0 must be a finite number >= 0" in err and len(err.splitlines()) == 1
+
+
+# ============================================================================ autoguidance
+def _cond_cfg(**sample) -> Config:
+    d = {k: dict(v) for k, v in TINY.items()}
+    d["model"]["num_classes"] = 3
+    d["sample"] = {"sampler": "ddim", "steps": 5, "clip_x0": False, **sample}
+    return Config.from_dict(d)
+
+
+@pytest.fixture(scope="module")
+def cond_nets():
+    """Two conditional networks with every weight non-zero (a fresh UNet's output layer is
+    zero: it predicts eps = 0 whatever its other weights)."""
+    torch.manual_seed(1)
+    nets = UNet(_cond_cfg().model).eval(), UNet(_cond_cfg().model).eval()
+    with torch.no_grad():
+        for net in nets:
+            for p in net.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+    return nets
+
+
+def test_autoguidance_and_the_interval_reach_the_sampling_call(cond_nets):
+    """A guide identical to the network gives the unguided images at any weight; another
+    guide changes them; an empty interval is `guidance 1` (and no autoguidance); the guide runs
+    in the call's view (its precision and objective wrapper) and an override of the config's
+    weight without a guide is refused."""
+    net, other = cond_nets
+    y = torch.tensor([0, 1, 2])
+
+    def draw(cfg=None, **kw):
+        return sample_images(net, cfg or _cond_cfg(), 3, seed=1, y=y, precision="fp32", **kw)
+
+    plain = draw()
+    for w in (0.0, 2.0, 7.5):
+        assert torch.equal(draw(guide=net, guide_weight=w), plain)
+    guided = draw(guide=other, guide_weight=2.0)
+    assert (guided - plain).abs().max() > 1e-3
+    assert torch.equal(draw(guide=other, guide_weight=2.0, guidance_interval=(5.0, 1.0)), plain)
+    cfg_w = draw(_cond_cfg(guidance=3.0))
+    assert (cfg_w - plain).abs().max() > 1e-3
+    assert torch.equal(draw(_cond_cfg(guidance=3.0, guidance_interval=[2.0, 2.0])), plain)
+    assert torch.equal(draw(_cond_cfg(guidance=3.0), guidance_interval=(0.0, 1e9)), cfg_w)
+    call = sampling_call(net, _cond_cfg(guidance_interval=[0.1, 3.0]), guide=other,
+                         guide_weight=2.0, precision="fp32")
+    kw = call.kwargs()
+    assert (kw["guide_weight"], kw["guidance_interval"]) == (2.0, (0.1, 3.0))
+    # the guide is seen as the network is (here fp32 ddpm: both as they are)
+    assert kw["guide"] is not None and (kw["guide"] is other) == (kw["model"] is net)
+    assert sampling_call(net, _cond_cfg(), precision="fp32").kwargs()["guide"] is None
+    with pytest.raises(ConfigError, match="sample.guide_weight=2.0 needs sample.guide"):
+        sampling_call(net, _cond_cfg(), guide_weight=2.0)
+    with pytest.raises(ConfigError, match=r"sample.guidance_interval=\[1.0\] must be \[\]"):
+        sampling_call(net, _cond_cfg(), guidance_interval=(1.0,))
+
+
+def test_sample_guide_flags_load_the_guide_like_the_run(heun_run, tmp_path, capsys):
+    """``ddpmlab sample --guide``: the run itself as its guide (the directory, or its checkpoint
+    folder) gives the images of no guide at any weight; an empty interval with a guide is
+    unguided too; bad inputs are one line each."""
+    import json
+    import shutil
+
+    from ddpmlab.cli import main
+    from ddpmlab.io import load_tensors, save_tensors
+    from ddpmlab.layout import RunDir
+
+    def draw(name: str, *extra: str) -> np.ndarray:
+        npz = tmp_path / f"{name}.npz"
+        assert main(["sample", str(heun_run), "-n", "3", "--device", "cpu", "--no-progress",
+                     "--precision", "fp32", "--out", str(tmp_path / f"{name}.png"),
+                     "--npz", str(npz), *extra]) == 0
+        return np.load(npz)["arr_0"]
+
+    plain = draw("plain")
+    ckpt = RunDir(heun_run).checkpoint_dirs()[-1]
+    assert np.array_equal(draw("self", "--guide", str(heun_run), "--guide-weight", "3"), plain)
+    assert np.array_equal(draw("ck", "--guide", str(ckpt), "--guide-weight", "0.5"), plain)
+    assert np.array_equal(draw("iv", "--guide", str(ckpt), "--guide-weight", "3",
+                               "--guidance-interval", "4,1"), plain)
+    weaker = tmp_path / "weaker"                      # another network of the same task
+    shutil.copytree(heun_run, weaker)
+    ema = RunDir(weaker).checkpoint_dirs()[-1] / "ema.safetensors"
+    save_tensors(ema, {k: v * 1.5 for k, v in load_tensors(ema).items()})
+    assert not np.array_equal(draw("weak", "--guide", str(weaker), "--guide-weight", "3"), plain)
+    other = tmp_path / "other"                        # the same network, another schedule
+    shutil.copytree(heun_run, other)
+    doc = json.loads((other / "config.json").read_text())
+    doc["diffusion"]["timesteps"] = 40
+    (other / "config.json").write_text(json.dumps(doc))
+    for extra, needle in [
+        (["--guide", str(tmp_path / "nowhere"), "--guide-weight", "2"],
+         "neither a run directory nor one of its checkpoints/step_* folders"),
+        (["--guide", str(other), "--guide-weight", "2"],
+         "its diffusion.timesteps is 40, the run's 50; a guide must model the same task"),
+        (["--guide-weight", "2"], "sample.guide_weight=2.0 needs sample.guide"),
+        (["--guide", str(heun_run), "--guide-weight", "-1"], "--guide-weight=-1.0 must be"),
+        (["--guidance-interval", "1"], "--guidance-interval '1': give LO,HI"),
+        (["--guidance-interval=-1,2"], "--guidance-interval '-1,2': give LO,HI"),
+    ]:
+        capsys.readouterr()
+        assert main(["sample", str(heun_run), "-n", "2", "--device", "cpu", "--no-progress",
+                     "--out", str(tmp_path / "bad.png"), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and len(err.splitlines()) == 1, err

@@ -65,8 +65,8 @@ _FLAG_RULES = {
                      "ode_probes", "chain_steps"), ("must be >= 1", lambda v: v >= 1)),
     **dict.fromkeys(("eta", "churn"), ("must be a finite number >= 0",
                                         lambda v: v >= 0 and math.isfinite(v))),
-    "guidance": ("must be a finite number in 0..10,000 (config.MAX_GUIDANCE)",
-                 lambda v: 0 <= v <= 1e4),
+    **dict.fromkeys(("guidance", "guide_weight"), (
+        "must be a finite number in 0..10,000 (config.MAX_GUIDANCE)", lambda v: 0 <= v <= 1e4)),
     "seed": ("must be in 0..2**63-1", lambda v: 0 <= v <= MAX_SEED),
 }
 
@@ -150,7 +150,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     request = SampleRequest(
         run=args.run, n=args.n, seed=args.seed, classes=args.class_, sampler=args.sampler,
         steps=args.steps, eta=args.eta, spacing=args.spacing, guidance=args.guidance,
-        options=None if args.churn is None else {"churn": args.churn},
+        options=None if args.churn is None else {"churn": args.churn}, guide=args.guide,
+        guide_weight=args.guide_weight, guidance_interval=_interval(args.guidance_interval),
         batch_size=args.batch_size, precision=args.precision, use_ema=not args.no_ema,
         out=args.out, npz=args.npz, force=args.force, progress=not args.no_progress)
     r = sample_command(request, _device(args))
@@ -160,6 +161,20 @@ def cmd_sample(args: argparse.Namespace) -> int:
         if r.npz is not None:
             print(f"ddpmlab: uint8 NxHxWxC array (key arr_0) -> {r.npz}")
     return 0
+
+
+def _interval(text: str | None) -> tuple[float, ...] | None:
+    """``--guidance-interval LO,HI`` as two floats (None: the run's sample.guidance_interval)."""
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        lo = hi = math.nan
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo >= 0):
+        raise ConfigError(f"--guidance-interval {text!r}: give LO,HI, two noise levels sigma "
+                          "with 0 <= LO (guided where LO < sigma <= HI; LO >= HI: nowhere)")
+    return lo, hi
 
 
 # ----------------------------------------------------------------------------- eval
@@ -357,6 +372,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the unconditional model); default: a balanced mix for a conditional run")
     s.add_argument("--guidance", type=float,
                    help="classifier-free guidance w: eps_u + w (eps_c - eps_u); 1 = conditional")
+    s.add_argument("--guide", metavar="RUN|CHECKPOINT",
+                   help="autoguidance: a weaker model of the same task (a smaller or shorter-"
+                        "trained run, or an early checkpoints/step_* folder); default: the "
+                        "run's sample.guide")
+    s.add_argument("--guide-weight", type=float, metavar="W",
+                   help="autoguidance weight: pred_g + W (pred - pred_g); 1 = none (default: "
+                        "the run's sample.guide_weight)")
+    s.add_argument("--guidance-interval", metavar="LO,HI",
+                   help="guide (CFG and autoguidance) only where LO < sigma_t <= HI, in the "
+                        "run's own noise level sigma (default: the run's; every level)")
     s.add_argument("--device", help=DEVICE_HELP)
     s.add_argument("--precision", choices=list(PRECISIONS),
                    help="the network's precision (default: the run's train.precision; auto = "

@@ -199,6 +199,22 @@ class SampleConfig:
             raise ConfigError(f"{source}: sample.s_tmax={_short(self.s_tmax)} must be >= "
                               f"sample.s_tmin={_short(self.s_tmin)} (or null: no limit)")
 
+    def check_guidance(self, source: str = "<config>", guided: bool | None = None) -> None:
+        """Refuse an autoguidance weight out of range or without a guide (``guided``: whether
+        one is given; None: ``sample.guide`` says), and a guidance interval that is not [] or
+        [lo, hi] (ConfigError naming the key and ``source``)."""
+        w, iv = self.guide_weight, self.guidance_interval
+        if not (0 <= w <= MAX_GUIDANCE):
+            raise ConfigError(f"{source}: sample.guide_weight={_short(w)} must be a finite "
+                              f"number in 0..{MAX_GUIDANCE:,.0f}")
+        if w != 1.0 and not (bool(self.guide) if guided is None else guided):
+            raise ConfigError(f"{source}: sample.guide_weight={_short(w)} needs sample.guide "
+                              "(the run or checkpoint that guides; 1 = no autoguidance)")
+        if iv and (len(iv) != 2 or not all(math.isfinite(v) for v in iv) or iv[0] < 0):
+            raise ConfigError(f"{source}: sample.guidance_interval={_short(list(iv))} must be "
+                              "[] (every level) or [lo, hi]: two finite noise levels sigma with "
+                              "0 <= lo (lo >= hi: none)")
+
 
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
@@ -310,8 +326,9 @@ class Config:
         self._check_counts(bad)
         self._check_numbers(bad)
         self._check_combinations(bad)
-        self._check_phema_and_guide(bad)
+        self._check_phema(bad)
         self.sample.check_options(source)
+        self.sample.check_guidance(source)
 
     def _check_counts(self, bad: Callable) -> None:
         """Counts and sizes that must be >= 1 or bounded."""
@@ -409,25 +426,14 @@ class Config:
             raise bad("sample.variance", s.variance, "is a fixed variance; a model.learn_sigma "
                       "run samples with its own")
 
-    def _check_phema_and_guide(self, bad: Callable) -> None:
-        """The post-hoc EMA's lengths and the autoguidance / guidance interval settings."""
-        tr, s = self.train, self.sample
-        sig = tr.phema_sigma_rels
+    def _check_phema(self, bad: Callable) -> None:
+        """The post-hoc EMA's lengths."""
+        sig = self.train.phema_sigma_rels
         if not sig or len(set(sig)) != len(sig):
             raise bad("train.phema_sigma_rels", list(sig), "must be one or more distinct numbers")
         if not all(0 < v < MAX_SIGMA_REL for v in sig):
             raise bad("train.phema_sigma_rels", list(sig), f"must each lie in (0, "
                       f"{MAX_SIGMA_REL:.4f}) (the relative std of a power-function EMA)")
-        w = s.guide_weight
-        if not (0 <= w <= MAX_GUIDANCE):
-            raise bad("sample.guide_weight", w, f"must be a finite number in 0..{MAX_GUIDANCE:,.0f}")
-        if w != 1.0 and not s.guide:
-            raise bad("sample.guide_weight", w, "needs sample.guide (the run or checkpoint that "
-                      "guides; 1 = no autoguidance)")
-        iv = s.guidance_interval
-        if iv and (len(iv) != 2 or not all(math.isfinite(v) for v in iv) or iv[0] < 0):
-            raise bad("sample.guidance_interval", list(iv), "must be [] (every level) or [lo, "
-                      "hi]: two finite noise levels sigma with 0 <= lo (lo >= hi: none)")
 
 
 def _check_objective_keys(dif: DiffusionConfig, learn_sigma: bool, bad: Callable) -> None:

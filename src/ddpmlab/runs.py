@@ -169,7 +169,9 @@ class SamplingCall:
 
     ``model`` is the sampler's view of the network (:func:`sampling_view`: an x0 predictor on
     the objective's grid for edm and flow, run in the sampling precision) and ``prediction``
-    what it returns; ``options`` are the sampler options (``sample.churn``, ...)."""
+    what it returns; ``options`` are the sampler options (``sample.churn``, ...); ``guide``
+    the autoguidance network in the same view (None: none), ``guide_weight`` its weight and
+    ``guidance_interval`` (sigma_lo, sigma_hi) where guidance applies (None: every level)."""
 
     model: Any
     schedule: schedules.Schedule
@@ -185,6 +187,9 @@ class SamplingCall:
     learn_sigma: bool
     device: torch.device | str
     options: dict[str, Any] = field(default_factory=dict)
+    guide: Any = None
+    guide_weight: float = 1.0
+    guidance_interval: tuple[float, float] | None = None
 
     def kwargs(self) -> dict[str, Any]:
         """The keyword arguments of :func:`ddpmlab.samplers.sample` (and of
@@ -194,7 +199,9 @@ class SamplingCall:
                 "prediction": self.prediction, "guidance": self.guidance,
                 "clip_x0": self.clip_x0, "null_class": self.null_class,
                 "device": self.device, "spacing": self.spacing,
-                "options": dict(self.options), "learn_sigma": self.learn_sigma}
+                "options": dict(self.options), "learn_sigma": self.learn_sigma,
+                "guide": self.guide, "guide_weight": self.guide_weight,
+                "guidance_interval": self.guidance_interval}
 
     def run(self, shape: Sequence[int], *, y: torch.Tensor | None = None,
             generator: Any = None, callback: Callable[[dict[str, Any]], None] | None = None,
@@ -219,18 +226,22 @@ def sampling_call(model: nn.Module, cfg: Config, device: torch.device | str = "c
                   sampler: str | None = None, steps: int | None = None,
                   eta: float | None = None, spacing: str | None = None,
                   guidance: float | None = None, options: dict[str, Any] | None = None,
-                  precision: str | None = None) -> SamplingCall:
+                  precision: str | None = None, guide: Any = None,
+                  guide_weight: float | None = None,
+                  guidance_interval: Sequence[float] | None = None) -> SamplingCall:
     """The one owner of "a run's sampling call": ``cfg.sample`` (sampler, steps, eta, spacing,
     variance, clip, guidance and the sampler options of
-    :meth:`~ddpmlab.config.SampleConfig.sampler_options`), the run's schedule through its
-    objective, its prediction and learned variance, and the network in the sampling
-    ``precision`` (:func:`sampling_view`). Every drawing of a run (``sample_images``, the
-    figures' and the report's chains) goes through it, so a new sampler option flows from the
-    config and the command line to every caller.
+    :meth:`~ddpmlab.config.SampleConfig.sampler_options`, autoguidance and the guidance
+    interval), the run's schedule through its objective, its prediction and learned variance,
+    and the network in the sampling ``precision`` (:func:`sampling_view`). Every drawing of a
+    run (``sample_images``, the figures' and the report's chains) goes through it, so a new
+    sampler option flows from the config and the command line to every caller.
 
     Each override left None keeps the run's value; ``steps`` must be 1..T (the run's 0 means
     all T); ``spacing="auto"`` is the sampler's own; ``options`` (keys of ``sample``: churn,
-    s_tmin, s_tmax, s_noise) are laid over the run's values and checked as the config's are."""
+    s_tmin, s_tmax, s_noise) are laid over the run's values and checked as the config's are.
+    ``guide`` (``sample.guide``) is a run directory or checkpoint folder (:func:`load_guide`)
+    or an ``nn.Module`` of this run's config; ``guidance_interval`` () means every level."""
     s = cfg.sample
     T = cfg.diffusion.timesteps
     steps = steps if steps is not None else (s.steps or None)
@@ -247,13 +258,73 @@ def sampling_call(model: nn.Module, cfg: Config, device: torch.device | str = "c
     spacing = spacing or s.spacing
     sched = run_schedule(cfg)
     net, prediction = sampling_view(model, cfg, sched, device, precision)
+    guiding = _guidance(cfg, s, sched, device, precision, guide, guide_weight, guidance_interval)
     return SamplingCall(
         model=net, schedule=sched, sampler=sampler or s.sampler, steps=steps,
         eta=s.eta if eta is None else eta, spacing=None if spacing == "auto" else spacing,
         variance=s.variance, prediction=prediction,
         guidance=s.guidance if guidance is None else guidance, clip_x0=s.clip_x0,
         null_class=cfg.model.null_class, learn_sigma=cfg.model.learn_sigma, device=device,
-        options=s.sampler_options())
+        options=s.sampler_options(), **guiding)
+
+
+def _guidance(cfg: Config, s: Any, sched: schedules.Schedule, device: torch.device | str,
+              precision: str | None, guide: Any, weight: float | None,
+              interval: Sequence[float] | None) -> dict[str, Any]:
+    """The autoguidance and interval fields of :func:`sampling_call`: the overrides laid over
+    ``s`` (``cfg.sample``) and checked as the config's are; the guide loaded
+    (:func:`load_guide`) and seen as the samplers see the run's network, in its precision."""
+    over: dict[str, Any] = {}
+    if weight is not None:
+        over["guide_weight"] = weight
+    if interval is not None:
+        over["guidance_interval"] = tuple(float(v) for v in interval)
+    if guide is not None and not isinstance(guide, nn.Module):
+        over["guide"] = os.fspath(guide)
+    s = dataclasses.replace(s, **over)
+    s.check_guidance("sampling options", guided=True if isinstance(guide, nn.Module) else None)
+    net = None
+    if isinstance(guide, nn.Module) or s.guide:
+        module, gcfg = (guide, cfg) if isinstance(guide, nn.Module) else \
+            load_guide(s.guide, cfg, device)
+        net, _ = sampling_view(module, gcfg, sched, device, precision or cfg.train.precision)
+    return {"guide": net, "guide_weight": s.guide_weight,
+            "guidance_interval": tuple(s.guidance_interval) or None}
+
+
+def load_guide(guide: str | os.PathLike, cfg: Config,
+               device: torch.device | str = "cpu") -> tuple[nn.Module, Config]:
+    """The autoguidance network ``guide`` names (``sample.guide``, ``--guide``): a run
+    directory (its newest checkpoint) or one of its ``checkpoints/step_*`` folders, with its
+    EMA weights, loaded as :func:`load_run` loads a run; refused in one line (ConfigError)
+    unless it models the same task as ``cfg``'s run: the same image shape, classes, objective,
+    schedule, prediction and learned variance (so its view predicts the same quantity on the
+    same noise levels)."""
+    path = Path(guide)
+    owner = RunDir(path.parent.parent)
+    if not RunDir(path).is_run() and owner.is_run() and path.parent == owner.checkpoints:
+        model, gcfg, _ = load_run(owner.root, use_ema=True, device=device, checkpoint=path)
+    elif RunDir(path).is_run():
+        model, gcfg, _ = load_run(path, use_ema=True, device=device)
+    else:
+        raise ConfigError(f"guide {path}: neither a run directory nor one of its "
+                          "checkpoints/step_* folders")
+    m, g = cfg.model, gcfg.model
+    mine, theirs = (build_objective(c.diffusion, c.model.learn_sigma) for c in (cfg, gcfg))
+    checks = (("image shape", (m.in_channels, m.image_size), (g.in_channels, g.image_size)),
+              ("classes (model.num_classes)", m.num_classes, g.num_classes),
+              ("diffusion.objective", cfg.diffusion.objective, gcfg.diffusion.objective),
+              ("diffusion.timesteps", cfg.diffusion.timesteps, gcfg.diffusion.timesteps),
+              ("prediction", mine.sampler_prediction, theirs.sampler_prediction),
+              ("model.learn_sigma", m.learn_sigma, g.learn_sigma))
+    for what, want, got in checks:
+        if want != got:
+            raise ConfigError(f"guide {path}: its {what} is {got}, the run's {want}; a guide "
+                              "must model the same task (a smaller or shorter-trained run)")
+    if not torch.equal(mine.schedule().alpha_bar, theirs.schedule().alpha_bar):
+        raise ConfigError(f"guide {path}: its noise schedule differs from the run's (diffusion."
+                          f"schedule {gcfg.diffusion.schedule} against {cfg.diffusion.schedule})")
+    return model, gcfg
 
 
 def sample_images(model: nn.Module, cfg: Config, n: int, seed: int = 0,
@@ -263,7 +334,9 @@ def sample_images(model: nn.Module, cfg: Config, n: int, seed: int = 0,
                   guidance: float | None = None, batch_size: int | None = None,
                   spacing: str | None = None, progress: bool = False,
                   precision: str | None = None,
-                  options: dict[str, Any] | None = None) -> torch.Tensor:
+                  options: dict[str, Any] | None = None, guide: Any = None,
+                  guide_weight: float | None = None,
+                  guidance_interval: Sequence[float] | None = None) -> torch.Tensor:
     """``n`` samples (floats in [-1, 1], ``[n, C, H, W]``, on the CPU) of a trained model.
 
     The network runs in ``precision`` (default: the run's ``train.precision``, resolved on
@@ -271,13 +344,15 @@ def sample_images(model: nn.Module, cfg: Config, n: int, seed: int = 0,
     native bf16); the sampler's own arithmetic is always float32.
 
     Defaults come from ``cfg.sample`` through :func:`sampling_call` (which also takes the
-    sampler ``options``); ``indices`` (default ``range(n)``) are the sample numbers, which fix
+    sampler ``options`` and the autoguidance ``guide``, ``guide_weight`` and
+    ``guidance_interval``); ``indices`` (default ``range(n)``) are the sample numbers, which fix
     each sample's noise together with ``seed``. ``y`` gives one label per sample for a
     conditional model (None: the null class, i.e. unconditional).
     """
     call = sampling_call(model, cfg, device, sampler=sampler, steps=steps, eta=eta,
                          spacing=spacing, guidance=guidance, options=options,
-                         precision=precision)
+                         precision=precision, guide=guide, guide_weight=guide_weight,
+                         guidance_interval=guidance_interval)
     batch_size = batch_size or cfg.sample.batch_size
     m = cfg.model
     shape = (m.in_channels, m.image_size, m.image_size)
@@ -741,6 +816,9 @@ class SampleRequest:
     spacing: str | None = None
     guidance: float | None = None
     options: dict[str, Any] | None = None
+    guide: str | os.PathLike | None = None        # autoguidance (see sampling_call)
+    guide_weight: float | None = None
+    guidance_interval: tuple[float, ...] | None = None
     batch_size: int | None = None
     precision: str | None = None
     use_ema: bool = True
@@ -789,7 +867,9 @@ def sample_command(req: SampleRequest, device: torch.device) -> SampleResult | N
         images = sample_images_sharded(
             model, cfg, n=n, seed=req.seed, device=device, sampler=req.sampler, steps=req.steps,
             eta=req.eta, y=y, spacing=req.spacing, guidance=req.guidance, options=req.options,
-            batch_size=req.batch_size, precision=req.precision,
+            guide=req.guide, guide_weight=req.guide_weight,
+            guidance_interval=req.guidance_interval, batch_size=req.batch_size,
+            precision=req.precision,
             progress=req.progress and info.is_main)
     finally:
         D.cleanup()

@@ -318,6 +318,73 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train denoising diffusion models (DDPM) on images and sample from them.",
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
+# ----------------------------------------------------------------------------- edit
+def cmd_edit(args: argparse.Namespace) -> int:
+    from .edit_run import EditRequest, edit_command
+
+    _check_flags(args)
+    request = EditRequest(
+        run=args.run, operation=args.operation, input=args.input, held_out=args.held_out,
+        mask=args.mask, strength=args.strength, jump_length=args.jump_length,
+        jump_n_sample=args.jump_n_sample, source_class=args.source_class,
+        target_class=args.target_class, sampler=args.sampler, steps=args.steps,
+        guidance=args.guidance, seed=args.seed, batch_size=args.batch_size,
+        precision=args.precision, use_ema=not args.no_ema, out=args.out, npz=args.npz,
+        force=args.force)
+    r = edit_command(request, _device(args))
+    print(f"ddpmlab: {r.operation} of {r.n} image(s) ({r.sampler}, {r.steps} steps; "
+          f"{r.nfe:g} network evaluations per image) from {r.checkpoint} -> {r.grid}")
+    if r.npz is not None:
+        print(f"ddpmlab: the results as uint8 NxHxWxC (key arr_0) -> {r.npz}")
+    for note in r.notes:
+        print(f"ddpmlab: {note}")
+    return 0
+
+
+def _add_edit_parser(sub, samplers: list[str], device_help: str, precisions: list[str]) -> None:
+    from .edit_run import MASKS, OPERATIONS
+
+    e = sub.add_parser("edit", help="inpaint, img2img, invert, interpolate or translate "
+                       "images with a trained run",
+                       description="Edit images with the run's EMA network and write a grid "
+                       "(one row per input: input, mask, result) and, with --npz, the results.")
+    _add_run_argument(e)
+    e.add_argument("operation", choices=list(OPERATIONS), help="what to do")
+    e.add_argument("--input", help="an image file, a folder of images, or an .npz (uint8 NHWC "
+                   "arr_0, as ddpmlab sample --npz writes)")
+    e.add_argument("--held-out", type=int, metavar="N",
+                   help="the first N images of the run's held-out split instead of --input")
+    e.add_argument("--mask", help=f"inpaint, img2img: {' | '.join(MASKS)} or a PNG (white = "
+                   "generate, black = keep); inpaint's default: right")
+    e.add_argument("--strength", type=float,
+                   help="img2img: 0..1, how much noise (0 returns the image, 1 samples from "
+                        "pure noise; default 0.5)")
+    e.add_argument("--jump-length", type=int, help="inpaint: levels per RePaint jump (default 1)")
+    e.add_argument("--jump-n-sample", type=int,
+                   help="inpaint: passes over each jump's levels (default 1: plain replacement)")
+    e.add_argument("--source-class", type=int, metavar="K",
+                   help="invert, translate: the inputs' class (default: their labels)")
+    e.add_argument("--target-class", metavar="K",
+                   help="translate: classes to translate to (a list like 3,5, or all; default "
+                        "all); inpaint, img2img, interpolate: the class to edit with")
+    e.add_argument("--sampler", choices=samplers, help="default: the run's (invert, "
+                   "interpolate, translate: ddim unless the run's is dpm_solver)")
+    e.add_argument("--steps", type=int, help="sampling steps, 1..T (default: the run's)")
+    e.add_argument("--guidance", type=float, help="classifier-free guidance w (default: the "
+                   "run's; 1 for invert, interpolate and translate)")
+    e.add_argument("--seed", type=int, default=0, help="result k depends on (seed, k) only")
+    e.add_argument("--batch-size", type=int, help="images per batch (results do not change)")
+    e.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
+    e.add_argument("--out", help="PNG grid path (default: RUN/samples/edit_OPERATION_...png)")
+    e.add_argument("--npz", help="also write the results as uint8 NxHxWxC (key arr_0) here")
+    e.add_argument("--force", action="store_true",
+                   help="overwrite --out/--npz even if it is not a PNG / samples .npz")
+    e.add_argument("--device", help=device_help)
+    e.add_argument("--precision", choices=precisions,
+                   help="the network's precision (default: the run's train.precision)")
+    e.set_defaults(func=cmd_edit)
+
+
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a UNet noise predictor (default: built-in MNIST)",
@@ -520,6 +587,7 @@ def _hold(signum, frame) -> None:
 def _load_libraries() -> None:
     """Import numpy and torch (every command's parser needs them) with SIGTERM and SIGINT held:
     an exception raised inside their imports is lost in a bare ``except:`` of theirs (exit 0,
+    _add_edit_parser(sub, list(SAMPLERS), DEVICE_HELP, list(PRECISIONS))
     the whole command run) or turns into another error inside numpy's import (a traceback).
     A signal that came meanwhile is raised as soon as they are in."""
     import numpy  # noqa: F401

@@ -216,6 +216,13 @@ class SamplingCall:
         return dataclasses.replace(self, model=model)
 
     @property
+    def edit_kwargs(self, **over: Any) -> dict[str, Any]:
+        """The keyword arguments an editing operation of :mod:`ddpmlab.edit` takes after
+        ``(model, schedule, images)``: :meth:`kwargs` without those two and the device (the
+        images' device is the call's), with ``over`` laid on top (``y=``, ``guidance=``)."""
+        kw = {k: v for k, v in self.kwargs().items() if k not in ("model", "schedule", "device")}
+        return {**kw, **over}
+
     def nfe(self) -> int:
         """Network evaluations per image of one call (guidance's two halves count once: they
         run as one batch of twice the images)."""

@@ -275,7 +275,7 @@ def test_sample_guide_flags_load_the_guide_like_the_run(heun_run, tmp_path, caps
     (other / "config.json").write_text(json.dumps(doc))
     for extra, needle in [
         (["--guide", str(tmp_path / "nowhere"), "--guide-weight", "2"],
-         "neither a run directory nor one of its checkpoints/step_* folders"),
+         "neither a run directory nor one of its checkpoint folders"),
         (["--guide", str(other), "--guide-weight", "2"],
          "its diffusion.timesteps is 40, the run's 50; a guide must model the same task"),
         (["--guide-weight", "2"], "sample.guide_weight=2.0 needs sample.guide"),
@@ -288,3 +288,76 @@ def test_sample_guide_flags_load_the_guide_like_the_run(heun_run, tmp_path, caps
                      "--out", str(tmp_path / "bad.png"), *extra]) == 2
         err = capsys.readouterr().err.strip()
         assert needle in err and len(err.splitlines()) == 1, err
+
+
+# ============================================================================ ddpmlab ema
+def test_ema_command_writes_a_run_with_the_reconstructed_ema(tmp_path, tiny_cfg, capsys):
+    """``ddpmlab ema RUN --sigma-rel S --out NEW``: NEW holds RUN's config and one checkpoint
+    whose EMA parameters are the reconstruction (a tracked length: that average), buffers and
+    other files the newest checkpoint's; ``sample`` reads it; ``--sweep`` scores each length
+    (table in metrics.jsonl, plot); bad inputs are one line each."""
+    import json
+
+    from ddpmlab.cli import main
+    from ddpmlab.io import load_tensors
+    from ddpmlab.layout import RunDir
+    from ddpmlab.train import Trainer
+    from ddpmlab.train.phema import reconstruct_run
+
+    cfg = tiny_cfg.override({"train.phema": "true", "train.phema_every": "2"})
+    Trainer(cfg, tmp_path / "run", progress=False, log=lambda m: None).train()
+    src = RunDir(tmp_path / "run")
+    ckpt = src.checkpoint_dirs()[-1]
+    assert main(["ema", str(src.root), "--sigma-rel", "0.08", "--out", str(tmp_path / "new")]) == 0
+    out = capsys.readouterr().out
+    new = RunDir(tmp_path / "new")
+    written = new.checkpoint_dirs()
+    assert [p.name for p in written] == [ckpt.name] and str(written[0]) in out
+    assert new.config.read_bytes() == src.config.read_bytes()
+    ema, old_ema = (load_tensors(p / "ema.safetensors") for p in (written[0], ckpt))
+    want = reconstruct_run(src, 0.08)
+    assert ema.keys() == old_ema.keys() and set(want) <= set(ema)   # (+ buffers, if any)
+    for k in ema:
+        assert torch.equal(ema[k], want[k] if k in want else old_ema[k]), k
+    assert any(not torch.equal(ema[k], old_ema[k]) for k in want)
+    for name in ("model.safetensors", "optimizer.safetensors", "rng.safetensors"):
+        a, b = load_tensors(written[0] / name), load_tensors(ckpt / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert json.loads((written[0] / "state.json").read_text())["phema"]["sigma_rel"] == 0.08
+    assert main(["sample", str(new.root), "-n", "2", "--device", "cpu", "--no-progress"]) == 0
+    # a stored length comes back as the tracked average itself
+    assert main(["ema", str(src.root), "--sigma-rel", "0.05", "--out", str(tmp_path / "new"),
+                 "--force"]) == 0
+    tracked = load_tensors(src.phema_snapshot(6))
+    got = load_tensors(new.checkpoint_dirs()[-1] / "ema.safetensors")
+    for k in want:
+        torch.testing.assert_close(got[k], tracked[f"ema0.{k}"], rtol=1e-4, atol=1e-6)
+    # --sweep: rows, the metrics event, the plot
+    capsys.readouterr()
+    assert main(["ema", str(src.root), "--sweep", "0.05,0.1", "--n", "12", "--device", "cpu",
+                 "--no-progress"]) == 0
+    table = capsys.readouterr().out
+    assert "best FID at sigma_rel" in table and len(table.strip().splitlines()) == 4
+    event = [r for r in src.read_metrics() if r.get("event") == "phema_sweep"][-1]
+    assert [r["sigma_rel"] for r in event["rows"]] == [0.05, 0.1]
+    assert all(math.isfinite(r["fid"]) and r["n"] == 12 for r in event["rows"])
+    assert (src.figures / "phema_sweep.png").is_file()
+    # bad inputs: one line each
+    Trainer(tiny_cfg, tmp_path / "plain", progress=False, log=lambda m: None).train()
+    for argv, needle in [
+        ([str(tmp_path / "plain"), "--sigma-rel", "0.1", "--out", str(tmp_path / "x")],
+         "no post-hoc EMA snapshots"),
+        ([str(src.root), "--sigma-rel", "0.5"], "--sigma-rel=0.5 must lie in (0, 0.3003)"),
+        ([str(src.root), "--sweep", "0.05,0"], "--sigma-rel=0.0 must lie in (0, 0.3003)"),
+        ([str(src.root), "--sweep", "0.05,x"], "--sweep '0.05,x': give numbers"),
+        ([str(src.root), "--sigma-rel", "0.1", "--out", str(tmp_path / "new")],
+         "already holds a run; use --resume to continue it, --force to replace it"),
+        ([str(src.root), "--sigma-rel", "0.1", "--out", str(src.root), "--force"],
+         "an input of this command"),
+        ([str(src.root)], "ema: give --sigma-rel S"),
+    ]:
+        capsys.readouterr()
+        assert main(["ema", *argv]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert needle in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "x").exists()

@@ -1,4 +1,4 @@
-"""The ``ddpmlab`` command: train | sample | eval | figures | report | import | export | samplers.
+"""The ``ddpmlab`` command: train | sample | eval | ema | figures | report | import | export | samplers.
 
 Each command parses its arguments, builds its settings (a config, a request), makes one library
 call (:mod:`ddpmlab.runs`' commands, :func:`~ddpmlab.report.write_report`, ...) and prints what
@@ -240,6 +240,43 @@ def _likelihood_lines(r: dict) -> list[str]:
     return lines
 
 
+# ----------------------------------------------------------------------------- ema
+def cmd_ema(args: argparse.Namespace) -> int:
+    from .runs import ScoreOptions, ema_command, ema_sweep
+
+    _check_flags(args)
+    if (args.sigma_rel is None) == (args.sweep is None):
+        raise ConfigError("ema: give --sigma-rel S (write a run with that EMA) or --sweep "
+                          "S1,S2,... (score each)")
+    if args.sigma_rel is not None:
+        ckpt = ema_command(args.run, args.sigma_rel, args.out, force=args.force)
+        print(f"ddpmlab: post-hoc EMA of {args.run} with sigma_rel {args.sigma_rel:g} -> "
+              f"{ckpt}\n  sample it : ddpmlab sample {ckpt.parent.parent}")
+        return 0
+    try:
+        sigmas = [float(v) for v in args.sweep.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--sweep {args.sweep!r}: give numbers like 0.05,0.1,0.15") from None
+    options = ScoreOptions(n=args.n, seed=args.seed, bpd_images=0,
+                           inception_weights=args.inception_weights)
+    rows = ema_sweep(args.run, sigmas, options, _device(args), plot=args.out, force=args.force,
+                     progress=not args.no_progress)
+    print(format_sweep(rows, args.run))
+    return 0
+
+
+def format_sweep(rows: list[dict], run: str) -> str:
+    """The table ``ddpmlab ema --sweep`` prints (:func:`~ddpmlab.runs.ema_sweep`'s rows)."""
+    lines = [f"{'sigma_rel':>9}  {'FID':>9}  confident", *(
+        f"{r['sigma_rel']:>9g}  {r['fid']:>9.4f}  " + (
+            "-" if r["confident_share"] is None else f"{r['confident_share'] * 100:.1f}%")
+        for r in rows)]
+    best = min(rows, key=lambda r: r["fid"])
+    lines.append(f"best FID at sigma_rel {best['sigma_rel']:g} ({best['n']} samples, step "
+                 f"{best['step']}): ddpmlab ema {run} --sigma-rel {best['sigma_rel']:g}")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- figures
 def cmd_figures(args: argparse.Namespace) -> int:
     from .runs import run_figures
@@ -441,7 +478,7 @@ def _add_edit_parser(sub, samplers: list[str], device_help: str, precisions: lis
                    help="classifier-free guidance w: eps_u + w (eps_c - eps_u); 1 = conditional")
     s.add_argument("--guide", metavar="RUN|CHECKPOINT",
                    help="autoguidance: a weaker model of the same task (a smaller or shorter-"
-                        "trained run, or an early checkpoints/step_* folder); default: the "
+                        "trained run, or an early checkpoint folder of a run); default: the "
                         "run's sample.guide")
     s.add_argument("--guide-weight", type=float, metavar="W",
                    help="autoguidance weight: pred_g + W (pred - pred_g); 1 = none (default: "
@@ -483,6 +520,28 @@ def _add_edit_parser(sub, samplers: list[str], device_help: str, precisions: lis
     e.add_argument("--device", help=DEVICE_HELP)
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=cmd_eval)
+
+    em = sub.add_parser("ema", help="post-hoc EMA of a train.phema run: any EMA length, or a "
+                        "sweep scored by FID", description="Reconstruct the EMA of any length "
+                        "sigma_rel from the snapshots a run trained with train.phema=true kept "
+                        "(Karras et al. 2024), at its newest checkpoint.")
+    _add_run_argument(em)
+    em.add_argument("--sigma-rel", type=float, metavar="S",
+                    help="write a new run (--out) whose EMA has relative length S, 0 < S < 0.3")
+    em.add_argument("--sweep", metavar="S1,S2,...",
+                    help="score each length with the project's FID (no run is kept); the table "
+                         "goes to the run's metrics, the plot to --out")
+    em.add_argument("--out", help="--sigma-rel: the new run directory (default: RUN-emaS beside "
+                    "RUN); --sweep: the plot (default: RUN/figures/phema_sweep.png)")
+    em.add_argument("--force", action="store_true",
+                    help="replace a run in --out (--sweep: a PNG ddpmlab did not write)")
+    em.add_argument("--n", type=int, help="--sweep: samples per length (default: enough for a "
+                    "stable FID)")
+    em.add_argument("--seed", type=int, default=0, help="--sweep: the samples' seed")
+    em.add_argument("--inception-weights", help="the FID Inception-v3 weights file")
+    em.add_argument("--device", help=DEVICE_HELP)
+    em.add_argument("--no-progress", action="store_true", help="no progress bar")
+    em.set_defaults(func=cmd_ema)
 
     f = sub.add_parser("figures", help="the tutorial's pictures for a run")
     _add_run_argument(f)

@@ -72,6 +72,7 @@ from .viz import (
     save_grid,
     save_memorization_figure,
     schedule_plot,
+    sweep_plot,
     vlb_plot,
 )
 
@@ -315,7 +316,7 @@ def load_guide(guide: str | os.PathLike, cfg: Config,
         model, gcfg, _ = load_run(path, use_ema=True, device=device)
     else:
         raise ConfigError(f"guide {path}: neither a run directory nor one of its "
-                          "checkpoints/step_* folders")
+                          "checkpoint folders")
     m, g = cfg.model, gcfg.model
     mine, theirs = (build_objective(c.diffusion, c.model.learn_sigma) for c in (cfg, gcfg))
     checks = (("image shape", (m.in_channels, m.image_size), (g.in_channels, g.image_size)),
@@ -904,6 +905,126 @@ def eval_command(run: str | os.PathLike, options: ScoreOptions, device: torch.de
     if json_out:
         atomic_write_text(json_out, json.dumps(results, indent=2) + "\n")
     return results
+
+
+def _check_sigma_rel(sigma_rel: float) -> float:
+    from .config import MAX_SIGMA_REL
+
+    s = float(sigma_rel)
+    if not 0 < s < MAX_SIGMA_REL:
+        raise ConfigError(f"--sigma-rel={sigma_rel} must lie in (0, {MAX_SIGMA_REL:.4f}) (the "
+                          "relative std of a power-function EMA; EDM2 tracks 0.05 and 0.10)")
+    return s
+
+
+def _phema_files(run: RunDir, sigma_rel: float) -> tuple[Path, dict[str, Any]]:
+    """The newest checkpoint of ``run`` and its files (name -> tensors or JSON) with the EMA's
+    parameters replaced by the post-hoc average of length ``sigma_rel`` at its step
+    (:func:`ddpmlab.train.phema.reconstruct_run`; the buffers stay the checkpoint EMA's)."""
+    from .io import read_json
+    from .train.checkpoint import CHECKPOINT_FILES, OPTIONAL_FILES
+    from .train.phema import reconstruct_run
+
+    if not run.is_run():
+        raise CheckpointError(f"{run.root}: not a ddpmlab run directory (no config.json)")
+    ckpt = latest_checkpoint(run.root)
+    if ckpt is None:
+        raise CheckpointError(f"{run.root}: holds no complete checkpoint (train it first)")
+    params = reconstruct_run(run, sigma_rel, step=_checkpoint_step(ckpt))
+    names = [n for n in (*CHECKPOINT_FILES, *OPTIONAL_FILES) if (ckpt / n).is_file()]
+    files: dict[str, Any] = {n: load_tensors(ckpt / n) if n.endswith(".safetensors")
+                             else read_json(ckpt / n) for n in names}
+    ema = files["ema.safetensors"]
+    wrong = next((n for n, v in params.items() if n not in ema or ema[n].shape != v.shape), None)
+    if wrong is not None:
+        raise CheckpointError(f"{run.phema}: snapshot tensor {wrong!r} does not match "
+                              f"{ckpt / 'ema.safetensors'}")
+    ema.update({n: v.to(ema[n].dtype) for n, v in params.items()})
+    files["state.json"] = {**files["state.json"], "phema": {
+        "sigma_rel": sigma_rel, "run": str(run.root), "checkpoint": ckpt.name}}
+    return ckpt, files
+
+
+def ema_command(run: str | os.PathLike, sigma_rel: float, out: str | os.PathLike | None = None,
+                *, force: bool = False) -> Path:
+    """``ddpmlab ema RUN --sigma-rel S``: a new run directory ``out`` (default ``RUN-emaS``
+    beside RUN) holding a copy of RUN's ``config.json`` and one checkpoint, at the step of
+    RUN's newest, whose EMA weights are the post-hoc average of length S reconstructed from
+    RUN's snapshots (``train.phema``); its model, optimizer and RNG files are that
+    checkpoint's, so ``sample``, ``eval``, ``figures`` and ``report`` read it as any run.
+    ``out`` follows ``train --out``'s rules (a run there needs ``force``: it is moved aside and
+    deleted once the new checkpoint is complete; a non-empty folder that is no run is refused;
+    never RUN itself or a folder holding it). Returns the checkpoint written."""
+    from .outputs import check_protected
+    from .train.checkpoint import save_checkpoint
+
+    s = _check_sigma_rel(sigma_rel)
+    src = RunDir(run)
+    dest_dir = Path(out) if out else src.root.with_name(f"{src.root.name}-ema{s:g}")
+    dest = RunDir(check_protected(dest_dir, "a run", inputs=[src.root]))
+    ckpt, files = _phema_files(src, s)            # (every input read before anything is written)
+    dest.check_new(force)
+    lock = dest.lock("ema")
+    try:
+        dest.recover_aside()
+        dest.check_new(force)
+        aside = dest.create(src.config.read_text(encoding="utf-8"), force)
+        try:
+            written = save_checkpoint(dest.root, _checkpoint_step(ckpt), files)
+        except BaseException:
+            if aside is not None:
+                dest.put_back(aside)
+            raise
+        if aside is not None and (msg := dest.drop_aside(aside)):
+            warnings.warn(msg, stacklevel=2)
+    finally:
+        lock.release()
+    return written
+
+
+def _checkpoint_step(ckpt: Path) -> int:
+    from .layout import step_of
+
+    step = step_of(ckpt.name)
+    assert step is not None  # (latest_checkpoint returns strictly named folders only)
+    return step
+
+
+def ema_sweep(run: str | os.PathLike, sigma_rels: Sequence[float], options: ScoreOptions,
+              device: torch.device | str = "cpu", *, plot: str | os.PathLike | None = None,
+              force: bool = False, progress: bool = True) -> list[dict[str, Any]]:
+    """``ddpmlab ema RUN --sweep S1,S2,...``: each post-hoc EMA length scored with the project's
+    FID (:func:`score_run` with ``options``, on a temporary run written by the rules of
+    :func:`ema_command`), one row per S (``sigma_rel``, ``fid``, the classifier's
+    ``confident_share`` where the data have one, ``n``, ``step``); the rows are appended to
+    RUN's ``metrics.jsonl`` (``{"event": "phema_sweep"}``) and drawn to ``plot`` (default
+    ``RUN/figures/phema_sweep.png``; a PNG ddpmlab did not write needs ``force``)."""
+    import tempfile
+
+    from .train.checkpoint import save_checkpoint
+
+    sigmas = [_check_sigma_rel(s) for s in sigma_rels]
+    if not sigmas or len(set(sigmas)) != len(sigmas):
+        raise ConfigError(f"--sweep {','.join(map(str, sigma_rels))}: give distinct values")
+    src = RunDir(run)
+    plot = Path(plot) if plot else src.figures / "phema_sweep.png"
+    check_output(plot, "png", force)
+    rows = []
+    for s in sigmas:
+        ckpt, files = _phema_files(src, s)
+        with tempfile.TemporaryDirectory(prefix="ddpmlab-ema-") as tmp:
+            scratch = RunDir(Path(tmp) / "run")
+            scratch.create(src.config.read_text(encoding="utf-8"), False)
+            save_checkpoint(scratch.root, _checkpoint_step(ckpt), files)
+            r = score_run(scratch.root, options, device=device, progress=progress)
+        share = (r.get("classifier") or {}).get("confident_share")
+        rows.append({"sigma_rel": s, "fid": r["fid"], "confident_share": share, "n": r["n"],
+                     "step": _checkpoint_step(ckpt)})
+    src.append_metrics({"event": "phema_sweep", "time": time.time(), "rows": rows})
+    sweep_plot([r["sigma_rel"] for r in rows], [r["fid"] for r in rows], plot,
+               xlabel="sigma_rel (post-hoc EMA length)", ylabel=f"FID ({rows[0]['n']} samples)",
+               title=f"post-hoc EMA sweep of {src.root.name} at step {rows[0]['step']}")
+    return rows
 
 
 @dataclass(frozen=True)

@@ -613,3 +613,32 @@ def save_memorization_figure(samples, train_images, pairs, path: str | Path,
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, png_bytes(canvas))
     return path
+
+
+# ============================================================================ measured sweeps
+def sweep_plot(xs: Sequence[float], ys: Sequence[float], path: str | os.PathLike, *,
+               xlabel: str, ylabel: str, title: str, best: str = "min") -> Path:
+    """A measured quantity against a setting (``ddpmlab ema --sweep``: FID against the post-hoc
+    EMA length), points joined in the order of ``xs``, the best point (``best``: ``min`` or
+    ``max`` of ``ys``) ringed and labelled."""
+    x, y = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+    if x.shape != y.shape or x.ndim != 1 or len(x) == 0:
+        raise ValueError("sweep_plot needs one y per x, and at least one point")
+    order = np.argsort(x)
+    x, y = x[order], y[order]
+    fig = _figure(5.6, 3.4)
+    ax = fig.subplots()
+    ax.plot(x, y, color="C0", marker="o", lw=1.5)
+    finite = np.isfinite(y)
+    if finite.any():
+        k = int(np.nanargmin(np.where(finite, y, np.nan)) if best == "min"
+                else np.nanargmax(np.where(finite, y, np.nan)))
+        ax.plot([x[k]], [y[k]], "o", ms=12, mfc="none", mec="C3", mew=2,
+                label=f"best: {xlabel.split(' ')[0]} {x[k]:g} -> {y[k]:.4g}")
+        ax.legend(fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save_figure(fig, path)

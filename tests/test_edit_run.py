@@ -303,3 +303,29 @@ def test_force_replaces_a_foreign_file_and_the_default_grid_is_in_the_run(runs, 
     r = edit_command(EditRequest(runs["cond"], "invert", held_out=1, steps=4))
     assert r.grid == RunDir(runs["cond"]).edit_grid("invert", "ddim", 4, 0) and r.grid.is_file()
     os.remove(r.grid)
+
+
+# ============================================================================ Fig. 7
+@pytest.mark.e2e
+def test_figures_draw_what_is_decided_when(runs, tmp_path, monkeypatch):
+    """``ddpmlab figures`` adds the DDPM paper's Fig. 7: x0, then per t its one x_t and
+    DECIDED_SAMPLES samples drawn from it (the one x_t is q(x_t | x0) at that t)."""
+    from ddpmlab import runs as R
+
+    seen = {}
+    real = R.class_rows_grid
+
+    def grid(images, path, labels):
+        seen[Path(path).name] = (images, labels)
+        return real(images, path, labels)
+
+    monkeypatch.setattr(R, "class_rows_grid", grid)
+    written = R.run_figures(runs["cond"], tmp_path / "fig", chain_steps=5)
+    assert tmp_path / "fig" / "decided_when.png" in written
+    images, labels = seen["decided_when.png"]
+    assert labels == ["x0", "t = 11", "t = 24", "t = 37", "t = 49"]      # T = 50
+    assert images[0].shape == (1, 1, 8, 8)
+    assert all(r.shape == (1 + R.DECIDED_SAMPLES, 1, 8, 8) for r in images[1:])
+    # samples from a low level keep more of x0 than samples from pure noise
+    far = [float((r[1:] - images[0]).abs().mean()) for r in images[1:]]
+    assert far[0] < far[-1], far

@@ -684,7 +684,39 @@ def ode_bits_report(model: nn.Module, cfg: Config, held: Any, *, seed: int = 0,
 
 # ============================================================================ figures
 FIGURE_NAMES = ("noising_strip.png", "denoising_chain.png", "schedule.png", "loss.png",
-                "samples_by_class.png", "samples.png")
+                "samples_by_class.png", "samples.png", "decided_when.png")
+DECIDED_AT = (0.25, 0.5, 0.75, 1.0)   # the figure's levels t = round(f T) - 1
+DECIDED_SAMPLES = 6                   # samples from each level's one x_t
+
+
+def decided_when_figure(call: SamplingCall, held: Any, path: Path, seed: int = 0,
+                        n_per: int = DECIDED_SAMPLES,
+                        at: Sequence[float] = DECIDED_AT) -> Path:
+    """The DDPM paper's Fig. 7 (:func:`ddpmlab.edit.decided_when`): one held-out image x0
+    (picked by ``seed``; with its class and the call's guidance on a conditional run), noised
+    once to each t of ``at`` with one noise, and ``n_per`` samples of p(x0 | x_t) from each:
+    a row per t (x_t, then the samples) under the row of x0."""
+    from .edit import decided_when
+    from .forward import q_sample
+
+    g = torch.Generator().manual_seed(seed + 7)
+    k = int(torch.randint(len(held), (1,), generator=g))
+    x0 = to_model_range(held.images[k:k + 1]).to(call.device)
+    y = None
+    if call.null_class is not None and held.labels is not None:
+        y = int(held.labels[k])
+    T = call.schedule.T
+    ts = sorted({min(T - 1, max(0, round(f * T) - 1)) for f in at})
+    noise = torch.randn(x0.shape, generator=g).to(x0)
+    draws = torch.Generator(device=call.device).manual_seed(seed + 8)
+    rows = decided_when(call.model, call.schedule, x0, ts, n_per, generator=draws, noise=noise,
+                        **call.edit_kwargs(y=y))
+    sched = call.schedule.to(x0.device)
+    x_ts = [q_sample(sched, x0, torch.full((1,), t, dtype=torch.long, device=x0.device), noise)
+            for t in ts]
+    images = [x0.cpu()] + [torch.cat([xt, r]).float().cpu() for xt, r in zip(x_ts, rows,
+                                                                            strict=True)]
+    return class_rows_grid(images, path, ["x0"] + [f"t = {t}" for t in ts])
 
 
 def check_outputs(paths: list[Path], force: bool) -> None:
@@ -699,7 +731,8 @@ def run_figures(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = 
     """Every figure of the tutorial for a trained run, written to ``out_dir`` (default
     ``RUN/figures``): the noising strip of real training images, the denoising chain of the
     EMA model (ancestral DDPM over all T steps unless ``chain_steps``), the schedule plot, the
-    loss curve, and a sample grid (one row per class for a conditional run)."""
+    loss curve, a sample grid (one row per class for a conditional run), and what is decided
+    when (:func:`decided_when_figure`, the DDPM paper's Fig. 7, with the chain's sampler)."""
     run = RunDir(run_dir)
     model, cfg, _ = load_run(run.root, use_ema=True, device=device)
     T = cfg.diffusion.timesteps
@@ -724,6 +757,8 @@ def run_figures(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = 
     written.append(denoising_chain(
         shape=(3, m.in_channels, m.image_size, m.image_size), path=out / "denoising_chain.png",
         y=chain_y, generator=g, **call.kwargs()))
+    held = load_dataset(cfg.data, "test")     # (Fig. 7: one held-out image, several t)
+    written.append(decided_when_figure(call, held, out / "decided_when.png", seed))
     written.append(schedule_plot(out / "schedule.png", T=cfg.diffusion.timesteps))
     if run.metrics.is_file():
         written.append(loss_plot(run.metrics, out / "loss.png"))

@@ -584,7 +584,8 @@ def test_config_keys_and_presets():
         ("ddpm", "uniform", 0.5)
     from ddpmlab.config import _CHOICES
 
-    assert _CHOICES["diffusion.objective"] == tuple(objectives.OBJECTIVES) == ("ddpm", "edm", "flow")
+    assert _CHOICES["diffusion.objective"] == tuple(objectives.OBJECTIVES) == (
+        "ddpm", "edm", "flow", "consistency")
     assert _CHOICES["diffusion.flow_t"] == objectives.FLOW_TIMES
     f, e, m = load_config("mnist-flow"), load_config("mnist-edm"), load_config("mnist")
     assert f.diffusion.objective == "flow" and e.diffusion.objective == "edm"
@@ -637,7 +638,7 @@ def test_the_registry_is_the_configs_choices_and_each_objective_declares_its_key
                                    **{k: getattr(default, k) for k in cls.reads})
         obj = objectives.build(ns)
         assert type(obj) is cls and obj.timesteps == 70 and obj.schedule().T == 70, name
-    assert [c.level_name for c in objectives.OBJECTIVES.values()] == ["t", "sigma", "flow_t"]
+    assert [c.level_name for c in objectives.OBJECTIVES.values()] == ["t", "sigma", "flow_t", "n"]
     e = objectives.build(types.SimpleNamespace(objective="edm", timesteps=9, sigma_data=0.7,
                                                p_mean=0.1, p_std=2.0))
     assert (e.sigma_data, e.p_mean, e.p_std, e.timesteps) == (0.7, 0.1, 2.0, 9)
@@ -695,7 +696,7 @@ def test_a_new_objective_needs_no_config_rule(monkeypatch):
          "diffusion.prediction='v' applies to diffusion.objective=ddpm only"),
         # a key two objectives read names both to a third
         ({"sigma_data": 0.7}, "diffusion.sigma_data=0.7 applies to diffusion.objective=edm or "
-         "dummy only (this run's is 'ddpm'): set it to 0.5"),
+         "consistency or dummy only (this run's is 'ddpm'): set it to 0.5"),
     ]:
         with pytest.raises(ConfigError, match=re.escape(needle)):
             Config.from_dict({"diffusion": doc})

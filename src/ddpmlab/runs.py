@@ -897,6 +897,8 @@ def sample_command(req: SampleRequest, device: torch.device) -> SampleResult | N
         for path, kind in ((req.out, "png"), (req.npz, "npz")):
             if path is not None:
                 check_output(path, kind, req.force)
+        if req.out is None and RunDir(req.run).is_run():   # the default grid's folder too
+            check_replaceable(RunDir(req.run).sample_grid("check", 1, req.seed), "png", True)
     info = D.init(device.type)
     device = process_device(device, info.world_size, info.local_rank)
     try:

@@ -22,7 +22,6 @@ outside [-1, 1] are clipped for display only.
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -35,7 +34,7 @@ import torch
 from . import schedules as S
 from .errors import DataError
 from .forward import q_sample
-from .io import SOFTWARE, atomic_write_bytes, png_bytes
+from .io import SOFTWARE, atomic_write_bytes, loads_json, png_bytes
 from .layout import RunDir
 from .samplers import sample
 from .schedules import Schedule
@@ -427,13 +426,13 @@ def read_losses(metrics_path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray
     by_step: dict[int, float] = {}
     for line in text.splitlines():
         try:
-            rec = json.loads(line)
+            rec = loads_json(line, str(p))   # (bounded: nesting, integer length)
         except ValueError:
             continue
         if not isinstance(rec, dict):
             continue
         step, loss = rec.get("step"), rec.get("loss")
-        if (isinstance(step, (int, float)) and not isinstance(step, bool)
+        if (isinstance(step, (int, float)) and not isinstance(step, bool) and 0 <= step <= 1e12
                 and isinstance(loss, (int, float)) and not isinstance(loss, bool)):
             by_step[int(step)] = float(loss)
     if not by_step:
@@ -483,7 +482,8 @@ def loss_plot(metrics_path: str | os.PathLike, path: str | os.PathLike) -> Path:
     _plain_log_ticks(ax)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.set_title(f"training loss  ({src.parent.name or src.name}; last {losses[-1]:.4g} "
+    name = (src.parent.name or src.name).encode("utf-8", "backslashreplace").decode()  # (not UTF-8)
+    ax.set_title(f"training loss  ({name}; last {losses[-1]:.4g} "
                  f"at step {steps[-1]})", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)

@@ -53,6 +53,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import Objective, VEObjective
+from .consistency import Consistency
 from .ddpm import DDPM
 from .edm import (
     EDM,
@@ -69,7 +70,8 @@ from .edm import (
 from .flow import FLOW, FLOW_TIME_SCALE, FLOW_TIMES, flow_interpolate, flow_loss, flow_times
 
 # the owner of diffusion.objective's choices: name -> class
-OBJECTIVES: dict[str, type[Objective]] = {"ddpm": DDPM, "edm": EDM, "flow": FLOW}
+OBJECTIVES: dict[str, type[Objective]] = {"ddpm": DDPM, "edm": EDM, "flow": FLOW,
+                                          "consistency": Consistency}
 
 
 def get(name: str) -> type[Objective]:

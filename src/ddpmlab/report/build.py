@@ -35,7 +35,7 @@ from ..data import ImageData, describe, load_dataset, to_model_range, to_uint8
 from ..errors import CheckpointError, ConfigError, DataError
 from ..evaluate import memorization
 from ..forward import q_posterior, q_sample
-from ..io import atomic_write_text, read_json
+from ..io import atomic_write_text, eval_doc_problem, read_json
 from ..layout import RunDir, step_of
 from ..outputs import check_target, commit, staging
 from ..runs import (
@@ -285,10 +285,13 @@ def _eval_results(run: RunDir) -> tuple[dict | None, bool]:
     if path.is_file():
         try:
             doc = read_json(path)
-        except CheckpointError:
-            doc = None
-        if isinstance(doc, dict) and "fid" in doc:
+        except CheckpointError as e:
+            doc, why = None, str(e)
+        else:
+            why = None if (bad := eval_doc_problem(doc)) is None else f"{path}: {bad}"
+        if why is None:
             return doc, False
+        warnings.warn(f"{why}; the report leaves it out (run ddpmlab eval again)", stacklevel=2)
     lines = [r for r in run.read_metrics() if r.get("event") == "eval"]
     return (lines[-1], True) if lines else (None, False)
 

@@ -216,7 +216,6 @@ class SamplingCall:
         """The same call with another model (a thread-governed or counting wrapper)."""
         return dataclasses.replace(self, model=model)
 
-    @property
     def edit_kwargs(self, **over: Any) -> dict[str, Any]:
         """The keyword arguments an editing operation of :mod:`ddpmlab.edit` takes after
         ``(model, schedule, images)``: :meth:`kwargs` without those two and the device (the
@@ -224,6 +223,7 @@ class SamplingCall:
         kw = {k: v for k, v in self.kwargs().items() if k not in ("model", "schedule", "device")}
         return {**kw, **over}
 
+    @property
     def nfe(self) -> int:
         """Network evaluations per image of one call (guidance's two halves count once: they
         run as one batch of twice the images)."""

@@ -1438,3 +1438,83 @@ def test_sigterm_at_any_moment_of_start_up_is_never_lost(trained, tmp_path, comm
         assert "Traceback" not in err and len(err.strip().splitlines()) <= 1, (delay, err)
         assert p.returncode != 143 or "stopped by SIGTERM" in err, (delay, err)
         assert not (tmp_path / "g.png").exists() and not (tmp_path / "rep").exists(), delay
+
+
+# ======================================================================= hostile run files, numbers, paths
+TINY_PLAN = dict(forward_images=2, forward_frames=3, chain_samples=2, chain_frames=3,
+                 bpd_images=2, bpd_timesteps=2, checkpoint_samples=2, grid_per_class=2,
+                 grid_unconditional=2, guidance=(1.0,), nfe=(2,), nfe_samplers=("ddim",),
+                 nearest=2, max_checkpoints=1, max_training_grids=1)
+
+
+def test_the_report_leaves_out_a_hostile_eval_json_and_metrics_lines(run):
+    """{"fid": 1} in eval.json used to be KeyError: 'kid_mean'; a metrics line with
+    "step": 1e300 an OverflowError; a deeply nested line a RecursionError."""
+    from ddpmlab.report import ReportPlan, write_report
+
+    (run / "eval.json").write_text('{"fid": 1}')
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 1e300, "loss": 0.5}\n{"step": Infinity, "loss": 0.5}\n'
+                + "[" * 100000 + "]" * 100000 + "\n")
+    with pytest.warns(UserWarning, match="'kid_mean' is not a number; the report leaves it out"):
+        index = write_report(run, progress=False, plan=ReportPlan(**TINY_PLAN))
+    assert index.is_file()
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["train", "--dataset", "digits", "--max-steps", "1", "diffusion.timesteps=20"],
+     "diffusion.timesteps=20 with diffusion.schedule=linear"),
+    (["train", "--dataset", "digits", "--max-steps", "1", "sample.guidance=1e308"],
+     "sample.guidance=1e+308 must be at most 10,000"),
+    (["sample", "RUN", "--guidance", "1e308"], "--guidance=1e+308"),
+])
+def test_numbers_that_break_the_math_are_one_line(trained, tmp_path, capsys, argv, needle):
+    """T <= 20 with the linear schedule was a traceback; --guidance 1e308 wrote all-zero
+    images with exit 0."""
+    argv = [str(trained) if a == "RUN" else a for a in argv]
+    if argv[0] == "train":
+        argv = [*argv[:1], "--out", str(tmp_path / "r"), *COMMON, *argv[1:]]
+    else:
+        argv += ["--out", str(tmp_path / "g.png"), "--no-progress"]
+    code, err = run_cli(capsys, *argv)
+    assert_one_line(code, err, needle)
+    assert not (tmp_path / "r").exists() and not (tmp_path / "g.png").exists()
+
+
+@pytest.mark.e2e
+def test_paths_that_are_not_utf8_are_written_and_shown(run, tmp_path):
+    """A folder named with bytes that are not UTF-8 (b'\\xff'): export failed with a
+    UnicodeEncodeError writing its README and printing the name (stdout strict UTF-8), the
+    report in matplotlib's title; now the name is escaped (backslashreplace) in text."""
+    odd = bytes(tmp_path) + b"/r\xff"
+    shutil.copytree(run, os.fsdecode(odd))
+    env = dict(os.environ, PYTHONIOENCODING="utf-8", OMP_NUM_THREADS="1")
+    for argv in ([b"export", odd, b"--out", bytes(tmp_path) + b"/e\xff"],
+                 [b"import", bytes(tmp_path) + b"/e\xff", b"--out", bytes(tmp_path) + b"/i\xff"],
+                 [b"report", odd, b"--no-progress"]):
+        p = subprocess.run([sys.executable.encode(), b"-m", b"ddpmlab", *argv], env=env,
+                           capture_output=True, timeout=600)
+        assert p.returncode == 0 and b"Traceback" not in p.stderr, (argv, p.stderr[-2000:])
+        assert b"\\udcff" in p.stdout, (argv, p.stdout)
+    readme = Path(os.fsdecode(bytes(tmp_path) + b"/e\xff")) / "README.md"
+    assert "\\udcff" in readme.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("command", ["sample", "eval"])
+def test_an_unwritable_run_fails_before_any_work(run, capsys, monkeypatch, command):
+    """sample (its default grid in RUN/samples) and eval (RUN/figures, RUN/eval.json) used to
+    fail only after all the work on a run they cannot write to. Here the folder is a file
+    (as root, a read-only mode does not stop writes): the same check, before any sampling."""
+    from ddpmlab import runs
+
+    def no_work(*a, **k):
+        raise AssertionError("sampled before checking the outputs")
+
+    monkeypatch.setattr(runs, "sample_images_sharded", no_work)
+    monkeypatch.setattr(runs, "sample_images", no_work)
+    folder = run / ("samples" if command == "sample" else "figures")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.write_text("not a folder")
+    argv = ["sample", run, "--n", "2"] if command == "sample" else ["eval", run, "--n", "8"]
+    code, err = run_cli(capsys, *argv, "--no-progress")
+    assert_one_line(code, err, "cannot write there")

@@ -670,6 +670,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv is None:  # the `ddpmlab` command itself (tests call main([...]) in-process)
             tune_allocator()   # (before the libraries allocate)
+            for stream in (sys.stdout, sys.stderr):   # a non-UTF-8 path in a message
+                if getattr(stream, "errors", "") == "strict" and hasattr(stream, "reconfigure"):
+                    stream.reconfigure(errors="backslashreplace")
         _load_libraries()
         if main_thread:
             signal.signal(signal.SIGTERM, _on_sigterm)

@@ -51,7 +51,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    """UTF-8; a path that is not UTF-8 inside ``text`` (Python holds its bytes as lone
+    surrogates) is written as ``\\udcff`` escapes instead of failing the write."""
+    atomic_write_bytes(path, text.encode("utf-8", errors="backslashreplace"))
 
 
 def tensors_to_bytes(tensors: dict[str, torch.Tensor],
@@ -238,13 +240,46 @@ def is_our_eval(path: str | os.PathLike) -> bool:
     return isinstance(doc, dict) and {"fid", "features", "memorization"} <= set(doc)
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= 1e300
+
+
+def eval_doc_problem(doc: Any) -> str | None:
+    """What in an ``eval.json`` document is not as ``ddpmlab eval`` writes it (the fields the
+    report shows, with their types), or None: a hand-edited or hostile file is left out of the
+    report with a note instead of failing it (``{"fid": 1}`` used to be a KeyError)."""
+    if not isinstance(doc, dict):
+        return "not a JSON object"
+    for key in ("fid", "kid_mean", "kid_std", "precision", "recall"):
+        if not _number(doc.get(key)):
+            return f"{key!r} is not a number"
+    if not isinstance(doc.get("checkpoint", ""), str):
+        return "'checkpoint' is not a string"
+    nested = {"baseline": ("fid_mean",), "classifier": ("confident_share", "confidence"),
+              "bits_per_dim": ("total",), "memorization": ()}
+    for key, numbers in nested.items():
+        value = doc.get(key)
+        if not value:
+            continue
+        if not isinstance(value, dict) or not all(_number(value.get(k)) for k in numbers):
+            return f"{key!r} is not an object with {', '.join(numbers) or 'its values'}"
+    cls, mem = doc.get("classifier") or {}, doc.get("memorization") or {}
+    if cls.get("real_confident_share") is not None and not _number(cls["real_confident_share"]):
+        return "'classifier.real_confident_share' is not a number"
+    for key in ("share", "threshold"):
+        if key in mem and not _number(mem[key]):
+            return f"'memorization.{key}' is not a number"
+    return None
+
+
 _OURS = {"png": (is_our_png, "a PNG"), "npz": (is_our_npz, "a samples .npz"),
          "json": (is_our_eval, "an eval result")}
 
 
 def check_replaceable(path: str | os.PathLike, kind: str, force: bool) -> None:
-    """Before any work: refuse a directory, and (unless ``force``) an existing file that does
-    not carry ddpmlab's mark for ``kind`` (``png``, ``npz`` or ``json``)."""
+    """Before any work: refuse a directory, (unless ``force``) an existing file that does not
+    carry ddpmlab's mark for ``kind`` (``png``, ``npz`` or ``json``), and a folder that cannot
+    take the file (a read-only run)."""
     path = Path(path)
     ours, what = _OURS[kind]
     if path.is_dir():
@@ -252,6 +287,23 @@ def check_replaceable(path: str | os.PathLike, kind: str, force: bool) -> None:
     if path.exists() and not force and not ours(path):
         raise CheckpointError(f"{path}: exists and is not {what} written by ddpmlab; refusing "
                               "to overwrite it (use --force, or another path)")
+    _check_writable(path)
+
+
+def _check_writable(path: Path) -> None:
+    """The folder ``path`` goes into (or its nearest existing parent, where it will be made)
+    takes a file now, not after the work (a read-only run, a file where a folder should be)."""
+    folder = path.parent
+    while not os.path.lexists(folder) and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise CheckpointError(f"{path}: cannot write there ({folder} is not a folder)")
+    probe = folder / f".write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot write there ({e.strerror or e})") from None
 
 
 def png_bytes(image: Any) -> bytes:

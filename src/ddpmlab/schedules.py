@@ -149,6 +149,16 @@ def _check_T(T: int) -> int:
     return T
 
 
+def linear_problem(T: int, beta_end: float = 0.02) -> str | None:
+    """Why :func:`linear` cannot be built at ``T`` (its scaled beta_end reaches 1 for
+    T <= 20), or None; the config checks it before anything is built or read."""
+    hi = beta_end * 1000.0 / T
+    if hi < 1.0:
+        return None
+    return (f"the linear schedule scales beta_end by 1000/T, which gives {hi:g} >= 1 for T={T}; "
+            f"use T > {math.floor(beta_end * 1000)} or the cosine schedule")
+
+
 def linear(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Schedule:
     """Ho et al. 2020: betas linear from 1e-4 to 0.02 for T=1000.
 
@@ -159,11 +169,8 @@ def linear(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> S
     T = _check_T(T)
     scale = 1000.0 / T
     lo, hi = beta_start * scale, beta_end * scale
-    if hi >= 1.0:
-        raise ValueError(
-            f"the linear schedule scales beta_end by 1000/T, which gives {hi:g} >= 1 for T={T}; "
-            f"use T > {math.floor(beta_end * 1000)} or the cosine schedule"
-        )
+    if (why := linear_problem(T, beta_end)) is not None:
+        raise ValueError(why)
     return from_betas(torch.linspace(lo, hi, T, dtype=torch.float64), name="linear")
 
 

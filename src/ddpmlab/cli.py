@@ -318,43 +318,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-# ----------------------------------------------------------------------------- samplers
-def cmd_samplers(args: argparse.Namespace) -> int:
-    from .samplers import SAMPLERS
-
-    rows = [("name", "order", "NFE (n steps)", "stochastic", "eta", "spacing", "what")]
-    for name, step in SAMPLERS.items():
-        i = step.info
-        nfe = "n" if i.nfe_per_step == 1 and i.final_nfe == 1 else \
-            f"{i.nfe_per_step}n - {i.nfe_per_step - i.final_nfe}"
-        rows.append((name, str(i.order), nfe, i.stochastic, "-" if i.eta is None else f"{i.eta:g}",
-                     i.spacing, i.about))
-    widths = [max(len(r[k]) for r in rows) for k in range(6)]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[6])
-    return 0
-
-
-# ----------------------------------------------------------------------------- parser
-def _add_run_argument(p: argparse.ArgumentParser) -> None:
-    # Positional or --run: under torchrun, write the run as a positional argument, since
-    # torchrun's own parser takes "--run" for its "--run-path".
-    p.add_argument("run_pos", nargs="?", metavar="RUN", help="the run directory")
-    p.add_argument("--run", help="the run directory (same as the positional RUN)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from .config import PRESETS
-    from .data import BUILTINS
-    from .device import DEVICE_HELP, PRECISIONS
-    from .likelihood_ode import NLLS
-    from .samplers import SAMPLERS, SPACINGS
-
-    p = argparse.ArgumentParser(
-        prog="ddpmlab",
-        description="Train denoising diffusion models (DDPM) on images and sample from them.",
-    )
-    p.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
 # ----------------------------------------------------------------------------- edit
 def cmd_edit(args: argparse.Namespace) -> int:
     from .edit_run import EditRequest, edit_command
@@ -422,6 +385,43 @@ def _add_edit_parser(sub, samplers: list[str], device_help: str, precisions: lis
     e.set_defaults(func=cmd_edit)
 
 
+# ----------------------------------------------------------------------------- samplers
+def cmd_samplers(args: argparse.Namespace) -> int:
+    from .samplers import SAMPLERS
+
+    rows = [("name", "order", "NFE (n steps)", "stochastic", "eta", "spacing", "what")]
+    for name, step in SAMPLERS.items():
+        i = step.info
+        nfe = "n" if i.nfe_per_step == 1 and i.final_nfe == 1 else \
+            f"{i.nfe_per_step}n - {i.nfe_per_step - i.final_nfe}"
+        rows.append((name, str(i.order), nfe, i.stochastic, "-" if i.eta is None else f"{i.eta:g}",
+                     i.spacing, i.about))
+    widths = [max(len(r[k]) for r in rows) for k in range(6)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[6])
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+def _add_run_argument(p: argparse.ArgumentParser) -> None:
+    # Positional or --run: under torchrun, write the run as a positional argument, since
+    # torchrun's own parser takes "--run" for its "--run-path".
+    p.add_argument("run_pos", nargs="?", metavar="RUN", help="the run directory")
+    p.add_argument("--run", help="the run directory (same as the positional RUN)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .config import PRESETS
+    from .data import BUILTINS
+    from .device import DEVICE_HELP, PRECISIONS
+    from .likelihood_ode import NLLS
+    from .samplers import SAMPLERS, SPACINGS
+
+    p = argparse.ArgumentParser(
+        prog="ddpmlab",
+        description="Train denoising diffusion models (DDPM) on images and sample from them.",
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a UNet noise predictor (default: built-in MNIST)",
@@ -587,6 +587,7 @@ def _add_edit_parser(sub, samplers: list[str], device_help: str, precisions: lis
     ex.add_argument("--force", action="store_true", help="replace a non-empty --out")
     ex.set_defaults(func=cmd_export)
 
+    _add_edit_parser(sub, list(SAMPLERS), DEVICE_HELP, list(PRECISIONS))
     ls = sub.add_parser("samplers", help="list the samplers with their order and cost")
     ls.set_defaults(func=cmd_samplers)
     return p
@@ -646,7 +647,6 @@ def _hold(signum, frame) -> None:
 def _load_libraries() -> None:
     """Import numpy and torch (every command's parser needs them) with SIGTERM and SIGINT held:
     an exception raised inside their imports is lost in a bare ``except:`` of theirs (exit 0,
-    _add_edit_parser(sub, list(SAMPLERS), DEVICE_HELP, list(PRECISIONS))
     the whole command run) or turns into another error inside numpy's import (a traceback).
     A signal that came meanwhile is raised as soon as they are in."""
     import numpy  # noqa: F401

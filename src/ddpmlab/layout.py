@@ -250,15 +250,16 @@ class RunDir:
         """``samples/sample_SAMPLER-STEPS_seedSEED.png`` (:func:`sample_name`)."""
         return self.samples / sample_name(sampler, steps, seed)
 
+    def edit_grid(self, operation: str, sampler: str, steps: int, seed: int) -> Path:
+        """``samples/edit_OPERATION_SAMPLER-STEPS_seedSEED.png``: the default grid of
+        ``ddpmlab edit``."""
+        return self.samples / f"edit_{operation}_{sampler}-{steps}_seed{seed}.png"
+
 
     # ------------------------------------------------------------------ reading
     def read_config(self) -> Config:
         """The run's resolved config; a folder without one is not a run."""
         if not self.root.is_dir():
-    def edit_grid(self, operation: str, sampler: str, steps: int, seed: int) -> Path:
-        """``samples/edit_OPERATION_SAMPLER-STEPS_seedSEED.png``: the default grid of
-        ``ddpmlab edit``."""
-        return self.samples / f"edit_{operation}_{sampler}-{steps}_seed{seed}.png"
             raise CheckpointError(f"{self.root}: no such run directory")
         if not self.is_run():
             raise CheckpointError(f"{self.root}: not a ddpmlab run directory (no config.json)")

@@ -534,3 +534,55 @@ def test_the_consistency_sampler_is_registered_with_one_evaluation_per_step():
     assert seen[-1] == -1
     assert seen[0] == 499
     assert float(CM_GRID.sigmas[499]) == pytest.approx(0.002 * 40000 ** (499 / 999), rel=1e-9)
+
+
+# --------------------------------------------------------------------------- a real network
+def _unet(seed: int):
+    from ddpmlab.config import ModelConfig
+    from ddpmlab.nn import UNet
+
+    torch.manual_seed(seed)
+    net = UNet(ModelConfig(in_channels=1, image_size=8, base_channels=8, channel_mult=(1, 2),
+                           num_res_blocks=1, attention_resolutions=(), norm_groups=4,
+                           num_classes=3))
+    for p in net.parameters():      # the output layer starts at zero: make the net non-trivial
+        torch.nn.init.normal_(p, std=0.05)
+    return net
+
+
+def _digits(g, n):
+    return torch.rand(n, 1, 8, 8, generator=g) * 2 - 1, torch.randint(0, 3, (n,), generator=g)
+
+
+def test_both_stages_run_on_a_conditional_unet_and_leave_the_teacher_alone():
+    teacher_net = _unet(0).requires_grad_(False)
+    before = copy.deepcopy(teacher_net.state_dict())
+    # progressive: a v teacher guided at w = 2 (null class 3), its copy as the 2-step student
+    student_net = copy.deepcopy(teacher_net).requires_grad_(True)
+    opt = torch.optim.Adam(student_net.parameters(), lr=1e-3)
+    losses = progressive_stage(Predictor(student_net, "v"),
+                               Predictor(distill.guided(teacher_net, 2.0, null_class=3), "v"),
+                               schedules.linear(100), _digits, 2, opt, 2, 4,
+                               torch.Generator().manual_seed(0))
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    assert any(not torch.equal(a, b) for a, b in zip(student_net.state_dict().values(),
+                                                      before.values(), strict=True))
+    # consistency: an EDM teacher's x0 view, a student and its EMA target
+    grid = EDM(100).schedule()
+    D = ve_denoiser(Predictor(EDM(100).sampler_model(teacher_net, grid), "x0"), grid)
+    student, setup = _unet(1), ConsistencySetup.karras(6)
+    target = copy.deepcopy(student).requires_grad_(False)
+    opt = torch.optim.Adam(student.parameters(), lr=1e-3)
+    losses = distill.consistency_stage(student, target, D, _digits, opt, setup, 2, 4,
+                                       torch.Generator().manual_seed(0))
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    # one more step: the target moves to 0.95 target + 0.05 student; the teacher never moved
+    was = [p.clone() for p in target.parameters()]
+    x0, y = _digits(torch.Generator().manual_seed(1), 4)
+    distill.consistency_distill_step(student, target, D, x0, opt, setup,
+                                     torch.Generator().manual_seed(2), y)
+    for p_t, p_was, p_s in zip(target.parameters(), was, student.parameters(), strict=True):
+        torch.testing.assert_close(p_t, 0.95 * p_was + 0.05 * p_s)
+    assert not all(torch.equal(a, b) for a, b in zip(was, target.parameters(), strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(teacher_net.state_dict().values(),
+                                                  before.values(), strict=True))

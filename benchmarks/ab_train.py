@@ -58,7 +58,7 @@ def main(argv=None) -> None:
     if a.ddpmlab_defaults:
         from ddpmlab.config import TrainConfig
         from ddpmlab.device import autocast, resolve_precision
-        from ddpmlab.train.loop import make_optimizer
+        from ddpmlab.train.optim import make_optimizer
 
         job = jobs["ddpmlab"]
         job.opt = make_optimizer(job.params, TrainConfig(lr=train_sample.LR))

@@ -108,7 +108,7 @@ def main(argv=None) -> None:
 
     cfg = load_config(a.config)
     # The presets' model sections already hold their data's channels and size; the classes are
-    # those of the labelled presets' data (ddpmlab.train.loop.resolve_config would need the data
+    # those of the labelled presets' data (ddpmlab.train.setup.resolve_config would need the data
     # set itself, and CIFAR-10 is not built in).
     classes = {"mnist": 10, "fashion-mnist": 10}.get(a.config, 0)
     if cfg.data.conditional in ("true", "auto") and classes:

@@ -123,7 +123,7 @@ def _fused_adamw_available(device) -> bool:
 def test_fused_adamw_matches_the_default_loop(device, tiny_cfg):
     """The trainer's optimizer (fused AdamW where this torch has the kernel) takes the same
     steps as the default per-tensor AdamW, weight decay, warm-up-like lr changes and all."""
-    from ddpmlab.train.loop import make_optimizer
+    from ddpmlab.train.optim import make_optimizer
 
     if not _fused_adamw_available(device):
         pytest.skip(f"this torch has no fused AdamW on {device}")

@@ -230,6 +230,7 @@ def test_sample_argument_out_of_range(trained, capsys):
 @pytest.mark.parametrize("command,argv,needle", [
     ("sample", ["--eta", "nan"], "--eta=nan"), ("sample", ["--guidance", "nan"], "--guidance=nan"),
     ("sample", ["--guidance", "inf"], "--guidance=inf"),
+    ("sample", ["--churn", "-1"], "--churn=-1"), ("sample", ["--churn", "nan"], "--churn=nan"),
     ("sample", ["--seed", str(10**14 * 10**6)], "--seed="), ("sample", ["--seed", "-1"], "--seed=-1"),
     ("sample", ["--device", "meta"], "'meta'"),
     ("eval", ["--steps", "0"], "--steps=0"), ("eval", ["--steps", "5000"], "steps=5000"),

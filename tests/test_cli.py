@@ -152,6 +152,7 @@ def test_eval_reports_every_metric(run_dir, tmp_path, capsys):
     assert events[-1]["event"] == "eval" and "fid" in events[-1]
 
 
+@pytest.mark.e2e  # over 1.3 s: scores samples
 def test_eval_scores_an_npz(run_dir, tmp_path, capsys):
     npz = tmp_path / "s.npz"
     main(["sample", str(run_dir), "--n", "12", "--steps", "2", "--npz", str(npz),

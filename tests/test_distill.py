@@ -143,6 +143,7 @@ def test_one_student_step_on_the_target_lands_on_the_teachers_two(triple):
     assert one_step_vs_two(_single_step_target, triple) > 1e-2
 
 
+@pytest.mark.e2e  # over 1.3 s: trains a student
 def test_guidance_is_distilled_through_the_guided_teacher():
     def model(x, t, y=None):
         shift = 0.0 if y is None else 0.1 * y.to(x.dtype).reshape(-1, 1)

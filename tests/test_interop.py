@@ -135,6 +135,7 @@ def test_exported_runs_load_in_diffusers_and_agree(runs, tmp_path, name):
     assert ("null" in readme) == bool(cfg.model.num_classes)
 
 
+@pytest.mark.e2e  # over 1.3 s: a 1000-step chain twice
 def test_a_ddpm_chain_through_diffusers_equals_ddpmlabs(runs, tmp_path):
     out = export_diffusers(runs["uncond1"], tmp_path / "exp")
     unet = diffusers.UNet2DModel.from_pretrained(out / "unet").eval()

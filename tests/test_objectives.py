@@ -203,6 +203,7 @@ def test_edm_sigma_draws_are_log_normal():
     torch.testing.assert_close(s2.log(), 0.3 + 1.7 * (ln + 1.2) / 1.2)
 
 
+@pytest.mark.e2e  # over 1.3 s: trains
 def test_the_trainer_draws_edm_levels_with_the_configs_p_mean_and_p_std(tiny_cfg, tmp_path,
                                                                         monkeypatch):
     import ddpmlab.train.loop as loop

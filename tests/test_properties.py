@@ -318,6 +318,7 @@ opt_docs = st.fixed_dictionaries({}, optional={
     "scalars": json_values | st.just({"0": {"step": 1}})}) | json_values
 
 
+@pytest.mark.e2e  # over 1.3 s: a property search
 @SETTINGS
 @given(state_docs, opt_docs)
 def test_checkpoint_random_json(checkpoint_dir, state, opt):

@@ -172,6 +172,7 @@ def test_non_image_file_is_skipped_with_a_warning(tmp_path, capsys):
     assert (data / "notes.txt").read_text() == "my notes"
 
 
+@pytest.mark.e2e  # over 1.3 s: trains
 def test_unlabelled_folder_auto_trains_unconditionally_and_conditional_refuses(tmp_path,
                                                                                capsys):
     import json
@@ -1258,6 +1259,7 @@ def test_a_killed_export_or_import_is_finished_by_the_next_command(run, pipeline
     assert not (imp / ".ddpmlab-output.json").exists()
 
 
+@pytest.mark.e2e  # over 1.3 s: builds reports
 def test_a_killed_report_leaves_nothing_for_good(run, tmp_path):
     """A report killed while drawing leaves RUN/.tmp-report.PID/ (marked): the next report on
     the same --out removes it (it used to stay for good)."""
@@ -1448,6 +1450,7 @@ TINY_PLAN = dict(forward_images=2, forward_frames=3, chain_samples=2, chain_fram
                  nearest=2, max_checkpoints=1, max_training_grids=1)
 
 
+@pytest.mark.e2e  # over 1.3 s: builds a report
 def test_the_report_leaves_out_a_hostile_eval_json_and_metrics_lines(run):
     """{"fid": 1} in eval.json used to be KeyError: 'kid_mean'; a metrics line with
     "step": 1e300 an OverflowError; a deeply nested line a RecursionError."""

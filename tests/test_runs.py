@@ -99,6 +99,7 @@ def test_heun_churn_in_the_config_reaches_the_sampler(net):
     assert (a - b).abs().max() > 1e-3
 
 
+@pytest.mark.e2e  # over 1.3 s: trains and samples
 def test_sample_images_is_the_call_run_per_sample(net):
     """``sample_images`` draws through the call: the same images as ``call.run`` with the
     per-sample generators, in any batch size."""
@@ -123,6 +124,7 @@ class _Held:
         return len(self.images)
 
 
+@pytest.mark.e2e  # over 1.3 s: trains, then the ELBO
 def test_the_heldout_elbo_is_bits_per_dim_of_the_seeds_pick(net, tmp_path):
     from ddpmlab import schedules
     from ddpmlab.data import to_model_range
@@ -239,6 +241,7 @@ def test_autoguidance_and_the_interval_reach_the_sampling_call(cond_nets):
         sampling_call(net, _cond_cfg(), guidance_interval=(1.0,))
 
 
+@pytest.mark.e2e  # over 1.3 s: trains two runs
 def test_sample_guide_flags_load_the_guide_like_the_run(heun_run, tmp_path, capsys):
     """``ddpmlab sample --guide``: the run itself as its guide (the directory, or its checkpoint
     folder) gives the images of no guide at any weight; an empty interval with a guide is
@@ -291,6 +294,7 @@ def test_sample_guide_flags_load_the_guide_like_the_run(heun_run, tmp_path, caps
 
 
 # ============================================================================ ddpmlab ema
+@pytest.mark.e2e  # over 1.3 s: trains, then the ema command
 def test_ema_command_writes_a_run_with_the_reconstructed_ema(tmp_path, tiny_cfg, capsys):
     """``ddpmlab ema RUN --sigma-rel S --out NEW``: NEW holds RUN's config and one checkpoint
     whose EMA parameters are the reconstruction (a tracked length: that average), buffers and

@@ -11,6 +11,7 @@
     RUN/figures/             the tutorial's figures (``ddpmlab figures``, ``ddpmlab eval``)
     RUN/report/              the HTML report (``ddpmlab report``)
     RUN/eval.json            the results of the last ``ddpmlab eval`` (the report shows them)
+    RUN/tensorboard/         TensorBoard event files (``train.tensorboard: true``)
     RUN/phema/               post-hoc EMA snapshots ``step_XXXXXXXX.safetensors`` (``train.phema``;
                              what a file holds is :mod:`ddpmlab.train.phema`'s)
     RUN/checkpoints/         one folder per saved step, ``step_XXXXXXXX`` (:func:`step_name`,
@@ -52,7 +53,7 @@ MAX_STEP = 10**12 - 1      # the largest step a name may carry (years of trainin
 _STEP_NAME = re.compile(r"step_([0-9]{8,12})", re.ASCII)
 # What a run consists of: ``--force`` moves exactly these aside, nothing else of a folder.
 RUN_ENTRIES = ("config.json", "metrics.jsonl", "samples.png", "samples", "figures", "report",
-               "eval.json", "checkpoints", "phema")
+               "eval.json", "checkpoints", "tensorboard", "phema")
 _OURS = (LOCK_NAME, OWNER_NAME)
 
 
@@ -215,6 +216,10 @@ class RunDir:
         return self.root / "eval.json"
 
     @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+    @property
     def phema(self) -> Path:
         return self.root / "phema"
 
@@ -254,7 +259,6 @@ class RunDir:
         """``samples/edit_OPERATION_SAMPLER-STEPS_seedSEED.png``: the default grid of
         ``ddpmlab edit``."""
         return self.samples / f"edit_{operation}_{sampler}-{steps}_seed{seed}.png"
-
 
     # ------------------------------------------------------------------ reading
     def read_config(self) -> Config:

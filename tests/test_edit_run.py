@@ -6,6 +6,7 @@ for each bad input with nothing written. The math of each operation is proven in
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -329,3 +330,33 @@ def test_figures_draw_what_is_decided_when(runs, tmp_path, monkeypatch):
     # samples from a low level keep more of x0 than samples from pure noise
     far = [float((r[1:] - images[0]).abs().mean()) for r in images[1:]]
     assert far[0] < far[-1], far
+
+
+# ============================================================================ the report
+@pytest.mark.e2e
+@pytest.mark.parametrize("which", ["cond", "uncond"])
+def test_the_reports_editing_section(runs, tmp_path, which):
+    from ddpmlab.report import ReportPlan, write_report
+    from ddpmlab.report.build import SECTIONS
+
+    assert [s.name for s in SECTIONS][-1] == "editing"
+    plan = ReportPlan(forward_images=2, forward_frames=3, chain_samples=2, chain_frames=3,
+                      bpd_images=2, bpd_timesteps=2, checkpoint_samples=2, grid_per_class=1,
+                      grid_unconditional=2, guidance=(1.0,), nfe=(2,), nfe_samplers=("ddim",),
+                      nearest=1, edit_images=3, edit_strengths=(0.2, 0.8), edit_jump=(2, 2))
+    html = {lang: write_report(runs[which], tmp_path / lang, lang=lang, progress=False,
+                               plan=plan).read_text(encoding="utf-8") for lang in ("en", "zh")}
+    en = html["en"].split('<section id="editing">')[1]
+    keys = ["replacement", "repaint", "img2img", "img2img", "invert"] + \
+        (["translate"] if which == "cond" else [])
+    shown = re.findall(r'<img class="px" src="(img/edit_[a-z0-9]+_\d\d\.png)" alt="([a-z0-9]+)"',
+                       en)
+    assert [alt for _, alt in shown] == keys
+    cols = {"replacement": 3, "repaint": 3, "img2img": 2, "invert": 3, "translate": 11}
+    for src, key in shown:          # (one row per image, 2 px of padding around 8 px images)
+        w, h = Image.open(tmp_path / "en" / src).size
+        rows = 2 if key == "translate" else 3
+        assert w * (2 + 10 * rows) == h * (2 + 10 * cols[key]), (key, w, h)
+    assert "strength 0.2" in en and "strength 0.8" in en and "j = 2 levels" in en
+    assert "Reconstruction PSNR" in en and ("w = 2" in en) == (which == "cond")
+    assert "7. 用模型编辑图像" in html["zh"] and "平均重建 PSNR" in html["zh"]

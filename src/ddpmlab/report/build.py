@@ -32,6 +32,9 @@ from torch import nn
 
 from ..config import Config
 from ..data import ImageData, describe, load_dataset, to_model_range, to_uint8
+from ..edit import INVERTERS, start_position
+from ..edit.driver import levels
+from ..edit_run import EditSettings, edit_cost, psnr, read_mask, run_edit
 from ..errors import CheckpointError, ConfigError, DataError
 from ..evaluate import memorization
 from ..forward import q_posterior, q_sample
@@ -84,11 +87,14 @@ class ReportPlan:
     nfe_samplers: tuple[str, ...] = ("ddpm", "ddim", "dpm_solver", "unipc")
     nearest: int = 6                 # closest samples shown beside their nearest training image
     max_training_grids: int = 12     # grids drawn during training (RUN/samples/step_*.png)
+    edit_images: int = 4             # held-out images of the editing section
+    edit_strengths: tuple[float, ...] = (0.3, 0.6)   # img2img rows
+    edit_jump: tuple[int, int] = (2, 3)              # RePaint's jump_length j, jump_n_sample r
 
     def check(self) -> None:
         for name in ("forward_images", "forward_frames", "chain_samples", "bpd_images",
                      "checkpoint_samples", "max_checkpoints", "grid_per_class",
-                     "grid_unconditional", "nearest", "max_training_grids"):
+                     "grid_unconditional", "nearest", "max_training_grids", "edit_images"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"report plan: {name}={v!r} must be an integer >= 1")
@@ -103,6 +109,7 @@ class ReportPlan:
         if bad:
             raise ConfigError(f"report plan: unknown sampler(s) {', '.join(bad)}; choose from "
                               f"{', '.join(SAMPLERS)}")
+        _check_edit_plan(self)
 
 
 # ============================================================================ helpers
@@ -621,6 +628,85 @@ def _evaluation_section(ctx: _Context) -> None:
                               "threshold": mem.threshold}
 
 
+# ============================================================================ editing
+def _check_edit_plan(plan: ReportPlan) -> None:
+    if not plan.edit_strengths or any(isinstance(v, bool) or not 0.0 <= v <= 1.0
+                                      for v in plan.edit_strengths):
+        raise ConfigError(f"report plan: edit_strengths={plan.edit_strengths!r} must be numbers "
+                          "in [0, 1]")
+    if len(plan.edit_jump) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
+                                       for v in plan.edit_jump):
+        raise ConfigError(f"report plan: edit_jump={plan.edit_jump!r} must be two integers >= 1")
+
+
+def _edit_jobs(ctx: _Context) -> list[tuple[str, SamplingCall, EditSettings]]:
+    """The editing section's rows: inpainting the right half by replacement and by RePaint,
+    img2img at each plan strength, an inversion and (a conditional run) a translation to each
+    class shown, all on the first ``edit_images`` held-out images."""
+    if ctx.held is None:
+        return []
+    right = read_mask("right", ctx.cfg.model.image_size)
+    run_call = sampling_call(ctx.model, ctx.cfg, ctx.device)
+    inv = ctx.cfg.sample.sampler if ctx.cfg.sample.sampler in INVERTERS else "ddim"
+    inv_call = sampling_call(ctx.model, ctx.cfg, ctx.device, sampler=inv, guidance=1.0)
+    j, r = ctx.plan.edit_jump
+    jobs = [("replacement", run_call, EditSettings("inpaint", mask=right)),
+            ("repaint", run_call, EditSettings("inpaint", mask=right, jump_length=j,
+                                               jump_n_sample=r))]
+    jobs += [("img2img", run_call, EditSettings("img2img", strength=float(s)))
+             for s in ctx.plan.edit_strengths]
+    jobs.append(("invert", inv_call, EditSettings("invert")))
+    if ctx.conditional and ctx.held.labels is not None:
+        jobs.append(("translate", inv_call,
+                     EditSettings("translate", targets=tuple(range(ctx.rows)))))
+    return jobs
+
+
+def _edit_inputs(ctx: _Context, key: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The held-out images a row edits (translation: two of them) and their labels."""
+    assert ctx.held is not None
+    n = min(ctx.plan.edit_images, len(ctx.held), 2 if key == "translate" else len(ctx.held))
+    labels = ctx.held.labels
+    y = labels[:n] if ctx.conditional and labels is not None else None
+    return to_model_range(ctx.held.images[:n]).to(ctx.device), y
+
+
+def _editing_cost(ctx: _Context) -> list[_Job]:
+    out = []
+    for key, call, s in _edit_jobs(ctx):
+        x, y = _edit_inputs(ctx, key)
+        out.append((None, edit_cost(call, s, len(x), y is not None)))
+    return out
+
+
+def _editing_section(ctx: _Context) -> None:
+    """Each row of :func:`_edit_jobs` (:func:`ddpmlab.edit_run.run_edit`): one image per grid
+    row, its columns (input, masked input, result; x_T and the reconstruction; each class)."""
+    if ctx.held is None:
+        ctx.out["editing"] = None
+        return
+    rows = []
+    for key, call, s in _edit_jobs(ctx):
+        ctx.prog.stage(f"editing: {key}")
+        x, y = _edit_inputs(ctx, key)
+        res = run_edit(call, s, x, y, seed=ctx.seed + 3)
+        cols = res.columns
+        grid = torch.stack(cols, 1).flatten(0, 1)
+        name = f"edit_{key}_{len(rows):02d}.png"
+        ts = levels(call.schedule, call.sampler, call.steps, call.spacing)
+        p0 = start_position(len(ts), s.strength)
+        row = {"key": key, "n": len(x), "sampler": call.sampler, "steps": len(ts),
+               "t": str(ts[p0]) if p0 < len(ts) else "-",
+               "image": ctx.imgs.grid(name, grid, len(cols), _scale(ctx.cfg.model.image_size, 48)),
+               "nfe": edit_cost(call, s, 1, False), "strength": s.strength,
+               "j": s.jump_length, "r": s.jump_n_sample, "classes": list(s.targets)}
+        if key == "invert":
+            row["psnr"] = float(psnr(cols[0], cols[2]).mean())
+        rows.append(row)
+        ctx.prog.add(edit_cost(call, s, len(x), y is not None))
+    ctx.out["editing"] = {"rows": rows, "guided": ctx.conditional and ctx.w_run not in (0.0, 1.0)}
+
+
 #: The page's sections, in order (the order the page shows them and the bar walks them).
 SECTIONS: tuple[Section, ...] = (
     Section("forward", _no_cost, _forward_section),
@@ -629,6 +715,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("training", _training_cost, _training_section),
     Section("sampling", _sampling_cost, _sampling_section),
     Section("evaluation", _no_cost, _evaluation_section),
+    Section("editing", _editing_cost, _editing_section),
 )
 
 

@@ -150,7 +150,7 @@ def _header(d: dict, text: _Text) -> str:
     rows = "".join(f"<dt>{text(k)}</dt><dd>{v}</dd>" for k, v in facts)
     nav = "".join(f'<a href="#{sec}">{text("nav_" + sec)}</a>'
                   for sec in ("forward", "reverse", "objective", "training", "sampling",
-                              "evaluation"))
+                              "evaluation", "editing"))
     return (f'<header><h1>{text("title", run=Path(d["run"]).name or d["run"])}</h1>'
             f'<p class="intro">{text("intro", run=d["run"])}</p><dl class="facts">{rows}</dl>'
             f"<nav>{nav}</nav></header>")
@@ -471,6 +471,24 @@ def _evaluation(d: dict, text: _Text) -> str:
     return "".join(parts)
 
 
+def _editing(d: dict, text: _Text) -> str:
+    e = d.get("editing")
+    parts = [f'<section id="editing"><h2>{text("editing_h")}</h2>']
+    if e is None:
+        parts.append(_note(text("data_missing", why=d["data_error"]), "missing"))
+        return "".join(parts) + "</section>"
+    guided = text("edit_guided", w=f"{d['guidance']:g}") if e["guided"] else Raw("")
+    parts.append(f"<p>{text('editing_p', run=d['run'], guided=guided)}</p>")
+    for r in e["rows"]:
+        caption = text("edit_" + r["key"], sampler=r["sampler"], steps=r["steps"], nfe=r["nfe"],
+                       j=r["j"], r=r["r"], strength=f"{r['strength']:g}", t=r["t"],
+                       psnr=num(r.get("psnr", 0.0), 3), run=d["run"],
+                       classes=", ".join(map(str, r["classes"])))
+        parts.append(_fig(_img(r["image"], r["key"]), caption))
+    parts.append("</section>")
+    return "".join(parts)
+
+
 # ============================================================================ the page
 def render(d: dict, lang: str) -> str:
     """The whole ``index.html`` for the computed report ``d`` in ``lang``."""
@@ -487,6 +505,7 @@ def render(d: dict, lang: str) -> str:
         _training(d, text),
         _sampling(d, text),
         _evaluation(d, text),
+        _editing(d, text),
         "</main>",
         f"<footer>{text('footer', seconds=seconds, device=d['device'], run=d['run'])}</footer>",
     ])

@@ -512,7 +512,10 @@ def test_refuses_a_users_non_empty_folder(tmp_path, capsys):
     user.mkdir()
     (user / "chapter1.tex").write_text("precious")
     code, err = run_cli(capsys, *train_args(user, "--max-steps", "1"))
-    assert_one_line(code, err, str(user), "not empty", "--force")
+    assert_one_line(code, err, str(user), "not empty", "choose another --out")
+    assert tree(user) == {"chapter1.tex": hashlib.sha256(b"precious").hexdigest()}
+    code, err = run_cli(capsys, *train_args(user, "--max-steps", "1", "--force"))  # no help
+    assert_one_line(code, err, str(user), "not empty", "--force replaces only a run")
     assert tree(user) == {"chapter1.tex": hashlib.sha256(b"precious").hexdigest()}
 
 
@@ -1522,3 +1525,29 @@ def test_an_unwritable_run_fails_before_any_work(run, capsys, monkeypatch, comma
     argv = ["sample", run, "--n", "2"] if command == "sample" else ["eval", run, "--n", "8"]
     code, err = run_cli(capsys, *argv, "--no-progress")
     assert_one_line(code, err, "cannot write there")
+
+
+@pytest.mark.parametrize("where", ["parent", "home", "cwd", "empty"])
+def test_train_force_never_writes_into_a_folder_of_other_files(run, tmp_path, capsys,
+                                                               monkeypatch, where):
+    """train --force replaces a run, never a folder that holds other files: the parent of a
+    run, HOME, the current folder, or '' (issue 34): one line, every file unchanged."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id").write_text("secret")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(home)
+    out = {"parent": run.parent, "home": home, "cwd": Path("."), "empty": ""}[where]
+    target = Path(out).resolve()
+    before = tree(target)
+    code, err = run_cli(capsys, *train_args(out, "--max-steps", "1", "--force"))
+    if where == "empty":
+        assert_one_line(code, err, "--out '' names no folder")
+    else:
+        assert_one_line(code, err, "holds no ddpmlab run", "--force replaces only a run")
+    assert tree(target) == before and not (target / "config.json").exists()
+
+
+def test_train_force_still_replaces_a_run(run, capsys):
+    code, _ = run_cli(capsys, *train_args(run, "--max-steps", "1", "--force"))
+    assert code == 0 and [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000001"]

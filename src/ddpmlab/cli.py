@@ -99,6 +99,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train.budget import respect_run_length
 
     ov = _train_overrides(args)
+    if args.out is not None and not args.out.strip():
+        raise ConfigError("--out '' names no folder (leave --out out for runs/DATASET)")
     if args.resume:
         run_dir = Path(args.resume)
         if args.out and Path(args.out) != run_dir:

@@ -305,7 +305,8 @@ class RunDir:
     # ------------------------------------------------------------------ preparing
     def check_new(self, force: bool) -> None:
         """Before a new run writes here: refuse another run (unless ``force``) or a non-empty
-        folder that is not a run, and make sure the folder is writable. Writes nothing else."""
+        folder that is not a run (even with ``force``: it replaces only a run), and make sure the
+        folder is writable. Writes nothing else."""
         rd = self.root
         if rd.exists() and not rd.is_dir():
             raise CheckpointError(f"{rd}: exists and is not a directory")
@@ -313,10 +314,14 @@ class RunDir:
             raise CheckpointError(
                 f"{rd}: already holds a run; use --resume to continue it, --force to replace "
                 "it, or choose another --out")
-        if (rd.is_dir() and not self.config.exists() and not force
-                and any(p.name not in _OURS for p in rd.iterdir())):
+        if (rd.is_dir() and not self.config.exists()
+                and any(p.name not in _OURS and not p.name.startswith(ASIDE_PREFIX)
+                        for p in rd.iterdir())):
+            # (--force too: it replaces a run, never a folder of other files: HOME, '.', a
+            # parent of runs)
             raise CheckpointError(f"{rd}: is not empty and holds no ddpmlab run; refusing to "
-                                  "write into it (use --force, or choose another --out)")
+                                  "write into it (choose another --out, or an empty folder"
+                                  f"{'; --force replaces only a run' if force else ''})")
         try:
             rd.mkdir(parents=True, exist_ok=True)
             probe = rd / f".write-test-{os.getpid()}"

@@ -1,0 +1,179 @@
+"""Editing with a trained run (issue 33's targets): inpainting held-out images with the right half
+masked (RePaint against plain replacement at equal network evaluations), inversion then
+regeneration (PSNR), class translation (DDIB), and each operation's time per image.
+
+The project's classifier of the run's data set (``ddpmlab.features.load_feature_net``) reads
+the real held-out images, the masked inputs alone (the half to generate set to grey), and each
+inpainting result, drawn without a class (a conditional run's null class: what the classifier
+reads comes from the kept half); "as original" is the share it reads as the original image's class. The seam
+is the mean absolute step between the two columns on either side of the mask's edge, relative
+to the same step in the real images (1: as smooth as real images).
+
+python -m benchmarks.editing RUN [--images 100] [--steps 50] [--jump 10,10] [--inv-steps 50]
+    [--per-class 10] [--batch-size 64] [--out-md FILE] [--out-json FILE]
+
+RePaint walks the ancestral sampler (ddpm) over --steps levels with jumps of j levels traversed
+r times (--jump j,r); replacement gets as many ddpm steps as RePaint's network evaluations
+(capped at T). Writes benchmarks/results/editing/editing.{md,json} unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from benchmarks.harness import log, machine, result_path, write_json, write_text
+
+
+def _classifier(cfg):
+    """The shipped classifier of the run's data set (logits of model-range images), or None."""
+    from ddpmlab.features import available_feature_nets, load_feature_net
+
+    name = cfg.data.dataset.strip().lower()
+    if name not in available_feature_nets():
+        return None
+    net = load_feature_net(name).eval()
+
+    def read(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([net(x[i:i + 256].float().cpu()).argmax(1)
+                              for i in range(0, len(x), 256)])
+    return read
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def _seam(x: torch.Tensor, edge: int) -> float:
+    return float((x[..., edge] - x[..., edge - 1]).abs().mean())
+
+
+def _inpainting(model, cfg, x, y, read, a) -> dict:
+    from ddpmlab.edit import inpaint_nfe
+    from ddpmlab.edit_run import EditSettings, masked, read_mask, run_edit
+    from ddpmlab.runs import sampling_call
+
+    size = cfg.model.image_size
+    mask = read_mask("right", size)
+    j, r = a.jump
+    nfe = inpaint_nfe(a.steps, j, r, "ddpm")
+    T = cfg.diffusion.timesteps
+    rows = {}
+    for name, steps, jr in (("repaint", a.steps, (j, r)), ("replacement", min(nfe, T), (1, 1))):
+        call = sampling_call(model, cfg, "cpu", sampler="ddpm", steps=steps)
+        s = EditSettings("inpaint", mask=mask, jump_length=jr[0], jump_n_sample=jr[1])
+        res, dt = _timed(lambda call=call, s=s: run_edit(call, s, x, None,   # (no label: the
+                                                         batch_size=a.batch_size))  # kept half)
+        out = res.columns[2]
+        rows[name] = {"steps": steps, "jump": list(jr), "nfe": inpaint_nfe(steps, *jr, "ddpm"),
+                      "s_per_image": dt / len(x),
+                      "seam_vs_real": _seam(out, size - size // 2) / _seam(x, size - size // 2)}
+        if read is not None and y is not None:
+            rows[name]["as_original"] = float((read(out) == y).float().mean())
+        log(f"inpaint {name}: {rows[name]}")
+    if read is not None and y is not None:
+        rows["real"] = {"as_original": float((read(x) == y).float().mean())}
+        rows["masked_input"] = {"as_original": float((read(masked(x, mask)) == y).float().mean())}
+    return rows
+
+
+def _inversion(model, cfg, x, a) -> dict:
+    from ddpmlab.edit_run import EditSettings, psnr, run_edit
+    from ddpmlab.runs import sampling_call
+
+    rows = {}
+    for sampler in ("ddim", "dpm_solver"):
+        call = sampling_call(model, cfg, "cpu", sampler=sampler, steps=a.inv_steps, guidance=1.0)
+        res, dt = _timed(lambda call=call: run_edit(call, EditSettings("invert"), x, None,
+                                                    batch_size=a.batch_size))
+        p = psnr(res.columns[0], res.columns[2])
+        rows[sampler] = {"steps": a.inv_steps, "psnr_mean": float(p.mean()),
+                         "psnr_min": float(p.min()), "s_per_image": dt / len(x)}
+        log(f"invert {sampler}: {rows[sampler]}")
+    return rows
+
+
+def _translation(model, cfg, held, read, a) -> dict | None:
+    from ddpmlab.data import to_model_range
+    from ddpmlab.edit_run import EditSettings, run_edit
+    from ddpmlab.runs import sampling_call
+
+    C = cfg.model.num_classes
+    if C == 0 or held.labels is None:
+        return None
+    pick = torch.cat([torch.nonzero(held.labels == k).squeeze(1)[:a.per_class] for k in range(C)])
+    x, y = to_model_range(held.images[pick]), held.labels[pick]
+    call = sampling_call(model, cfg, "cpu", sampler="ddim", steps=a.inv_steps, guidance=1.0)
+    s = EditSettings("translate", targets=tuple(range(C)))
+    res, dt = _timed(lambda: run_edit(call, s, x, y, batch_size=a.batch_size))
+    out = {"images": len(x), "classes": C, "s_per_image": dt / len(x)}
+    if read is not None:
+        hits = [float((read(res.columns[1 + k]) == k).float().mean()) for k in range(C)]
+        out.update(as_target=sum(hits) / C, as_target_per_class=hits)
+    log(f"translate: {out}")
+    return out
+
+
+def _f(v) -> str:
+    return "" if v is None else f"{v:.3f}"
+
+
+def _markdown(doc: dict) -> str:
+    lines = [f"# Editing: {doc['run']}", "", f"machine: {doc['machine'].get('cpu')}, "
+             f"{doc['machine'].get('threads')} threads; {doc['images']} held-out images", "",
+             "| inpainting (right half) | steps | j, r | NFE | as original | seam vs real | "
+             "s/image |", "|---|---|---|---|---|---|---|"]
+    for name, r in doc["inpainting"].items():
+        jump = ", ".join(map(str, r.get("jump", [])))
+        lines.append(f"| {name} | {r.get('steps', '')} | {jump} | {r.get('nfe', '')} | "
+                     f"{_f(r.get('as_original'))} | {_f(r.get('seam_vs_real'))} | "
+                     f"{_f(r.get('s_per_image'))} |")
+    lines += ["", "| inversion | steps | PSNR mean | PSNR min | s/image |", "|---|---|---|---|---|"]
+    for name, r in doc["inversion"].items():
+        lines.append(f"| {name} | {r['steps']} | {r['psnr_mean']:.2f} | {r['psnr_min']:.2f} | "
+                     f"{r['s_per_image']:.3f} |")
+    t = doc["translation"]
+    if t:
+        lines += ["", f"translation: {t['images']} images x {t['classes']} classes, as target "
+                      f"{_f(t.get('as_target'))}, {t['s_per_image']:.3f} s/image (all classes)"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.editing",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("run")
+    p.add_argument("--images", type=int, default=100)
+    p.add_argument("--steps", type=int, default=50, help="RePaint's ddpm levels")
+    p.add_argument("--jump", default="10,10", help="RePaint's j,r")
+    p.add_argument("--inv-steps", type=int, default=50)
+    p.add_argument("--per-class", type=int, default=10, help="translation sources per class")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--out-md", default=str(result_path("editing", "editing.md")))
+    p.add_argument("--out-json", default=str(result_path("editing", "editing.json")))
+    a = p.parse_args()
+    a.jump = tuple(int(v) for v in a.jump.split(","))
+
+    from ddpmlab.data import load_dataset, to_model_range
+    from ddpmlab.runs import load_run
+
+    model, cfg, ckpt = load_run(a.run)
+    held = load_dataset(cfg.data, "test")
+    x = to_model_range(held.images[:a.images])
+    y = None if held.labels is None else held.labels[:a.images]
+    read = _classifier(cfg)
+    doc = {"run": a.run, "checkpoint": str(ckpt), "machine": machine(), "images": len(x),
+           "inpainting": _inpainting(model, cfg, x, y, read, a),
+           "inversion": _inversion(model, cfg, x, a),
+           "translation": _translation(model, cfg, held, read, a)}
+    write_json(a.out_json, doc)
+    write_text(a.out_md, _markdown(doc))
+
+
+if __name__ == "__main__":
+    main()

@@ -31,6 +31,7 @@ from PIL import Image
 from browser import Browser, find_chromium
 from ddpmlab.cli import main
 from ddpmlab.report import LANGS, ReportPlan, write_report
+from ddpmlab.report import page as page_module
 from ddpmlab.report.strings import STRINGS
 
 TINY = ["model.base_channels=16", "model.channel_mult=1,2", "model.num_res_blocks=1",
@@ -439,3 +440,19 @@ def test_the_browser_check_catches_a_broken_page(breakage, reports, tmp_path):
         b.open((bad / "index.html").as_uri())
         with pytest.raises(AssertionError):
             _check_page(b, bad / "index.html")
+
+
+@pytest.mark.e2e  # writes a report
+def test_a_run_named_like_the_pages_placeholders_stays_text(runs, tmp_path):
+    """A run (or class) name that spells the page's placeholders ``{{data}}`` / ``{{js}}`` is
+    text in the page: the template is filled in one pass, so the page's data blob and script
+    appear once each (sequential replaces pasted them into the name; issue 34)."""
+    import shutil
+
+    odd = tmp_path / "run-{{js}}-{{data}}"
+    shutil.copytree(runs["gray-uncond"], odd)
+    html = _html(write_report(odd, lang="en", progress=False, plan=SMALL))
+    assert html.count('<script id="report-data"') == 1
+    assert html.count("run-{{js}}-{{data}}") >= 1
+    template = (Path(page_module.__file__).parent / "page.html").read_text(encoding="utf-8")
+    assert html.count("<script") == template.count("<script")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -515,6 +516,7 @@ def render(d: dict, lang: str) -> str:
     values = {"lang": "zh-CN" if lang == "zh" else "en", "generator": GENERATOR,
               "title": escape(STRINGS[lang]["title"].format(run=Path(d["run"]).name or d["run"])),
               "css": _read("report.css"), "body": body, "data": blob, "js": _read("report.js")}
-    for key, value in values.items():
-        page = page.replace("{{" + key + "}}", value)
-    return page
+    # One pass over the template: a value is never searched again, so a class name or a run
+    # path that spells "{{data}}" or "{{js}}" stays text (sequential replaces pasted the page's
+    # data or script into it)
+    return re.sub(r"\{\{(\w+)\}\}", lambda m: values.get(m.group(1), m.group(0)), page)

@@ -89,6 +89,14 @@ NOT_RUN = {
         "CIFAR-10 for hours, also under torchrun on GPUs (the CIFAR loader: tests/test_data.py; "
         "DDP: tests/test_distributed.py)",
     "ddpmlab sample runs/cifar10 --n 50000 --npz samples.npz": "torchrun on 4 GPUs",
+    **dict.fromkeys((
+        "ddpmlab edit runs/mnist inpaint --held-out 8 --mask right --sampler ddpm --steps 250 "
+        "--jump-length 10 --jump-n-sample 10",
+        "ddpmlab edit runs/mnist img2img --input my_digit.png --strength 0.5",
+        "ddpmlab edit runs/mnist invert --held-out 8 --sampler dpm_solver --steps 50",
+        "ddpmlab edit runs/mnist interpolate --held-out 4",
+        "ddpmlab edit runs/mnist translate --held-out 4 --target-class all --npz translated.npz"),
+        "the main job's run (every operation end to end on a tiny run: tests/test_edit_run.py)"),
 }
 
 

@@ -574,11 +574,12 @@ def test_default_output_never_leaves_runs(monkeypatch, tmp_path):
 
 
 def test_config_cannot_choose_a_write_path(tmp_path, capsys, monkeypatch):
-    """No config key names a place to write: the free-text fields are data.dataset (read only)
-    and train.device; the run directory comes from --out alone."""
+    """No config key names a place to write: the free-text fields are data.dataset and
+    sample.guide (both read only: the data, the guide run of autoguidance) and train.device;
+    the run directory comes from --out alone."""
     free_text = {f"{s}.{f.name}" for s, cls in SECTIONS.items()
                  for f in dataclasses.fields(cls) if f.type in ("str", str)}
-    assert free_text - set(_CHOICES) == {"data.dataset", "train.device"}
+    assert free_text - set(_CHOICES) == {"data.dataset", "sample.guide", "train.device"}
     # a config whose data set sits outside the working folder: training writes only into --out
     data = tmp_path / "elsewhere" / "imgs"
     for i in range(8):

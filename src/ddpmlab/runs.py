@@ -464,11 +464,12 @@ def sample_grid(model: nn.Module, cfg: Config, path: str | os.PathLike, n: int |
 
 def train_run(cfg: Config, run_dir: str | os.PathLike, **kwargs: Any) -> Trainer:
     """A :class:`~ddpmlab.train.Trainer` for ``run_dir`` whose ``train.sample_every`` hook
-    writes an EMA grid to ``RUN/samples/step_XXXXXXXX.png``; ``kwargs`` go to the Trainer."""
+    writes an EMA grid to ``RUN/samples/step_XXXXXXXX.png`` (and returns its path, which the
+    trainer's listeners get: TensorBoard shows it); ``kwargs`` go to the Trainer."""
 
-    def on_sample(trainer: Trainer, step: int) -> None:
-        sample_grid(trainer.ema, trainer.cfg, trainer.run.training_grid(step),
-                    device=trainer.device)
+    def on_sample(trainer: Trainer, step: int) -> Path:
+        return sample_grid(trainer.ema, trainer.cfg, trainer.run.training_grid(step),
+                           device=trainer.device)
 
     return Trainer(cfg, run_dir, on_sample=on_sample, **kwargs)
 

@@ -323,3 +323,23 @@ def test_eval_silences_only_the_small_sample_warning(run_dir, tmp_path, monkeypa
     kinds = [(w.category.__name__, str(w.message)) for w in seen]
     assert ("RuntimeWarning", "an unrelated problem") in kinds
     assert not any(k == "SmallSampleWarning" for k, _ in kinds), kinds
+
+
+
+@pytest.mark.e2e  # a subprocess: pytest itself captures warnings
+def test_a_warning_is_one_plain_line(run_dir, tmp_path):
+    """A warning during a command reads ``ddpmlab: warning: ...`` on one line (not Python's
+    ``file:line: UserWarning`` and the source line)."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    shutil.copytree(run / "checkpoints" / "step_00000003",
+                    run / "checkpoints" / "step_99999999999999999999999")
+    p = subprocess.run([sys.executable, "-m", "ddpmlab", "sample", str(run), "--n", "2",
+                        "--out", str(tmp_path / "g.png"), "--no-progress"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    lines = [line for line in p.stderr.splitlines() if "step_99999999999999999999999" in line]
+    assert len(lines) == 1 and lines[0].startswith("ddpmlab: warning: "), p.stderr
+    assert "UserWarning" not in p.stderr and "runs.py" not in p.stderr

@@ -1,4 +1,5 @@
-"""The ``ddpmlab`` command: train | sample | eval | ema | figures | report | import | export | samplers.
+"""The ``ddpmlab`` command: train | sample | eval | ema | figures | report | import | export | edit |
+distill | samplers.
 
 Each command parses its arguments, builds its settings (a config, a request), makes one library
 call (:mod:`ddpmlab.runs`' commands, :func:`~ddpmlab.report.write_report`, ...) and prints what
@@ -12,6 +13,7 @@ RELIABILITY.md for every case.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -387,6 +389,59 @@ def _add_edit_parser(sub, samplers: list[str], device_help: str, precisions: lis
     e.set_defaults(func=cmd_edit)
 
 
+# ----------------------------------------------------------------------------- distill
+def cmd_distill(args: argparse.Namespace) -> int:
+    from .distill_run import DistillRequest, distill_command, format_distill
+
+    _check_flags(args)
+    request = DistillRequest(
+        teacher=args.teacher, method=args.method, to=args.to, out=args.out, resume=args.resume,
+        iterations=args.iterations, time_budget=args.time_budget, lr=args.lr,
+        batch_size=args.batch_size, ckpt_every=args.ckpt_every, seed=args.seed,
+        force=args.force, progress=not args.no_progress)
+    r = distill_command(request, _device(args), log=_say)
+    if r.stopped_by is not None:
+        print(f"\nddpmlab: stopped by {r.stopped_by} at iteration {r.step}; checkpoint saved to "
+              f"{r.checkpoint}.\nResume with: ddpmlab distill --resume {r.run}", file=sys.stderr)
+        return EXIT_INTERRUPTED[r.stopped_by]
+    print(format_distill(r))
+    return 0
+
+
+def _add_distill_parser(sub, device_help: str) -> None:
+    from .distill_run import BUDGET_CAP, DEFAULT_ITERATIONS, METHODS
+
+    d = sub.add_parser("distill", help="a few-step student of a trained run (progressive or "
+                       "consistency distillation), written as a new run",
+                       description="Distil a run's EMA network into a student that samples in "
+                       "K steps (README: Few-step sampling). The student is a run: sample, "
+                       "eval, report and export read it.")
+    d.add_argument("teacher", nargs="?", metavar="RUN", help="the teacher run directory")
+    d.add_argument("--method", choices=list(METHODS), help="progressive: halve the teacher's "
+                   "DDIM steps stage by stage down to K; consistency: one-step (or K-step) "
+                   "consistency model")
+    d.add_argument("--to", type=int, metavar="K", help="the student's sampling steps "
+                   "(progressive: a power of two, at most half the teacher's steps)")
+    d.add_argument("--out", help="the new run directory (default: RUN-METHODK beside RUN)")
+    d.add_argument("--resume", metavar="NEW", help="continue the distillation in NEW exactly")
+    d.add_argument("--force", action="store_true", help="replace a run already in --out")
+    d.add_argument("--iterations", type=int, metavar="N", help="optimizer steps per stage "
+                   f"(default {DEFAULT_ITERATIONS}; with --time-budget the most, default "
+                   f"{BUDGET_CAP:,})")
+    d.add_argument("--time-budget", type=float, metavar="MIN", help="size the stages by time: "
+                   "MIN minutes split evenly over them (iterations 5-40 are timed)")
+    d.add_argument("--lr", type=float, help="Adam's learning rate (default: the run's train.lr)")
+    d.add_argument("--batch-size", type=int, help="images per iteration (default: the run's "
+                   "train.batch_size)")
+    d.add_argument("--ckpt-every", type=int, metavar="N", help="iterations between checkpoints "
+                   "(default: one at each stage's end)")
+    d.add_argument("--seed", type=int, default=0, help="seed of the data, noise and a fresh "
+                   "student's initialisation")
+    d.add_argument("--device", help=device_help)
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d.set_defaults(func=cmd_distill)
+
+
 # ----------------------------------------------------------------------------- samplers
 def cmd_samplers(args: argparse.Namespace) -> int:
     from .samplers import SAMPLERS
@@ -590,6 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=cmd_export)
 
     _add_edit_parser(sub, list(SAMPLERS), DEVICE_HELP, list(PRECISIONS))
+    _add_distill_parser(sub, DEVICE_HELP)
     ls = sub.add_parser("samplers", help="list the samplers with their order and cost")
     ls.set_defaults(func=cmd_samplers)
     return p
@@ -697,6 +753,23 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGINT, old_int)
 
 
+@contextlib.contextmanager
+def _plain_warnings(debug: bool):
+    """A warning is one line, ``ddpmlab: warning: ...`` (not Python's file:line and source
+    line); ``--debug`` keeps Python's form."""
+    import warnings
+
+    if debug:
+        yield
+        return
+    old = warnings.formatwarning
+    warnings.formatwarning = lambda message, *args, **kw: f"ddpmlab: warning: {message}\n"
+    try:
+        yield
+    finally:
+        warnings.formatwarning = old
+
+
 def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -707,7 +780,8 @@ def _main(argv: list[str] | None) -> int:
         if not args.run:
             parser.error(f"{args.command}: the run directory is required (RUN or --run)")
     try:
-        return int(args.func(args) or 0)
+        with _plain_warnings(args.debug):
+            return int(args.func(args) or 0)
     except DDPMLabError as e:
         if args.debug:
             raise

@@ -29,7 +29,7 @@ LAYER = {
     "config": 2, "device": 2, "layout": 2, "session": 2, "outputs": 2, "recipe": 2,
     "nn": 3, "data": 3, "features": 3,
     "train": 4, "evaluate": 4, "viz": 4,
-    "runs": 5, "interop": 5, "report": 5, "edit_run": 5,
+    "runs": 5, "interop": 5, "report": 5, "edit_run": 5, "distill_run": 5,
     "cli": 6,
     "__init__": 7, "__main__": 7,
 }
@@ -38,7 +38,7 @@ MATH = {name for name, layer in LAYER.items() if layer == 1}
 SAME_LAYER_OK = {("io", "errors"), ("features", "data"), ("config", "device"), ("layout", "config"),
                  ("session", "layout"), ("session", "config"), ("recipe", "config"),
                  ("interop", "runs"), ("report", "runs"), ("report", "interop"),
-                 ("edit_run", "runs"), ("report", "edit_run"),
+                 ("edit_run", "runs"), ("report", "edit_run"), ("distill_run", "runs"),
                  ("__main__", "cli")}
 MATH_EXTERNAL = {"torch", "numpy", "tqdm"}      # what math may import besides the stdlib
 

@@ -12,6 +12,8 @@
     RUN/report/              the HTML report (``ddpmlab report``)
     RUN/eval.json            the results of the last ``ddpmlab eval`` (the report shows them)
     RUN/tensorboard/         TensorBoard event files (``train.tensorboard: true``)
+    RUN/distill.json         a distilled run's teacher (path, checkpoint, digest), plan and
+                             completed stages (``ddpmlab distill``)
     RUN/phema/               post-hoc EMA snapshots ``step_XXXXXXXX.safetensors`` (``train.phema``;
                              what a file holds is :mod:`ddpmlab.train.phema`'s)
     RUN/checkpoints/         one folder per saved step, ``step_XXXXXXXX`` (:func:`step_name`,
@@ -53,7 +55,7 @@ MAX_STEP = 10**12 - 1      # the largest step a name may carry (years of trainin
 _STEP_NAME = re.compile(r"step_([0-9]{8,12})", re.ASCII)
 # What a run consists of: ``--force`` moves exactly these aside, nothing else of a folder.
 RUN_ENTRIES = ("config.json", "metrics.jsonl", "samples.png", "samples", "figures", "report",
-               "eval.json", "checkpoints", "tensorboard", "phema")
+               "eval.json", "checkpoints", "tensorboard", "phema", "distill.json")
 _OURS = (LOCK_NAME, OWNER_NAME)
 
 
@@ -222,6 +224,12 @@ class RunDir:
     @property
     def phema(self) -> Path:
         return self.root / "phema"
+
+    @property
+    def distill(self) -> Path:
+        """``distill.json``: a distilled run's teacher, plan and completed stages
+        (:mod:`ddpmlab.distill_run`)."""
+        return self.root / "distill.json"
 
     def is_run(self) -> bool:
         return self.config.is_file()

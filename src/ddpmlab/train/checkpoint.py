@@ -10,6 +10,8 @@ A run's checkpoints (where they sit in the run directory is :mod:`ddpmlab.layout
         state.json                 step, counters, format version
         loss_history.safetensors   only with diffusion.loss=vlb: the importance sampler's
                                    per-t loss history (:class:`ddpmlab.losses.LossHistory`)
+        teacher.safetensors        only in a progressive distillation past its first stage:
+                                   the weights of the stage's teacher (the previous student)
 
 A checkpoint folder is written under a temporary name (``.tmp-step_...``), every file fsynced,
 then renamed in one ``os.rename``: a crash at any moment leaves either the old set of
@@ -38,7 +40,8 @@ FORMAT_VERSION = 1
 CHECKPOINT_FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors",
                     "optimizer.json", "rng.safetensors", "state.json")
 LOSS_HISTORY = "loss_history.safetensors"
-OPTIONAL_FILES = (LOSS_HISTORY,)   # read when present (which runs write them: the trainer's)
+TEACHER_WEIGHTS = "teacher.safetensors"   # a distillation's current stage teacher (ddpmlab distill)
+OPTIONAL_FILES = (LOSS_HISTORY, TEACHER_WEIGHTS)   # read when present
 
 
 # ----------------------------------------------------------------------------- optimizer

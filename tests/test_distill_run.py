@@ -143,6 +143,16 @@ def test_progressive_to_two_steps_is_a_run_sampled_in_two_evaluations(teacher, t
     assert main(["sample", str(new), "--n", "4", "--device", "cpu", "--no-progress"]) == 0
     assert "ddim, 2 steps = 2 network evaluations each" in capsys.readouterr().out
     assert main(["export", str(new), "--out", str(tmp_path / "hf")]) == 0
+    # a resume checks the teacher's weights against the recorded digest
+    plan["teacher"]["sha256"] = "0" * 64
+    (new / "distill.json").write_text(json.dumps(plan))
+    capsys.readouterr()
+    assert main(["distill", "--resume", str(new), "--device", "cpu"]) == 2
+    assert "not the teacher this distillation started from" in capsys.readouterr().err
+    (new / "distill.json").write_text("{}")
+    assert main(["distill", "--resume", str(new), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "distill.json: not as ddpmlab distill writes it" in err and "\n" not in err
 
 
 @pytest.mark.e2e
@@ -162,6 +172,11 @@ def test_consistency_to_one_step_samples(teacher, tmp_path, capsys):
     capsys.readouterr()
     assert main(["sample", str(new), "--n", "4", "--device", "cpu", "--no-progress"]) == 0
     assert "consistency, 1 steps = 1 network evaluations each" in capsys.readouterr().out
+    # --force replaces the run there (and only a run: see the bad inputs)
+    assert main(["distill", str(src), "--method", "consistency", "--to", "2", "--force",
+                 "--out", str(new), *FAST]) == 0
+    assert Config.from_file(new / "config.json").sample.steps == 2
+    assert not (new / "samples").exists() or not any((new / "samples").iterdir())
 
 
 def _interrupt_at(monkeypatch, n: int) -> None:
@@ -249,6 +264,8 @@ BAD = {   # case: (the teacher, the arguments after it ("@name": a prepared fold
     "--lr -1": ("teacher", ["--method", "progressive", "--to", "2", "--lr", "-1"], "--lr=-1"),
     "--out a folder of other files": ("teacher", ["--method", "progressive", "--to", "2",
                                                   "--out", "@busy"], "holds no ddpmlab run"),
+    "--out a run, no --force": ("teacher", ["--method", "progressive", "--to", "2", "--out",
+                                            "@cm"], "already holds a run"),
     "--out the teacher": ("teacher", ["--method", "progressive", "--to", "2", "--out",
                                       "@teacher"], "an input of this command"),
 }

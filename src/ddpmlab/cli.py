@@ -17,7 +17,6 @@ import contextlib
 import math
 import os
 import sys
-from pathlib import Path
 
 from .errors import ConfigError, DDPMLabError
 
@@ -94,29 +93,10 @@ def _say(message: str) -> None:
 
 # ----------------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .layout import default_run_dir
-    from .runs import train_command
-    from .session import read_resume_config
-    from .train.budget import respect_run_length
+    from .runs import train_command, train_config
 
-    ov = _train_overrides(args)
-    if args.out is not None and not args.out.strip():
-        raise ConfigError("--out '' names no folder (leave --out out for runs/DATASET)")
-    if args.resume:
-        run_dir = Path(args.resume)
-        if args.out and Path(args.out) != run_dir:
-            raise ConfigError("--resume DIR continues DIR; do not also give a different --out")
-        cfg = read_resume_config(run_dir, lambda note: print(note, flush=True))
-        if args.config:
-            raise ConfigError("--resume takes the run's own config.json; drop --config")
-    else:
-        cfg = load_config(args.config or "mnist")
-    cfg, note = respect_run_length(cfg.override(ov), set(ov))
-    if note:
-        _say(note)
-    run_dir = Path(args.resume) if args.resume else Path(args.out or default_run_dir(
-        cfg.data.dataset))
+    cfg, run_dir = train_config(args.config, _train_overrides(args), resume=args.resume,
+                                out=args.out, log=_say)
     done = train_command(cfg, run_dir, resume=bool(args.resume), force=args.force,
                          progress=not args.no_progress, grid=not args.no_samples, log=_say)
     if done.interrupted:

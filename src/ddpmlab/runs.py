@@ -1084,6 +1084,35 @@ class TrainOutcome:
         return self.result.stopped_by in SIGNALS
 
 
+def train_config(preset: str | None, overrides: dict[str, str], *, resume: str | None = None,
+                 out: str | None = None, log: Callable[[str], None] = print
+                 ) -> tuple[Config, Path]:
+    """The config and run directory of ``ddpmlab train``: the run's own config for ``resume``
+    (with what a killed ``--force`` left recovered), else ``preset`` (default ``mnist``); the
+    ``overrides`` on top, then a preset's time limit moved out of the way of a run length the
+    user asked for (said through ``log``). The run directory is ``resume``, else ``out``, else
+    ``runs/<data set>``."""
+    from .config import load_config
+    from .layout import default_run_dir
+    from .session import read_resume_config
+    from .train.budget import respect_run_length
+
+    if out is not None and not out.strip():
+        raise ConfigError("--out '' names no folder (leave --out out for runs/DATASET)")
+    if resume:
+        if out and Path(out) != Path(resume):
+            raise ConfigError("--resume DIR continues DIR; do not also give a different --out")
+        if preset:
+            raise ConfigError("--resume takes the run's own config.json; drop --config")
+        cfg = read_resume_config(resume, log)
+    else:
+        cfg = load_config(preset or "mnist")
+    cfg, note = respect_run_length(cfg.override(overrides), set(overrides))
+    if note:
+        log(note)
+    return cfg, Path(resume or out or default_run_dir(cfg.data.dataset))
+
+
 def train_command(cfg: Config, run_dir: str | os.PathLike, *, resume: bool = False,
                   force: bool = False, progress: bool = True, grid: bool = True,
                   log: Callable[[str], None] = print) -> TrainOutcome:

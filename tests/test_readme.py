@@ -97,6 +97,15 @@ NOT_RUN = {
         "ddpmlab edit runs/mnist interpolate --held-out 4",
         "ddpmlab edit runs/mnist translate --held-out 4 --target-class all --npz translated.npz"),
         "the main job's run (every operation end to end on a tiny run: tests/test_edit_run.py)"),
+    **dict.fromkeys((
+        "ddpmlab distill runs/mnist --method progressive --to 4 --out runs/mnist-pd4 "
+        "--time-budget 30",
+        "ddpmlab sample runs/mnist-pd4 --class all",
+        "ddpmlab distill runs/mnist --method consistency --to 1 --out runs/mnist-cd1 "
+        "--iterations 2000",
+        "ddpmlab distill --resume runs/mnist-pd4"),
+        "30 minutes of distillation of the main job's run (both methods, sample and resume end "
+        "to end on a tiny run: tests/test_distill_run.py)"),
 }
 
 

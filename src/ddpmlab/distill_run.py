@@ -710,11 +710,11 @@ def _resume(req: DistillRequest, device: torch.device,
 
 
 def _describe(plan: Plan) -> str:
-    length = (f"{plan.iterations} iterations" if not plan.time_budget_min else
-              f"a {plan.time_budget_min:g}-minute budget")
+    length = (f"of {plan.iterations} iterations each" if not plan.time_budget_min else
+              f"sharing a {plan.time_budget_min:g}-minute budget")
     how = (" -> ".join(map(str, plan.stages)) + " student steps" if plan.method == "progressive"
            else f"an EMA target, {CD_LEVELS} levels, {plan.init} start")
-    return (f"{len(plan.stages)} stage(s) ({how}) of {length} each, batch {plan.batch_size}, "
+    return (f"{len(plan.stages)} stage(s) ({how}) {length}, batch {plan.batch_size}, "
             f"lr {plan.lr:g}, guidance {plan.guidance:g} distilled")
 
 

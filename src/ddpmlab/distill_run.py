@@ -68,7 +68,6 @@ import hashlib
 import json
 import math
 import os
-import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -111,6 +110,7 @@ from .train.distill import (
     ve_denoiser,
 )
 from .train.events import Listener, Listeners, MetricsLog, ProgressBar
+from .train.signals import stop_on_signals
 
 METHODS = ("progressive", "consistency")
 DEFAULT_ITERATIONS = 1000     # per stage, without --time-budget
@@ -626,26 +626,9 @@ class Distillation:
         finally:
             events.close()
 
-    @contextlib.contextmanager
-    def _signal_handlers(self) -> Iterator[None]:
-        """SIGINT and SIGTERM finish the iteration, save and stop (main thread only)."""
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handler(signum, frame):
-            self.stop = signal.Signals(signum).name
-
-        old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-        for s in old:
-            signal.signal(s, handler)
-        try:
-            yield
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
+    def _signal_handlers(self) -> contextlib.AbstractContextManager:
+        """SIGINT and SIGTERM finish the current iteration, save, and stop."""
+        return stop_on_signals(lambda name: setattr(self, "stop", name))
 
 
 # ============================================================================ the command

@@ -33,7 +33,6 @@ import contextlib
 import copy
 import math
 import os
-import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -82,6 +81,7 @@ from .setup import (
     check_training_memory,
     resolve_config,
 )
+from .signals import stop_on_signals
 from .step import draw, training_losses
 
 
@@ -465,26 +465,9 @@ class Trainer:
                  f"in {self.run.phema} for {count} snapshots")
         return listener
 
-    @contextlib.contextmanager
-    def _signal_handlers(self) -> Iterator[None]:
-        """SIGINT and SIGTERM finish the current step, save, and stop (main thread only)."""
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handler(signum, frame):
-            self._stop = signal.Signals(signum).name
-
-        old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-        for s in old:
-            signal.signal(s, handler)
-        try:
-            yield
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
+    def _signal_handlers(self) -> contextlib.AbstractContextManager:
+        """SIGINT and SIGTERM finish the current step, save, and stop."""
+        return stop_on_signals(lambda name: setattr(self, "_stop", name))
 
     def _poll_threads(self, governor: ThreadGovernor | None) -> None:
         if governor is not None and (threads := governor.poll()) is not None:

@@ -26,9 +26,8 @@ from typing import Any
 import torch
 
 from ..forward import alpha_bar_at
-from ..parametrization import check_prediction
-from ..reverse import Model, check_variance
-from ..samplers import SAMPLERS, StepContext, guided_model
+from ..reverse import Model
+from ..samplers import SAMPLERS, StepContext, check_settings, guided_model
 from ..samplers.base import Step
 from ..samplers.noise import Generators, randn
 from ..samplers.spacing import timesteps
@@ -59,21 +58,6 @@ class Driver:
     def noise(self, x: torch.Tensor) -> torch.Tensor:
         """Fresh standard normal noise of ``x``'s shape from the call's generator(s)."""
         return randn(x.shape, self.ctx.generator, x.device, x.dtype)
-
-
-def check_settings(sampler: str, prediction: str, variance: str, eta: float | None,
-                   guidance: float) -> Step:
-    """``sample()``'s checks of the sampling settings; returns the sampler's step function."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    check_prediction(prediction)
-    check_variance(variance)
-    if eta is not None and (isinstance(eta, bool) or not isinstance(eta, (int, float))
-                            or not eta >= 0 or eta == float("inf")):
-        raise ValueError(f"eta must be a number >= 0, got {eta!r}")
-    if not isinstance(guidance, (int, float)) or not guidance >= 0:
-        raise ValueError(f"guidance must be a number >= 0, got {guidance!r}")
-    return SAMPLERS[sampler]
 
 
 def levels(schedule: Schedule, sampler: str, steps: int | None = None,

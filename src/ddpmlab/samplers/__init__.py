@@ -65,7 +65,7 @@ __all__ = [
     "euler_ancestral_step", "dpmpp_2m_sde_step", "dpmpp_3m_sde_step", "unipc_step",
     "flow_heun_step",
     "autoguidance", "classifier_free_guidance", "guided_model", "timestep_pairs",
-    "timesteps", "per_sample_generators", "randn",
+    "timesteps", "per_sample_generators", "randn", "check_settings",
 ]
 
 
@@ -129,8 +129,7 @@ def sample(
     ancestral sampler (``"ddpm"``) then uses the model's variance instead of ``variance``, and
     every other sampler the prediction half alone. Runs under ``torch.inference_mode``.
     """
-    _check_args(sampler, prediction, variance, eta, guidance)
-    step = SAMPLERS[sampler]
+    step = check_settings(sampler, prediction, variance, eta, guidance)
     spacing = spacing or step.info.spacing
     pairs = timestep_pairs(schedule.T, steps, spacing, schedule.log_snr.tolist())
     x = _start(shape, x_T, generator, device, dtype)
@@ -180,7 +179,10 @@ def _walk(step: Step, ctx: StepContext, x: torch.Tensor, pairs: list, nfe: list[
     return x
 
 
-def _check_args(sampler: str, prediction: str, variance: str, eta: Any, guidance: Any) -> None:
+def check_settings(sampler: str, prediction: str, variance: str, eta: Any,
+                   guidance: Any) -> Step:
+    """:func:`sample`'s checks of the sampling settings (also the editing driver's); returns
+    the sampler's step function."""
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     check_prediction(prediction)
@@ -190,6 +192,7 @@ def _check_args(sampler: str, prediction: str, variance: str, eta: Any, guidance
         raise ValueError(f"eta must be a number >= 0, got {eta!r}")
     if not isinstance(guidance, (int, float)) or not guidance >= 0:
         raise ValueError(f"guidance must be a number >= 0, got {guidance!r}")
+    return SAMPLERS[sampler]
 
 
 def _start(shape: Sequence[int] | None, x_T: torch.Tensor | None, generator: Generators,

@@ -365,3 +365,45 @@ def test_ema_command_writes_a_run_with_the_reconstructed_ema(tmp_path, tiny_cfg,
         err = capsys.readouterr().err.strip()
         assert needle in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "x").exists()
+
+
+# ----------------------------------------------------------------------------- the copy watch
+def test_the_copy_watch_logs_each_checkpoint_and_warns_when_copying_rises(tiny_cfg, tmp_path,
+                                                                        monkeypatch):
+    """train.watch_copies: a memorization event per checkpoint in metrics.jsonl; samples that
+    are training images (copies by construction, from the second checkpoint on) raise one
+    warning line; fresh noise does not."""
+    import json
+
+    from ddpmlab import runs
+    from ddpmlab.data import to_model_range
+
+    calls = []
+    real = runs.sample_images
+
+    def fake(model, cfg, n, **kw):
+        calls.append(n)
+        if len(calls) == 1:
+            return real(model, cfg, n=n, **kw)          # the model's own samples (noise-like)
+        return to_model_range(trainer.data.images[:n])  # copies of training images
+
+    monkeypatch.setattr(runs, "sample_images", fake)
+    notes = []
+    cfg = tiny_cfg.override({"train.watch_copies": "16", "train.max_steps": "6"})
+    trainer = runs.train_run(cfg, tmp_path / "r", progress=False, log=notes.append)
+    trainer.train()
+    events = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text()
+              .splitlines() if '"memorization"' in line]
+    assert [e["step"] for e in events] == [3, 6] and calls == [16, 16]
+    assert events[1]["share"] == 1.0 and events[0]["share"] < 0.5
+    warned = [m for m in notes if "near-copies of training images" in m]
+    assert len(warned) == 1 and "at step 6" in warned[0] and "step 3:" in warned[0]
+
+
+def test_the_copy_watch_is_off_by_default(tiny_cfg, tmp_path):
+    from ddpmlab import runs
+
+    trainer = runs.train_run(tiny_cfg.override({"train.max_steps": "3"}), tmp_path / "r",
+                             progress=False)
+    trainer.train()
+    assert '"memorization"' not in (tmp_path / "r" / "metrics.jsonl").read_text()

@@ -150,6 +150,9 @@ class TrainConfig:
     phema_sigma_rels: tuple[float, ...] = (0.05, 0.10)   # the tracked lengths (relative std
                                            # of the averaging profile; distinct, in (0, 0.3003))
     phema_every: int = 100                 # steps between snapshots (and one at each checkpoint)
+    watch_copies: int = 0                  # at each checkpoint draw this many EMA samples and
+                                           # log the share that are near-copies of training
+                                           # images (metrics.jsonl "memorization"); 0: off
 
 
 @dataclass(frozen=True)
@@ -365,6 +368,7 @@ class Config:
             "data.channels": data.channels, "train.warmup_steps": tr.warmup_steps,
             "train.weight_decay": tr.weight_decay, "train.grad_clip": tr.grad_clip,
             "train.sample_every": tr.sample_every, "train.time_limit_min": tr.time_limit_min,
+            "train.watch_copies": tr.watch_copies,
             "train.time_budget_min": tr.time_budget_min,
             "sample.steps": s.steps, "sample.eta": 0.0 if s.eta is None else s.eta,
             "sample.guidance": s.guidance,

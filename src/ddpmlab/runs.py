@@ -47,7 +47,7 @@ from .device import (
     resolve_precision,
 )
 from .errors import CheckpointError, ConfigError
-from .evaluate import SmallSampleWarning, evaluate_samples
+from .evaluate import SmallSampleWarning, evaluate_samples, memorization
 from .features import get_feature_extractor
 from .io import (
     SOFTWARE,
@@ -64,6 +64,7 @@ from .objectives import build as build_objective
 from .samplers import SAMPLERS, per_sample_generators, sample
 from .train import Trainer
 from .train.checkpoint import latest_checkpoint
+from .train.events import Listener
 from .viz import (
     class_rows_grid,
     denoising_chain,
@@ -462,6 +463,43 @@ def sample_grid(model: nn.Module, cfg: Config, path: str | os.PathLike, n: int |
     return save_grid(images, path, nrow=nrow, scale=2)
 
 
+#: the copy watch warns when the share of near-copies exceeds both the held-out images' own
+#: share and the previous checkpoint's by this much (2 of 100 samples: above chance wobble)
+COPY_WATCH_MARGIN = 0.02
+
+
+class CopyWatch(Listener):
+    """``train.watch_copies``: at each checkpoint, that many EMA samples (the run's sampler,
+    a balanced mix of classes, seed 0) and the share that are near-copies of a training image
+    (:func:`~ddpmlab.evaluate.memorization` in pixel space, scaled by the held-out images'
+    distances: the measure ``ddpmlab eval`` reports), written to ``metrics.jsonl`` as a
+    ``memorization`` event; one warning line when the share rises above both the held-out
+    images' own share and the previous checkpoint's by :data:`COPY_WATCH_MARGIN`."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        self.n = trainer.cfg.train.watch_copies
+        self.held = load_dataset(trainer.cfg.data, "test").images
+        self.last: tuple[int, float] | None = None
+
+    def checkpoint(self, step: int, path: Path) -> None:
+        tr, cfg = self.trainer, self.trainer.cfg
+        x = to_uint8(sample_images(tr.ema, cfg, n=self.n, seed=0, device=tr.device,
+                                   y=default_labels(cfg, self.n), progress=False))
+        m = memorization(x, tr.data.images, self.held)
+        tr.run.append_metrics({"event": "memorization", "time": time.time(), "step": step,
+                               "n": self.n, "share": m.share,
+                               "heldout_share": m.reference_share})
+        floor = max(m.reference_share, self.last[1] if self.last else 0.0)
+        if m.share > floor + COPY_WATCH_MARGIN:
+            before = f"; step {self.last[0]}: {self.last[1]:.1%}" if self.last else ""
+            tr.events.note(f"ddpmlab: warning: {m.share:.1%} of {self.n} samples at step {step} "
+                           f"are near-copies of training images (held-out real images: "
+                           f"{m.reference_share:.1%}{before}): the model is starting to copy; "
+                           "more data, augmentation or an earlier checkpoint")
+        self.last = (step, m.share)
+
+
 def train_run(cfg: Config, run_dir: str | os.PathLike, **kwargs: Any) -> Trainer:
     """A :class:`~ddpmlab.train.Trainer` for ``run_dir`` whose ``train.sample_every`` hook
     writes an EMA grid to ``RUN/samples/step_XXXXXXXX.png`` (and returns its path, which the
@@ -471,7 +509,8 @@ def train_run(cfg: Config, run_dir: str | os.PathLike, **kwargs: Any) -> Trainer
         return sample_grid(trainer.ema, trainer.cfg, trainer.run.training_grid(step),
                            device=trainer.device)
 
-    return Trainer(cfg, run_dir, on_sample=on_sample, **kwargs)
+    watch = (CopyWatch,) if cfg.train.watch_copies else ()
+    return Trainer(cfg, run_dir, on_sample=on_sample, listeners=watch, **kwargs)
 
 
 # ============================================================================ scoring

@@ -108,14 +108,17 @@ class Trainer:
     ``force=True`` allows ``run_dir`` to hold another run (it is replaced once this run has a
     checkpoint). ``on_sample(trainer, step)`` is called on rank 0 every ``train.sample_every``
     steps (the run layer draws a grid there and returns its path, which the listeners get; the
-    trainer itself draws nothing).
+    trainer itself draws nothing). ``listeners``: factories ``make(trainer) -> Listener`` of
+    more outputs on the main process (the run layer's copy watch), entered with the others.
     """
 
     def __init__(self, cfg: Config, run_dir: str | os.PathLike, *, resume: bool = False,
                  force: bool = False, progress: bool = True, data: ImageData | None = None,
                  log: Callable[[str], None] = print,
-                 on_sample: Callable[[Trainer, int], Path | None] | None = None):
+                 on_sample: Callable[[Trainer, int], Path | None] | None = None,
+                 listeners: tuple[Callable[[Trainer], Listener], ...] = ()):
         self.run = RunDir(run_dir)
+        self.listener_factories = listeners  # the run layer's outputs: each gets the trainer
         self.run_dir = self.run.root
         self.progress = progress
         self.on_sample = on_sample
@@ -445,6 +448,7 @@ class Trainer:
                 listeners.append(TensorBoardLog(self.run.tensorboard))
             if self.cfg.train.phema:
                 listeners.append(self._phema())
+            listeners += [make(self) for make in self.listener_factories]
         events = Listeners(listeners)
         try:
             events.start(self.step, None if budget.active else self.cfg.train.max_steps,

@@ -539,11 +539,7 @@ class Distillation:
     def _poll_budget(self, budget: TimeBudget, t0: float) -> None:
         """At iteration 40, the iterations per stage that fit in the budget (module docstring),
         written to ``distill.json``."""
-        if not budget.wants(self.step):
-            return
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        sizing = budget.mark(self.step, time.perf_counter(), t0)
+        sizing = budget.after_step(self.step, t0, self.device)
         if sizing is None:
             return
         stages = len(self.plan.stages)

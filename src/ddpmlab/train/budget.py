@@ -13,6 +13,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 
+import torch
+
 from ..config import BUDGET_WINDOW, Config
 
 #: the share of a time budget's remaining seconds that its steps are planned to fill: a
@@ -84,6 +86,16 @@ class TimeBudget:
     def wants(self, step: int) -> bool:
         """Whether the clock after ``step`` is one the sizing needs (then synchronise first)."""
         return self.active and step in BUDGET_WINDOW
+
+    def after_step(self, step: int, t_start: float, device: torch.device) -> Sizing | None:
+        """:meth:`mark` with the clock read after ``step``, once the device has finished it
+        (CUDA runs asynchronously), only at the steps the sizing times: the one call a
+        training loop makes after each step."""
+        if not self.wants(step):
+            return None
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return self.mark(step, time.perf_counter(), t_start)
 
     def mark(self, step: int, now: float, t_start: float) -> Sizing | None:
         """Record the clock after ``step``; at the window's end, the sizing (else None)."""

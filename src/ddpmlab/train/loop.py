@@ -485,11 +485,7 @@ class Trainer:
         """At the end of the timed steps, set ``max_steps`` (rank 0's clock, on every rank) and
         write it to ``config.json`` with ``time_budget_min`` 0: that file (or ``--max-steps
         N``) repeats the run step for step. The choice is printed and kept in the metrics."""
-        if not budget.wants(self.step):
-            return
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        sizing = budget.mark(self.step, time.perf_counter(), t_start)
+        sizing = budget.after_step(self.step, t_start, self.device)
         if sizing is None:
             return
         sizing = D.broadcast_object(sizing)

@@ -27,7 +27,7 @@ import torch
 
 from ..forward import alpha_bar_at
 from ..reverse import Model
-from ..samplers import SAMPLERS, StepContext, check_settings, guided_model
+from ..samplers import SAMPLERS, StepContext, check_settings, step_context
 from ..samplers.base import Step
 from ..samplers.noise import Generators, randn
 from ..samplers.spacing import timesteps
@@ -80,27 +80,11 @@ def build(model: Model, schedule: Schedule, x: torch.Tensor, *, sampler: str = "
     the same guidance decision :func:`~ddpmlab.samplers.guided_model`, the same counter).
     ``steps_in_call`` is ``StepContext.steps``."""
     step = check_settings(sampler, prediction, variance, eta, guidance)
-    sched = schedule.to(x.device)
-    yt: torch.Tensor | None = None
-    if y is not None:
-        yt = torch.as_tensor(y, dtype=torch.long, device=x.device)
-        if yt.ndim == 0:
-            yt = yt.expand(x.shape[0])
-        if yt.shape != (x.shape[0],):
-            raise ValueError(f"y must be one label or {x.shape[0]} labels, got {tuple(yt.shape)}")
-    net, cond_y = guided_model(model, yt, float(guidance), null_class=null_class,
-                               learn_sigma=learn_sigma, guide=guide, guide_weight=guide_weight,
-                               interval=guidance_interval, schedule=sched)
-    calls = [0]
-
-    def counted(*args: Any) -> torch.Tensor:
-        calls[0] += 1
-        return net(*args)
-
-    ctx = StepContext(counted, sched, prediction=prediction, clip_x0=clip_x0,
-                      y=cond_y, generator=generator, eta=None if eta is None else float(eta),
-                      variance=variance, steps=int(steps_in_call), options=dict(options or {}),
-                      learn_sigma=bool(learn_sigma))
+    ctx, calls = step_context(model, schedule.to(x.device), x, y=y, guidance=guidance,
+                              null_class=null_class, learn_sigma=learn_sigma, guide=guide,
+                              guide_weight=guide_weight, guidance_interval=guidance_interval,
+                              prediction=prediction, clip_x0=clip_x0, generator=generator,
+                              eta=eta, variance=variance, steps=steps_in_call, options=options)
     return Driver(ctx, step, {}, calls)
 
 

@@ -65,7 +65,7 @@ __all__ = [
     "euler_ancestral_step", "dpmpp_2m_sde_step", "dpmpp_3m_sde_step", "unipc_step",
     "flow_heun_step",
     "autoguidance", "classifier_free_guidance", "guided_model", "timestep_pairs",
-    "timesteps", "per_sample_generators", "randn", "check_settings",
+    "timesteps", "per_sample_generators", "randn", "check_settings", "step_context",
 ]
 
 
@@ -133,21 +133,11 @@ def sample(
     spacing = spacing or step.info.spacing
     pairs = timestep_pairs(schedule.T, steps, spacing, schedule.log_snr.tolist())
     x = _start(shape, x_T, generator, device, dtype)
-    sched = schedule.to(x.device)
-    yt = _labels(y, x.shape[0], x.device)
-    net, cond_y = guided_model(model, yt, float(guidance), null_class=null_class,
-                               learn_sigma=learn_sigma, guide=guide, guide_weight=guide_weight,
-                               interval=guidance_interval, schedule=sched)
-    nfe = [0]
-
-    def counted(*args: Any) -> torch.Tensor:
-        nfe[0] += 1
-        return net(*args)
-
-    ctx = StepContext(counted, sched, prediction=prediction, clip_x0=clip_x0, y=cond_y,
-                      generator=generator, eta=None if eta is None else float(eta),
-                      variance=variance, steps=len(pairs), options=dict(options or {}),
-                      learn_sigma=bool(learn_sigma))
+    ctx, nfe = step_context(model, schedule.to(x.device), x, y=y, guidance=guidance,
+                            null_class=null_class, learn_sigma=learn_sigma, guide=guide,
+                            guide_weight=guide_weight, guidance_interval=guidance_interval,
+                            prediction=prediction, clip_x0=clip_x0, generator=generator,
+                            eta=eta, variance=variance, steps=len(pairs), options=options)
     bar: Any = None
     if progress:
         from tqdm.auto import tqdm
@@ -159,6 +149,33 @@ def sample(
     finally:
         if bar is not None:
             bar.close()
+
+
+def step_context(model: Model, sched: Schedule, x: torch.Tensor, *,
+                 y: torch.Tensor | int | None, guidance: float, null_class: int | None,
+                 learn_sigma: bool, guide: Model | None, guide_weight: float,
+                 guidance_interval: tuple[float, float] | None, prediction: str, clip_x0: bool,
+                 generator: Generators, eta: float | None, variance: str, steps: int,
+                 options: dict[str, Any] | None) -> tuple[StepContext, list[int]]:
+    """The :class:`StepContext` of a call on a batch like ``x`` (``sched`` on x's device):
+    the labels checked, the guidance decided once (:func:`guided_model`), the model wrapped in
+    a counter; returns the context and the counter (``[network calls so far]``). ``sample()``
+    and the editing driver both build theirs here."""
+    yt = _labels(y, x.shape[0], x.device)
+    net, cond_y = guided_model(model, yt, float(guidance), null_class=null_class,
+                               learn_sigma=learn_sigma, guide=guide, guide_weight=guide_weight,
+                               interval=guidance_interval, schedule=sched)
+    calls = [0]
+
+    def counted(*args: Any) -> torch.Tensor:
+        calls[0] += 1
+        return net(*args)
+
+    ctx = StepContext(counted, sched, prediction=prediction, clip_x0=clip_x0, y=cond_y,
+                      generator=generator, eta=None if eta is None else float(eta),
+                      variance=variance, steps=int(steps), options=dict(options or {}),
+                      learn_sigma=bool(learn_sigma))
+    return ctx, calls
 
 
 def _walk(step: Step, ctx: StepContext, x: torch.Tensor, pairs: list, nfe: list[int],

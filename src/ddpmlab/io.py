@@ -298,12 +298,23 @@ def _check_writable(path: Path) -> None:
         folder = folder.parent
     if not folder.is_dir():
         raise CheckpointError(f"{path}: cannot write there ({folder} is not a folder)")
+    if (why := write_problem(folder)) is not None:
+        raise CheckpointError(f"{path}: cannot write there ({why})")
+
+
+def write_problem(folder: Path, make: bool = False) -> str | None:
+    """Why a file cannot be written into ``folder`` now (None: it can), found by writing and
+    deleting an empty probe file; ``make`` creates the folder (and its parents) first. The one
+    writability check of every command, each raising its own error with this reason."""
     probe = folder / f".write-test-{os.getpid()}"
     try:
+        if make:
+            folder.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise CheckpointError(f"{path}: cannot write there ({e.strerror or e})") from None
+        return str(e.strerror or e)
+    return None
 
 
 def png_bytes(image: Any) -> bytes:

@@ -43,7 +43,7 @@ from typing import Any
 
 from .config import Config
 from .errors import CheckpointError
-from .io import atomic_write_text, loads_json, read_json
+from .io import atomic_write_text, loads_json, read_json, write_problem
 
 LOCK_NAME = ".ddpmlab.lock"
 OWNER_NAME = ".ddpmlab.lock.json"
@@ -330,13 +330,8 @@ class RunDir:
             raise CheckpointError(f"{rd}: is not empty and holds no ddpmlab run; refusing to "
                                   "write into it (choose another --out, or an empty folder"
                                   f"{'; --force replaces only a run' if force else ''})")
-        try:
-            rd.mkdir(parents=True, exist_ok=True)
-            probe = rd / f".write-test-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as e:
-            raise CheckpointError(f"{rd}: cannot write there ({e.strerror or e})") from None
+        if (why := write_problem(rd, make=True)) is not None:
+            raise CheckpointError(f"{rd}: cannot write there ({why})")
 
     def check_resume(self) -> None:
         if not self.is_run():

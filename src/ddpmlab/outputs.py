@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .errors import CheckpointError
-from .io import atomic_write_text, fsync_dir, read_json
+from .io import atomic_write_text, fsync_dir, read_json, write_problem
 
 MARK = ".ddpmlab-output.json"
 KINDS = {"export": "a diffusers export", "report": "the report", "import": "an imported run"}
@@ -179,13 +179,8 @@ def check_target(out: str | os.PathLike, kind: str, *, replace: bool,
 
 
 def _probe(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise OutputError(f"{folder}: cannot write there ({e.strerror or e})") from None
+    if (why := write_problem(folder, make=True)) is not None:
+        raise OutputError(f"{folder}: cannot write there ({why})")
 
 
 def _write_mark(folder: Path, kind: str, files: list[str] | None) -> None:

@@ -55,6 +55,7 @@ from .io import (
     atomic_write_text,
     check_replaceable,
     load_tensors,
+    write_problem,
 )
 from .layout import RunDir
 from .likelihood import BitsPerDim, bits_per_dim
@@ -830,13 +831,8 @@ def check_output(path: str | os.PathLike, kind: str, force: bool) -> None:
 
     path = Path(path)
     check_replaceable(path, kind, force)
-    probe = path.with_name(f".write-test-{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise DDPMLabError(f"{path}: cannot write there ({e.strerror or e})") from None
+    if (why := write_problem(path.parent, make=True)) is not None:
+        raise DDPMLabError(f"{path}: cannot write there ({why})")
 
 
 def parse_classes(text: str, num_classes: int) -> list[int]:

@@ -512,3 +512,16 @@ def test_decided_when_rows_are_the_posteriors_of_one_shared_x_t(monkeypatch):
     monkeypatch.setattr(decided, "noised", lambda s, x, t, n: real(
         s, x.expand(N_PER, 2), t, torch.randn(N_PER, 2, generator=gen(7), dtype=F64)))
     assert _row_fails(_decided(x0, noise), x0, noise)
+
+
+def test_ddib_guides_the_regeneration_only():
+    # translate(w) = regenerate(invert(x, source, w=1), target, w): the inversion stays the
+    # source class's exact ODE; the broken twin (guided in both directions) differs
+    x0 = MU_A + SD_A * torch.randn(16, 2, generator=gen(1), dtype=F64)
+    kw = dict(sampler="dpm_solver", steps=20)
+    model = two_class_model()
+    out = translate(model, SCHED, x0, 0, 1, guidance=3.0, **kw)
+    z = ddib.invert(model, SCHED, x0, y=0, guidance=1.0, **kw)
+    torch.testing.assert_close(out, ddib.regenerate(model, SCHED, z, y=1, guidance=3.0, **kw))
+    both = translate(model, SCHED, x0, 0, 1, guidance=3.0, invert_guidance=3.0, **kw)
+    assert (both - out).abs().max().item() > 1e-3

@@ -29,7 +29,8 @@ PSNR reported), ``interpolate`` (inputs in pairs 0-1, 2-3, ...: slerp between th
 noises, :data:`STRIP` points) and ``translate`` (DDIB: invert with the source class once,
 regenerate with each target class: ``translate`` of EDITS without inverting again). The three
 deterministic ones use a solver of :data:`ddpmlab.edit.INVERTERS` and guidance 1 unless told
-(inverting with guidance is not exact, :mod:`ddpmlab.edit.inversion`).
+(inverting with guidance is not exact, :mod:`ddpmlab.edit.inversion`); translate's guidance acts
+on the regeneration only, its inversion is unguided (:mod:`ddpmlab.edit.ddib`).
 
 **Classes** (a conditional run): ``source_class`` (invert, translate) or else the inputs'
 labels; ``target_class`` the class of the edit (inpaint, img2img, interpolate: one class; else
@@ -61,6 +62,7 @@ from .edit import (
     inpaint,
     inpaint_nfe,
     interpolate_latent,
+    inversion_settings,
     invert,
     regenerate,
     start_position,
@@ -270,7 +272,7 @@ def _interpolate(call: SamplingCall, s: EditSettings, x: torch.Tensor, y: Any,
 def _translate(call: SamplingCall, s: EditSettings, x: torch.Tensor, y: Any,
                gens: list) -> EditOutput:
     """DDIB (:func:`ddpmlab.edit.translate`) with one inversion for every target class."""
-    z = invert(call.model, call.schedule, x, **_deterministic(call, y=y))
+    z = invert(call.model, call.schedule, x, **inversion_settings(_deterministic(call, y=y)))
     outs = [regenerate(call.model, call.schedule, z, **_deterministic(
         call, y=torch.full_like(y, k))) for k in s.targets]
     return EditOutput([x, *outs], list(range(1, len(outs) + 1)), list(s.targets))

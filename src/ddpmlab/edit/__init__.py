@@ -18,7 +18,7 @@ Adding an operation is one file and one line in :data:`EDITS`.
 
 from __future__ import annotations
 
-from .ddib import translate
+from .ddib import inversion_settings, translate
 from .decided import decided_when
 from .inpainting import inpaint, inpaint_nfe, jump_schedule
 from .interpolation import interpolate_latent, interpolate_xt, slerp
@@ -39,6 +39,6 @@ EDITS = {
 
 __all__ = [
     "EDITS", "INVERTERS", "decided_when", "denoise_from", "img2img", "inpaint", "inpaint_nfe",
-    "interpolate_latent", "interpolate_xt", "invert", "jump_schedule", "regenerate", "slerp",
+    "interpolate_latent", "interpolate_xt", "inversion_settings", "invert", "jump_schedule", "regenerate", "slerp",
     "start_position", "translate",
 ]

@@ -1,0 +1,154 @@
+"""Issue 36's table: the EMA length and the guidance of a conditional run, chosen by measuring.
+
+Each row draws the same ``n`` samples (sample k asks for class k % 10, noise fixed by seed 0 and
+k) with one setting and scores them with the project's classifier: FID/KID against the training
+images and the share read as the class asked for. A row is written as ``key=value`` pairs:
+
+* ``ema=S``: the post-hoc EMA of length ``sigma_rel`` S reconstructed from the run's snapshots
+  at its newest checkpoint (``train.phema``); absent: the checkpoint's own EMA.
+* ``w=W``: classifier-free guidance weight (``sample.guidance``); ``iv=LO:HI``: the guidance
+  interval in sigma (``sample.guidance_interval``), applied to CFG and autoguidance alike.
+* ``guide=G`` and ``gw=W``: autoguidance by G, a checkpoint folder of the run (``step_00000300``)
+  or any run/checkpoint path, or ``phema@STEP@S`` (the post-hoc EMA of length S at snapshot step
+  STEP: a shorter-trained copy of the same model), with weight W.
+* ``sampler=NAME``, ``steps=K``: the sampler (default: ``--sampler``/``--steps``).
+
+python -m benchmarks.guidance_table RUN [--n 1000] [--sampler dpmpp_2m_sde] [--steps 10]
+    --rows "w=2" "w=1.5,iv=0.3:5" "ema=0.05,w=2" "w=1,guide=phema@300@0.05,gw=2" ...
+    [--name NAME]
+
+Writes ``benchmarks/results/guidance_table/NAME.{md,json}`` after every row (a long table that
+is stopped keeps what it measured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.harness import result_path, write_json, write_text
+from benchmarks.harness.machine import machine
+
+KEYS = {"ema", "w", "iv", "guide", "gw", "sampler", "steps"}
+
+
+def parse_row(text: str) -> dict[str, str]:
+    row = dict(part.split("=", 1) for part in text.split(",") if part)
+    bad = set(row) - KEYS
+    if bad:
+        raise SystemExit(f"row {text!r}: unknown key(s) {sorted(bad)} (known: {sorted(KEYS)})")
+    return row
+
+
+class Models:
+    """The run's network with its checkpoint EMA or a reconstructed one, cached per length."""
+
+    def __init__(self, run: str):
+        from ddpmlab import load_run
+
+        self.run = run
+        self.model, self.cfg, self.ckpt = load_run(run)
+        self.base = {k: v.clone() for k, v in self.model.state_dict().items()}
+        self.cache: dict[str, dict] = {}
+
+    def weights(self, ema: str | None, step: int | None = None) -> torch.nn.Module:
+        from ddpmlab.train.phema import reconstruct_run
+
+        key = f"{ema}@{step}"
+        if ema is None:
+            state = self.base
+        else:
+            if key not in self.cache:
+                self.cache[key] = {**self.base, **reconstruct_run(self.run, float(ema), step)}
+            state = self.cache[key]
+        self.model.load_state_dict(state)
+        return self.model
+
+    def guide(self, spec: str) -> torch.nn.Module:
+        import copy
+
+        from ddpmlab.runs import load_guide
+
+        if spec.startswith("phema@"):
+            _, step, sigma = spec.split("@")
+            return copy.deepcopy(self.weights(sigma, int(step)))
+        path = Path(spec)
+        if not path.exists():
+            path = Path(self.run) / "checkpoints" / spec
+        return load_guide(path, self.cfg, "cpu")[0]
+
+
+def measure(models: Models, row: dict[str, str], a: argparse.Namespace) -> dict:
+    from benchmarks.harness.scoring import evaluate_mnist
+    from benchmarks.sampler_steps import as_requested
+    from ddpmlab import sample_images
+    from ddpmlab.data import to_uint8
+    from ddpmlab.features import get_feature_extractor
+    from ddpmlab.runs import default_labels
+
+    guide = models.guide(row["guide"]) if "guide" in row else None
+    model = models.weights(row.get("ema"))
+    iv = tuple(float(v) for v in row["iv"].split(":")) if "iv" in row else ()
+    cfg = models.cfg
+    t0 = time.perf_counter()
+    x = sample_images(model, cfg, n=a.n, seed=0, y=default_labels(cfg, a.n),
+                      sampler=row.get("sampler", a.sampler),
+                      steps=int(row.get("steps", a.steps)), guidance=float(row.get("w", 1.0)),
+                      guide=guide, guide_weight=float(row.get("gw", 1.0)) if guide else None,
+                      guidance_interval=iv, batch_size=a.batch)
+    seconds = time.perf_counter() - t0
+    x8 = to_uint8(x)
+    r = evaluate_mnist(x8, get_feature_extractor(cfg.data.dataset))
+    return {"row": ",".join(f"{k}={v}" for k, v in row.items()), **row, "n": a.n,
+            "fid": r["fid"], "kid": r["kid_mean"], "as_requested": as_requested(
+                x8, cfg.data.dataset), "confident": r["classifier"]["confident_share"],
+            "seconds": seconds}
+
+
+def table(rows: list[dict], a: argparse.Namespace, ckpt: Path) -> str:
+    lines = [f"Run `{a.run}` ({ckpt.name}); {a.n} samples per row (sample k asks for digit "
+             f"k % 10, seed 0); default sampler {a.sampler}, {a.steps} steps.", "",
+             "| setting | FID | KID | read as asked | confident | seconds |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| `{r['row']}` | {r['fid']:.2f} | {r['kid']:.4f} | "
+                     f"{100 * r['as_requested']:.1f}% | {100 * r['confident']:.1f}% | "
+                     f"{r['seconds']:.0f} |")
+    m = machine()
+    lines += ["", f"Machine: {m.get('gpu') or m.get('cpu')}, torch {m.get('torch')}, "
+              f"{m.get('threads')} threads."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.guidance_table",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("run")
+    p.add_argument("--rows", nargs="+", required=True)
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--sampler", default="dpmpp_2m_sde")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--batch", type=int, default=250)
+    p.add_argument("--name", default="guidance_table")
+    a = p.parse_args()
+    specs = [parse_row(r) for r in a.rows]
+    models = Models(a.run)
+    rows: list[dict] = []
+    for spec in specs:
+        rows.append(measure(models, spec, a))
+        r = rows[-1]
+        print(f"{r['row']}: FID {r['fid']:.2f}, {100 * r['as_requested']:.1f}% as asked, "
+              f"{r['seconds']:.0f} s", flush=True)
+        text = table(rows, a, models.ckpt)
+        write_text(result_path("guidance_table", f"{a.name}.md"), text)
+        write_json(result_path("guidance_table", f"{a.name}.json"),
+                   {"run": a.run, "checkpoint": models.ckpt.name, "rows": rows,
+                    "machine": machine()})
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

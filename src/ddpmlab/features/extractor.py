@@ -3,8 +3,9 @@ the network.
 
 Which network embeds the images (:func:`get_feature_extractor`):
 
-* **Built-in data** (``mnist``, ``fashion-mnist``, ``digits``): :class:`FeatureNet`, a small CNN
-  classifier trained by ``scripts/train_feature_net.py`` on the built-in ``train`` split, whose
+* **Built-in data** (``mnist``, ``fashion-mnist``, ``digits``, ``emoji``): :class:`FeatureNet`, a
+  small CNN classifier (grey; RGB 32x32 for ``emoji``, whose 9 classes are the Unicode groups)
+  trained by ``scripts/train_feature_net.py`` on the built-in ``train`` split, whose
   weights ship in ``ddpmlab/assets/featnet_<dataset>.safetensors`` (held-out accuracy, data set
   and architecture are in the file's metadata). Features are its 128-d penultimate activations
   (after BatchNorm and ReLU, the input of the last linear layer); its softmax gives the
@@ -65,9 +66,11 @@ class FeatureExtractor:
 
     Call it on uint8 ``[N, C, H, W]``; each batch goes through ``net.prepare`` then
     ``net.embed`` (:class:`Embedder`). For a :class:`FeatureNet`, colour is converted to grey
-    (ITU-R 601 luma) and other sizes are resized bilinearly (antialiased) to its input size, so a
-    built-in stored at another ``data.image_size`` still uses its own classifier; Inception
-    repeats grey to RGB and resizes to 299 as pytorch-fid does.
+    (ITU-R 601 luma) for the grey nets and grey repeated to RGB for the emoji net, and other
+    sizes are resized to its input size (bicubic, antialiased: the data's own
+    :func:`~ddpmlab.data.resize`), so a built-in stored at
+    another ``data.image_size`` (a 64-px emoji run: 64 -> 32) still uses its own classifier;
+    Inception repeats grey to RGB and resizes to 299 as pytorch-fid does.
     """
 
     name: str                     # "featnet:mnist", "fid-inception-v3", "tiny-inception"
@@ -112,11 +115,12 @@ def get_feature_extractor(dataset_name_or_shape: str | tuple[int, ...],
                           features: str = "auto") -> FeatureExtractor:
     """Pick the feature network for a data set.
 
-    ``dataset_name_or_shape``: a built-in name (``mnist``, ``fashion-mnist``, ``digits``), any
-    other data-set name/path, or a ``(C, H, W)`` shape. ``features``: ``"auto"`` (the shipped
-    net for a built-in with one, else Inception), ``"inception"``, or a built-in name to force
-    that shipped net (e.g. ``"mnist"`` for a folder of 28x28 digits). Inception weights are looked
-    up by :func:`find_inception_weights`; when none is found, :class:`DataError` says what to pass.
+    ``dataset_name_or_shape``: a built-in name (``mnist``, ``fashion-mnist``, ``digits``,
+    ``emoji``), any other data-set name/path, or a ``(C, H, W)`` shape. ``features``:
+    ``"auto"`` (the shipped net for a built-in with one, else Inception), ``"inception"``, or a
+    built-in name to force that shipped net (e.g. ``"mnist"`` for a folder of 28x28 digits).
+    Inception weights are looked up by :func:`find_inception_weights`; when none is found,
+    :class:`DataError` says what to pass.
     """
     name = dataset_name_or_shape.strip().lower() if isinstance(dataset_name_or_shape, str) \
         else None

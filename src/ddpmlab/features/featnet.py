@@ -5,7 +5,9 @@ split; its weights ship in ``ddpmlab/assets/featnet_<dataset>.safetensors`` (hel
 data set and architecture are in the file's metadata). Features are its 128-d penultimate
 activations (after BatchNorm and ReLU, the input of the last linear layer); its softmax gives the
 classifier statistics. Numbers computed with it are comparable only with other ddpmlab numbers
-on the same data set, never with published Inception FIDs.
+on the same data set, never with published Inception FIDs. The grey nets (``featnet28``,
+``featnet8``) read MNIST, Fashion-MNIST and digits; the colour one (``featnet32``) reads the
+``emoji`` data set's 9 Unicode groups.
 """
 
 from __future__ import annotations
@@ -13,10 +15,9 @@ from __future__ import annotations
 import importlib.resources
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..data import _luma, to_model_range
+from ..data import _luma, resize, to_model_range
 from ..errors import DataError
 from .weights import _parse_safetensors
 
@@ -30,21 +31,25 @@ def _conv(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
 
 
-# name -> (input size, conv widths, pool after each conv?, flattened size)
-FEATNET_ARCHS: dict[str, tuple[int, tuple[int, ...], tuple[bool, ...], int]] = {
-    # 28 -> conv32 -> pool 14 -> conv64 -> pool 7 -> conv128 -> pool 3 -> 1152
-    "featnet28": (28, (32, 64, 128), (True, True, True), 128 * 3 * 3),
-    # 8 -> conv32 -> conv64 -> pool 4 -> conv128 -> pool 2 -> 512
-    "featnet8": (8, (32, 64, 128), (False, True, True), 128 * 2 * 2),
+# name -> (input channels, input size, conv widths, pool after each conv?, flattened size)
+FEATNET_ARCHS: dict[str, tuple[int, int, tuple[int, ...], tuple[bool, ...], int]] = {
+    # 1x28 -> conv32 -> pool 14 -> conv64 -> pool 7 -> conv128 -> pool 3 -> 1152
+    "featnet28": (1, 28, (32, 64, 128), (True, True, True), 128 * 3 * 3),
+    # 1x8 -> conv32 -> conv64 -> pool 4 -> conv128 -> pool 2 -> 512
+    "featnet8": (1, 8, (32, 64, 128), (False, True, True), 128 * 2 * 2),
+    # 3x32 -> conv32 -> pool 16 -> conv64 -> pool 8 -> conv128 -> pool 4 -> conv128 -> pool 2
+    # -> 512 (a fourth conv rather than a 2048-wide fc: 1.2 MB of weights instead of 1.4)
+    "featnet32": (3, 32, (32, 64, 128, 128), (True, True, True, True), 128 * 2 * 2),
 }
 
 
 class FeatureNet(nn.Module):
-    """A small CNN classifier for 1xSxS grey images in [-1, 1] (``to_model_range``).
+    """A small CNN classifier for CxSxS images in [-1, 1] (``to_model_range``).
 
-    ``featnet28`` (28x28: MNIST, Fashion-MNIST): conv32-pool-conv64-pool-conv128-pool-fc128-fc10;
-    ``featnet8`` (8x8 digits): conv32-conv64-pool-conv128-pool-fc128-fc10. Every conv is 3x3 with
-    BatchNorm and ReLU; ``fc128`` is Linear-BatchNorm-ReLU. :meth:`features` returns those 128
+    ``featnet28`` (1x28x28: MNIST, Fashion-MNIST): conv32-pool-conv64-pool-conv128-pool-fc128-fc10;
+    ``featnet8`` (1x8x8 digits): conv32-conv64-pool-conv128-pool-fc128-fc10; ``featnet32``
+    (3x32x32 RGB: emoji): conv32-pool-conv64-pool-conv128-pool-conv128-pool-fc128-fc9. Every conv
+    is 3x3 with BatchNorm and ReLU; ``fc128`` is Linear-BatchNorm-ReLU. :meth:`features` returns those 128
     activations ``[N, 128]``; :meth:`forward` the logits ``[N, num_classes]``.
 
     As every feature network, it has :meth:`prepare` (uint8 images -> its input) and
@@ -53,15 +58,15 @@ class FeatureNet(nn.Module):
     """
 
     feature_dim = 128
-    channels = 1  # grey input
 
     def __init__(self, arch: str = "featnet28", num_classes: int = 10, dropout: float = 0.3):
         super().__init__()
         if arch not in FEATNET_ARCHS:
             raise DataError(f"unknown feature-net architecture {arch!r} "
                             f"(known: {', '.join(FEATNET_ARCHS)})")
-        size, widths, pools, flat = FEATNET_ARCHS[arch]
+        channels, size, widths, pools, flat = FEATNET_ARCHS[arch]
         self.arch, self.input_size, self.num_classes = arch, size, num_classes
+        self.channels = channels  # 1: grey input, 3: RGB
         self.name = f"featnet:{arch}"
         layers: list[nn.Module] = []
         cin = self.channels
@@ -77,28 +82,31 @@ class FeatureNet(nn.Module):
         self.head = nn.Linear(self.feature_dim, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """``[N, 1, S, S]`` in [-1, 1] -> penultimate activations ``[N, 128]``."""
+        """``[N, C, S, S]`` in [-1, 1] -> penultimate activations ``[N, 128]``."""
         return self.fc(self.body(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[N, 1, S, S]`` in [-1, 1] -> logits ``[N, num_classes]``."""
+        """``[N, C, S, S]`` in [-1, 1] -> logits ``[N, num_classes]``."""
         return self.head(self.dropout(self.features(x)))
 
     def prepare(self, u8: torch.Tensor) -> torch.Tensor:
-        """uint8 ``[N, C, H, W]`` -> float ``[N, 1, S, S]`` in [-1, 1]: colour to grey (ITU-R 601
-        luma), other sizes resized bilinearly (antialiased) to the input size ``S``, so a
-        built-in stored at another ``data.image_size`` still uses its own classifier."""
-        if u8.shape[1] == 3 and self.channels == 1:
+        """uint8 ``[N, C, H, W]`` -> float ``[N, channels, S, S]`` in [-1, 1], whatever the run's
+        ``data.image_size`` and ``data.channels``: for a grey net, colour becomes grey (ITU-R 601
+        luma); for the RGB net (``featnet32``), grey is repeated into three planes (a grey emoji
+        run is then read by a net trained on colour: its accuracy drops, FID still compares like
+        with like); any other size is resized to the input size ``S`` with the data's own
+        transform (:func:`ddpmlab.data.resize`: bicubic, antialiased, on uint8), so a built-in
+        stored at another size still uses its own classifier. A 64-px emoji run is read at 32 px
+        this way: the held-out emoji drawn at 64 and resized score 146/187 against 147/187
+        drawn at 32 (a bilinear resize gave 137)."""
+        c = u8.shape[1]
+        if c == 3 and self.channels == 1:
             u8 = torch.from_numpy(_luma(u8.cpu().numpy()))
-        elif u8.shape[1] != self.channels:
-            raise DataError(f"{self.name} takes {self.channels}-channel images, "
-                            f"got {u8.shape[1]}")
-        x = to_model_range(u8)
-        s = self.input_size
-        if tuple(x.shape[-2:]) != (s, s):
-            x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False,
-                              antialias=True)
-        return x
+        elif c == 1 and self.channels == 3:
+            u8 = u8.expand(-1, 3, -1, -1)
+        elif c != self.channels:
+            raise DataError(f"{self.name} takes {self.channels}-channel images, got {c}")
+        return to_model_range(resize(u8.cpu(), self.input_size))
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`prepare`'s output -> (features ``[N, 128]``, logits ``[N, num_classes]``),

@@ -419,6 +419,7 @@ def evaluate_samples(
     extractor: FeatureExtractor | None = None,
     reference: ImageData | None = None,
     heldout: ImageData | None = None,
+    labels=None,
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
     pr_k: int = 3,
@@ -437,7 +438,8 @@ def evaluate_samples(
     The reference set is ``split`` (the images the model learned; up to ``max_real``), the
     held-out set ``heldout_split`` (memorization scale, classifier reference). A caller that
     has already read them passes them as ``reference`` / ``heldout`` (and a built ``extractor``)
-    so nothing is read or built twice.
+    so nothing is read or built twice. ``labels`` (int ``[N]``, optional): the class each
+    sample was drawn as (a conditional run's ``y``), for the share read as asked.
 
     Keys: ``n``, ``n_real``, ``features`` (network, dim), ``fid``, ``kid_mean``, ``kid_std``,
     ``precision``, ``recall`` (k=``pr_k``, on up to ``pr_max`` points per side),
@@ -446,11 +448,14 @@ def evaluate_samples(
     and for the shipped classifiers ``classifier``: ``confident_share`` (share of samples whose
     top softmax probability is >= 0.9), ``class_counts`` (argmax over all samples),
     ``confident_class_counts``, ``class_names``, ``real_confident_share`` (the same share on
-    the held-out real images, for scale) and the classifier's held-out ``accuracy``.
+    the held-out real images, for scale) and the classifier's held-out ``accuracy``; with
+    ``labels`` also ``as_requested`` (share of samples whose argmax is the class asked for) and
+    ``as_requested_confident`` (the same, with confidence >= 0.9).
     """
     cfg = data if isinstance(data, DataConfig) else DataConfig(dataset=str(data))
     x, ref, held = _samples_and_sets(samples_u8, cfg, split, heldout_split, reference, heldout)
     n = int(x.shape[0])
+    asked = _requested(labels, n)
     name = cfg.dataset.strip().lower()
     ext = extractor or get_feature_extractor(name if name in BUILTINS else ref.shape,
                                              inception_weights, features)
@@ -488,7 +493,31 @@ def evaluate_samples(
     if ext.is_classifier and probs is not None:
         real_images = None if held is None else _subset(held.images, max_real, rng)
         out["classifier"] = _classifier_report(ext, probs, real_images, batch_size, device)
+        out["classifier"].update(_as_requested(probs, asked))
     return out
+
+
+def _requested(labels, n: int) -> np.ndarray | None:
+    """``labels`` as int64 ``[n]`` (None stays None); a wrong shape is a :class:`DataError`."""
+    if labels is None:
+        return None
+    y = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+    if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"labels must be {n} integers (one per sample), got {y.dtype} "
+                        f"{tuple(y.shape)}")
+    return y.astype(np.int64)
+
+
+def _as_requested(probs: np.ndarray, asked: np.ndarray | None) -> dict:
+    """The share of samples the classifier reads as the class they were drawn as (and with
+    confidence >= 0.9); empty without labels, None where a label is not one of its classes."""
+    if asked is None:
+        return {}
+    if asked.size and (asked.min() < 0 or asked.max() >= probs.shape[1]):
+        return {"as_requested": None, "as_requested_confident": None}
+    hit = probs.argmax(1) == asked
+    return {"as_requested": float(hit.mean()),
+            "as_requested_confident": float((hit & (probs.max(1) >= CONFIDENCE)).mean())}
 
 
 def _classifier_report(ext: FeatureExtractor, probs: np.ndarray,

@@ -15,8 +15,8 @@ import torch
 from ddpmlab import evaluate as E
 from ddpmlab import features as FT
 from ddpmlab.config import DataConfig
-from ddpmlab.data import load_dataset, resize
 from ddpmlab.data import emoji as EM
+from ddpmlab.data import load_dataset, resize
 from ddpmlab.errors import DataError
 
 ASSET = Path(FT.__file__).parents[1] / "assets" / "featnet_emoji.safetensors"
@@ -160,3 +160,26 @@ def test_ddpmlab_eval_on_a_tiny_emoji_run(tmp_path, capsys):
     assert c["class_names"] == list(EM.EMOJI_GROUPS) and sum(c["class_counts"]) == 18
     assert c["accuracy"] == FT.load_feature_net("emoji").meta["accuracy"]
     assert 0.2 < c["real_confident_share"] < 1
+
+
+@pytest.mark.e2e  # over 2 s: trains 3 steps on emoji, samples, scores through the CLI
+@pytest.mark.xfail(strict=True, reason="ddpmlab eval passes no labels yet: the runs.py/cli.py "
+                   "hunk of /work/notes/featnet-emoji-read-as-asked.patch (remove this marker "
+                   "with it)")
+@needs_emoji
+def test_ddpmlab_eval_reads_a_conditional_emoji_run_as_asked(tmp_path, capsys):
+    from ddpmlab.cli import main
+    from ddpmlab.config import Config
+    from ddpmlab.train import Trainer
+
+    cfg = {**TINY_EMOJI, "data": {"dataset": "emoji", "conditional": "true"}}
+    run = tmp_path / "emoji-cond"
+    Trainer(Config.from_dict(cfg), run, progress=False).train()
+    assert main(["eval", str(run), "--n", "18", "--steps", "2", "--bpd-images", "0",
+                 "--no-progress"]) == 0
+    assert "read as asked" in capsys.readouterr().out
+    c = json.loads((run / "eval.json").read_text())["classifier"]
+    hits = c["as_requested"] * 18   # groups 0..8 asked for twice each (default_labels)
+    assert hits == pytest.approx(round(hits)) and 0 <= hits <= 18
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["event"] == "eval" and last["as_requested"] == c["as_requested"]

@@ -63,6 +63,9 @@ class ModelConfig:
     num_classes: int = 0                         # 0: unconditional; k: k classes + 1 null class
     learn_sigma: bool = False                    # also output the reverse variance (2C channels:
                                                  # improved DDPM; needs diffusion.loss hybrid|vlb)
+    augment_dim: int = 0                         # length of the augmentation labels the net is
+                                                 # conditioned on (ddpmlab.data.augment: 5); set
+                                                 # when train.augment > 0; 0: no such input
 
     @property
     def out_channels(self) -> int:
@@ -153,6 +156,11 @@ class TrainConfig:
     watch_copies: int = 0                  # at each checkpoint draw this many EMA samples and
                                            # log the share that are near-copies of training
                                            # images (metrics.jsonl "memorization"); 0: off
+    augment: float = 0.0                   # non-leaking augmentation (EDM): each training image
+                                           # is x-flipped, turned by 90/180/270 degrees and
+                                           # shifted, each with this probability, and the net
+                                           # is told which (model.augment_dim); sampling tells
+                                           # it "none". 0: off (ddpmlab.data.augment)
 
 
 @dataclass(frozen=True)
@@ -368,7 +376,7 @@ class Config:
             "data.channels": data.channels, "train.warmup_steps": tr.warmup_steps,
             "train.weight_decay": tr.weight_decay, "train.grad_clip": tr.grad_clip,
             "train.sample_every": tr.sample_every, "train.time_limit_min": tr.time_limit_min,
-            "train.watch_copies": tr.watch_copies,
+            "train.watch_copies": tr.watch_copies, "model.augment_dim": m.augment_dim,
             "train.time_budget_min": tr.time_budget_min,
             "sample.steps": s.steps, "sample.eta": 0.0 if s.eta is None else s.eta,
             "sample.guidance": s.guidance,
@@ -386,6 +394,8 @@ class Config:
             raise bad("model.dropout", m.dropout, "must be in [0, 1)")
         if not 0 <= data.p_uncond <= 1:
             raise bad("data.p_uncond", data.p_uncond, "must be in [0, 1]")
+        if not 0 <= tr.augment <= 1:
+            raise bad("train.augment", tr.augment, "must be a probability in [0, 1] (0: off)")
         if not 0 <= tr.seed < 2**63:
             raise bad("train.seed", tr.seed, "must be in 0..2**63-1")
         if not (tr.lr > 0 and math.isfinite(tr.lr)):

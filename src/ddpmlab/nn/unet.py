@@ -19,10 +19,14 @@ ResBlock: ``GN -> SiLU -> conv3x3``, plus ``Linear(SiLU(temb))`` added per chann
 ``GN -> SiLU -> dropout -> conv3x3``; a 1x1 conv on the skip when the channel count changes.
 Attention: ``GN -> qkv 1x1 -> scaled_dot_product_attention (num_heads heads) -> proj 1x1``,
 residual. The time embedding is ``Linear(SiLU(Linear(sinusoid(t, base))))`` of width
-``4 * base``; with ``num_classes > 0`` a class embedding (with a null class) is added to it.
+``4 * base``; with ``num_classes > 0`` a class embedding (with a null class) is added to it,
+and with ``augment_dim > 0`` a bias-free ``Linear(augment_dim, 4 * base)`` of the augmentation
+labels (EDM's ``map_augment``; :mod:`ddpmlab.data.augment`): ``augment=None`` and all-zero
+labels give the same network exactly, and every sampler passes none.
 
 ``conv_out``, each ResBlock's last conv and each attention ``proj`` start at zero
-(improved-diffusion's practice), so a fresh net is exactly the zero function.
+(improved-diffusion's practice), so a fresh net is exactly the zero function. The augmentation
+map starts at zero too and is built last, so the other weights are initialised as without it.
 
 **Sizes.** Any ``H x W`` works. With ``L = len(channel_mult)`` levels the input is zero-padded at
 the bottom and right to the next multiple of ``2**(L-1)`` and the output is cropped back
@@ -234,12 +238,18 @@ class UNet(nn.Module):
 
         self.norm_out = _norm(ch, groups, eps)
         self.conv_out = _zero(nn.Conv2d(ch, cfg.out_channels, 3, padding=1))
+        # last, so that every other weight is drawn as in a network without it
+        self.augment_embed = (_zero(nn.Linear(cfg.augment_dim, emb_ch, bias=False))
+                              if cfg.augment_dim else None)
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None,
+                augment: Tensor | None = None) -> Tensor:
         """:param x: ``[N, C, H, W]`` noisy images; :param t: ``[N]`` timestep indices in
-        ``[0, T)``; :param y: ``[N]`` class labels or None. :return: ``[N, out_channels, H, W]``
-        (``C``, or ``2C`` with ``learn_sigma``)."""
+        ``[0, T)``; :param y: ``[N]`` class labels or None; :param augment: ``[N, augment_dim]``
+        augmentation labels (training only) or None, which means zeros: no transform.
+        :return: ``[N, out_channels, H, W]`` (``C``, or ``2C`` with ``learn_sigma``)."""
         self._check(x, t, y)
+        self._check_augment(x, augment)
         n, _, height, width = x.shape
         pad_h, pad_w = -height % self.pad_multiple, -width % self.pad_multiple
         if pad_h or pad_w:
@@ -250,6 +260,8 @@ class UNet(nn.Module):
             if y is None:
                 y = torch.full((n,), self.null_class, dtype=torch.long, device=x.device)
             emb = emb + self.class_embed(y)
+        if augment is not None and self.augment_embed is not None:
+            emb = emb + self.augment_embed(augment.to(self.augment_embed.weight.dtype))
         emb = F.silu(emb)  # every ResBlock starts its projection with SiLU: do it once
 
         h = self.conv_in(x)
@@ -284,3 +296,15 @@ class UNet(nn.Module):
         if not isinstance(y, Tensor) or y.shape != (n,):
             got = list(y.shape) if isinstance(y, Tensor) else type(y).__name__
             raise ValueError(f"UNet: y must have shape [N] = [{n}], got {got}")
+
+    def _check_augment(self, x: Tensor, augment: Tensor | None) -> None:
+        if augment is None:
+            return
+        dim = self.config.augment_dim
+        if not dim:
+            raise ValueError("UNet: augmentation labels were given to a model without them "
+                             "(model.augment_dim=0); pass augment=None")
+        if not isinstance(augment, Tensor) or augment.shape != (x.shape[0], dim):
+            got = list(augment.shape) if isinstance(augment, Tensor) else type(augment).__name__
+            raise ValueError(f"UNet: augment must have shape [N, {dim}] = "
+                             f"[{x.shape[0]}, {dim}], got {got}")

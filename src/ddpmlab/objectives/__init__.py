@@ -52,7 +52,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Objective, VEObjective
+from .base import Objective, VEObjective, with_augment
 from .consistency import Consistency
 from .ddpm import DDPM
 from .edm import (
@@ -92,5 +92,5 @@ __all__ = [
     "DDPM", "EDM", "EDM_P_MEAN", "EDM_P_STD", "EDM_SIGMA_MAX", "EDM_SIGMA_MIN", "FLOW",
     "FLOW_TIMES", "FLOW_TIME_SCALE", "OBJECTIVES", "Objective", "VEObjective", "build",
     "edm_denoise", "edm_loss", "edm_precond", "edm_sigmas", "edm_weight", "flow_interpolate",
-    "flow_loss", "flow_times", "get",
+    "flow_loss", "flow_times", "get", "with_augment",
 ]

@@ -36,6 +36,24 @@ def _call(net: Callable, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | Non
     return net(x, t) if y is None else net(x, t, y)
 
 
+def with_augment(net: Callable, augment: torch.Tensor | None) -> Callable:
+    """``net`` with augmentation labels ``augment`` ``[N, D]`` bound: ``model(x, t, y=None)``
+    calls ``net(x, t, y, augment=augment)`` (one image's labels per row of x, so every call an
+    objective makes on the batch, EDM's and the consistency loss's included, carries them).
+    ``augment`` None gives ``net`` itself: what every sampler calls, which means "no
+    transform" (non-leaking augmentation, :mod:`ddpmlab.data.augment`)."""
+    if augment is None:
+        return net
+
+    def model(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None):
+        if x.shape[0] != augment.shape[0]:
+            raise ValueError(f"augmentation labels for {augment.shape[0]} images, but the "
+                             f"network was called on {x.shape[0]}")
+        return net(x, t, y, augment=augment)
+
+    return model
+
+
 def _from_sigmas(sigmas: torch.Tensor, name: str) -> Schedule:
     """The Schedule whose VE levels are the increasing ``sigmas`` (abar = 1 / (1 + s^2))."""
     abar = 1.0 / (1.0 + sigmas * sigmas)

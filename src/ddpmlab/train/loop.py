@@ -43,6 +43,7 @@ import torch
 
 from ..config import Config
 from ..data import ImageData, load_dataset, to_model_range
+from ..data.augment import apply_augment, encode
 from ..device import (
     ThreadGovernor,
     autocast,
@@ -82,7 +83,7 @@ from .setup import (
     resolve_config,
 )
 from .signals import stop_on_signals
-from .step import draw, training_losses
+from .step import StepRandomness, draw, training_losses
 
 
 class TrainingError(DDPMLabError):
@@ -272,13 +273,13 @@ class Trainer:
 
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step over the global batch; returns (loss, grad_norm) tensors."""
-        cfg, tc = self.cfg, self.cfg.train
+        tc = self.cfg.train
         B, world, accum = tc.batch_size, self.dist.world_size, tc.grad_accum
         idx = self.order.indices(self.step).to(self.device)
         shape = tuple(self.images.shape[1:])
         probs = self.loss_history.probs() if self.loss_history is not None else None
         rnd = draw(self.gen, B, shape, self.objective, self.device, self.cfg.data.p_uncond,
-                   t_probs=probs)
+                   t_probs=probs, augment=tc.augment)
         weights = None if probs is None else importance_weights(probs, rnd.level)  # 1/(T p_t)
         per_sample: list[torch.Tensor] = []
         self._step_losses = None
@@ -291,14 +292,7 @@ class Trainer:
             start = self.dist.rank * local + m * micro
             sl = slice(start, start + micro)
             r = rnd.slice(sl)
-            x0 = to_model_range(self.images[idx[sl]])
-            if cfg.data.hflip:
-                x0 = torch.where(r.flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
-            if tc.channels_last:
-                x0 = x0.contiguous(memory_format=torch.channels_last)
-            y = None
-            if self.labels is not None:
-                y = torch.where(r.drop, cfg.model.null_class, self.labels[idx[sl]])
+            x0, y, aug = self._micro_batch(idx[sl], r)
             if m == 0 and self._compile_pending:
                 self._settle_compile(x0, r.level, y)
             sync = contextlib.nullcontext()
@@ -307,7 +301,7 @@ class Trainer:
             with sync:
                 with self._autocast():
                     per = training_losses(self.net, self.objective, self.sched_dev, x0,
-                                          r.level, r.eps, y)
+                                          r.level, r.eps, y, aug)
                     loss = (per if weights is None else per * weights[sl].to(per.dtype)).mean()
                 self.scaler.scale(loss / accum).backward()
             loss_sum = loss_sum + loss.detach() / accum
@@ -318,6 +312,31 @@ class Trainer:
         max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         return loss_sum, gnorm
+
+    def _micro_batch(self, idx: torch.Tensor, r: StepRandomness
+                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The images ``idx`` in the model's range (``data.hflip``'s flips, then the
+        augmentation's transforms), their labels (some dropped to the null class) and their
+        augmentation labels: given whenever the network takes them (zeros when nothing was
+        drawn: under DDP every parameter must take part in every step)."""
+        cfg = self.cfg
+        x0 = to_model_range(self.images[idx])
+        if cfg.data.hflip:
+            x0 = torch.where(r.flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
+        aug = None
+        if cfg.model.augment_dim:
+            params = r.augment
+            if params is None:       # augmentation off: every image "unchanged"
+                params = torch.zeros((x0.shape[0], 4), dtype=torch.long, device=x0.device)
+            else:
+                x0 = apply_augment(x0, params)
+            aug = encode(params, x0.shape[-1]).to(x0.device)
+        if cfg.train.channels_last:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        y = None
+        if self.labels is not None:
+            y = torch.where(r.drop, cfg.model.null_class, self.labels[idx])
+        return x0, y, aug
 
     def _wrap_ddp(self) -> None:
         if self.dist.enabled:

@@ -10,6 +10,7 @@ import torch
 
 from ..config import Config
 from ..data import ImageData
+from ..data.augment import AUGMENT_DIM
 from ..device import check_memory
 from ..errors import CheckpointError, ConfigError, DataError
 from ..nn import UNet
@@ -20,8 +21,8 @@ def resolve_config(cfg: Config, data: ImageData,
                    log: Callable[[str], None] | None = None) -> Config:
     """Fill the model's data-dependent fields (channels, size, classes) from the data, then
     the keys of ``data.recipe`` by the recipe (:mod:`ddpmlab.recipe`: its one line goes to
-    ``log``); a preset's attention levels that fit no level of this data's network are one
-    line naming the key."""
+    ``log``), then the augmentation-label input ``train.augment`` needs; a preset's attention
+    levels that fit no level of this data's network are one line naming the key."""
     c, h, w = data.shape
     if h != w:
         raise DataError(f"{data.source}: images are {h}x{w}; ddpmlab trains on square images "
@@ -43,9 +44,25 @@ def resolve_config(cfg: Config, data: ImageData,
     out, line = apply_recipe(out, DataStats(h, c, len(data), data.num_classes))
     if line and log is not None:
         log(line)
+    out = _augment_input(out)
     check_fit(out, cfg.model.image_size)
     out.validate("resolved config")
     return out
+
+
+def _augment_input(cfg: Config) -> Config:
+    """``train.augment`` > 0 gives the network its augmentation-label input
+    (``model.augment_dim`` = :data:`~ddpmlab.data.augment.AUGMENT_DIM`); a run that has it
+    keeps it with the augmentation off (its labels are then zero). Another length is one line
+    naming the key."""
+    dim = cfg.model.augment_dim
+    if dim not in (0, AUGMENT_DIM):
+        raise ConfigError(f"model.augment_dim={dim} must be 0 (no augmentation labels) or "
+                          f"{AUGMENT_DIM} (the labels of ddpmlab.data.augment); it is set by "
+                          "train.augment")
+    if cfg.train.augment > 0 and not dim:
+        return replace(cfg, model=replace(cfg.model, augment_dim=AUGMENT_DIM))
+    return cfg
 
 
 def build_model(cfg: Config) -> UNet:

@@ -13,7 +13,9 @@ sampling, ``resnet_time_scale_shift="default"``, one head size for every attenti
 GroupNorm groups that divide every channel count. ``downsample_padding`` 1 is
 ``model.downsample_pad="symmetric"``, 0 is ``"right"``. A class embedding
 (``num_class_embeds = k + 1``) is a conditional run with k classes whose null class is the last
-row. Anything else stops with one line naming the diffusers key and value.
+row. Anything else stops with one line naming the diffusers key and value. A run trained with
+non-leaking augmentation (``model.augment_dim``) exports with its augmentation labels fixed at
+zero, as ddpmlab samples it: the label map then adds nothing, and is left out.
 
 **Weights.** Every tensor is mapped by name, used exactly once, and checked for shape; an
 attention's ``to_q``/``to_k``/``to_v`` (or the older ``query``/``key``/``value``) are the three
@@ -155,7 +157,9 @@ def to_diffusers_state(state: dict[str, torch.Tensor], net: UNet) -> dict[str, t
                     out[f"{theirs}.{name}.{p}"] = part.flatten(1) if p == "weight" else part
             else:  # "same", or "proj" (a 1x1 conv -> a Linear)
                 out[f"{theirs}.{p}"] = t.flatten(1) if how == "proj" and p == "weight" else t
-    unused = sorted(set(state) - used)
+    # the augmentation-label map (model.augment_dim): every sampling call gives zero labels,
+    # where it adds nothing, so the exported network is the same function without it
+    unused = sorted(k for k in set(state) - used if not k.startswith("augment_embed."))
     if unused:
         raise InteropError(f"ddpmlab weight {unused[0]!r} has no diffusers counterpart")
     return {k: v.contiguous() for k, v in out.items()}

@@ -46,7 +46,7 @@ from .device import (
     inference_precision,
     resolve_precision,
 )
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, DataError
 from .evaluate import SmallSampleWarning, evaluate_samples, memorization
 from .features import get_feature_extractor
 from .io import (
@@ -473,29 +473,44 @@ class CopyWatch(Listener):
     """``train.watch_copies``: at each checkpoint, that many EMA samples (the run's sampler,
     a balanced mix of classes, seed 0) and the share that are near-copies of a training image
     (:func:`~ddpmlab.evaluate.memorization` in pixel space, scaled by the held-out images'
-    distances: the measure ``ddpmlab eval`` reports), written to ``metrics.jsonl`` as a
-    ``memorization`` event; one warning line when the share rises above both the held-out
-    images' own share and the previous checkpoint's by :data:`COPY_WATCH_MARGIN`."""
+    distances: the measure ``ddpmlab eval`` reports; data without a separate held-out split, a
+    folder or an ``.npz``, are scaled leave-one-out as ``eval`` does), written to
+    ``metrics.jsonl`` as a ``memorization`` event (``share``, ``heldout_share``: the held-out
+    images' own share, the chance level); one warning line when the share rises above both the
+    held-out images' own share and the previous checkpoint's by :data:`COPY_WATCH_MARGIN`.
+    Data the measure cannot scale (most training images identical) are said once, and the
+    watch stops: it never stops training. The recipe turns it on for small data sets."""
 
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
         self.n = trainer.cfg.train.watch_copies
-        self.held = load_dataset(trainer.cfg.data, "test").images
+        held = load_dataset(trainer.cfg.data, "test").images
+        train = trainer.data.images
+        self.held = None if held.shape == train.shape and torch.equal(held, train) else held
         self.last: tuple[int, float] | None = None
+        self.off = False
 
     def checkpoint(self, step: int, path: Path) -> None:
         tr, cfg = self.trainer, self.trainer.cfg
+        if self.off:
+            return
         x = to_uint8(sample_images(tr.ema, cfg, n=self.n, seed=0, device=tr.device,
                                    y=default_labels(cfg, self.n), progress=False))
-        m = memorization(x, tr.data.images, self.held)
+        try:
+            m = memorization(x, tr.data.images, self.held)
+        except DataError as e:
+            self.off = True
+            tr.events.note(f"ddpmlab: the copy watch stops ({e})")
+            return
         tr.run.append_metrics({"event": "memorization", "time": time.time(), "step": step,
                                "n": self.n, "share": m.share,
                                "heldout_share": m.reference_share})
         floor = max(m.reference_share, self.last[1] if self.last else 0.0)
         if m.share > floor + COPY_WATCH_MARGIN:
             before = f"; step {self.last[0]}: {self.last[1]:.1%}" if self.last else ""
+            real = "held-out real images" if self.held is not None else "real images, leave-one-out"
             tr.events.note(f"ddpmlab: warning: {m.share:.1%} of {self.n} samples at step {step} "
-                           f"are near-copies of training images (held-out real images: "
+                           f"are near-copies of training images ({real}: "
                            f"{m.reference_share:.1%}{before}): the model is starting to copy; "
                            "more data, augmentation or an earlier checkpoint")
         self.last = (step, m.share)

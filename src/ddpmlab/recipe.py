@@ -1,7 +1,7 @@
 """The recipe: what a preset would hard-code, derived from the data (issue 32).
 
 A preset lists the keys the data may decide in ``data.recipe`` (the ``mnist``, ``mnist-flow``
-and ``mnist-edm`` presets list every key of :data:`RECIPE_KEYS`). ``Config.override`` removes
+and ``mnist-edm`` presets list the keys of :data:`RECIPE_KEYS`). ``Config.override`` removes
 a key from that list when the user sets it (``key=value``, or a flag such as
 ``--time-budget``), so **a value the user gives is never changed**; a config file without
 ``data.recipe`` is used as written. The trainer (``train.setup.resolve_config``) measures the
@@ -48,6 +48,20 @@ digits, 10 classes), which they reproduce exactly (``tests/test_recipe.py``):
   runs). The main job (~800 steps): 0.999; the fashion-mnist-60min preset's 5,638 steps give
   its 0.9995.
 * **Classes** change nothing above: a class is one embedding vector.
+* **Augmentation** (``train.augment``): below :data:`AUGMENT_BELOW` training images, EDM's
+  non-leaking augmentation with p = :data:`AUGMENT_P` (:mod:`ddpmlab.data.augment`: flips,
+  quarter turns and shifts that the network is told of, and told "none" when sampling); at
+  or above it, off. In the main job's ~800 steps of 32, each of 500 images is seen about 50
+  times, where a network starts to learn the images rather than their distribution; each of
+  the main job's 4,500 about 6 times. **The threshold awaits the
+  500-image measurement** (``benchmarks/augment_small.py``: emoji and Fashion-MNIST subsets,
+  off vs on, near-copy share and FID), which may move it or p.
+* **Copy watch** (``train.watch_copies``): below :data:`WATCH_BELOW` training images,
+  :data:`WATCH_SAMPLES` EMA samples at each checkpoint (``runs.CopyWatch``: the share of
+  near-copies of training images beside the held-out images' own, in ``metrics.jsonl`` and
+  the report, and one warning line when it rises); at or above it, off, so the main job's
+  time is unchanged. 64 samples resolve a share to 1/64, finer than the watch's 2% margin,
+  and cost about as much as 40 training steps with the presets' 20-step samplers.
 """
 
 from __future__ import annotations
@@ -59,13 +73,14 @@ from typing import Any
 from .config import Config
 from .errors import ConfigError
 
-__all__ = ["RECIPE_KEYS", "DataStats", "Recipe", "apply_recipe", "check_fit", "choose",
-           "image_cost", "level_sizes"]
+__all__ = ["AUGMENT_BELOW", "AUGMENT_P", "RECIPE_KEYS", "WATCH_BELOW", "WATCH_SAMPLES",
+           "DataStats", "Recipe", "apply_recipe", "check_fit", "choose", "image_cost",
+           "level_sizes"]
 
 RECIPE_KEYS: tuple[str, ...] = (
     "model.base_channels", "model.channel_mult", "model.attention_resolutions",
     "train.batch_size", "train.lr", "train.ema_decay", "train.time_budget_min",
-    "train.time_limit_min",
+    "train.time_limit_min", "train.augment", "train.watch_copies",
 )
 
 # The main job (configs/mnist.yaml on 4,500 MNIST digits) the rules are anchored on.
@@ -75,6 +90,13 @@ REF_BUDGET_MIN, BUDGET_MAX_MIN, LIMIT_MARGIN_MIN = 7.0, 60.0, 1.0
 REF_STEPS_PER_S = 1.9           # the main job on the reference machine (2 AVX2 cores, fp32)
 WIDTHS = (32, 48, 64, 96, 128)
 EMA_MIN, EMA_MAX = 1_000, 10_000
+#: augmentation on below this many training images, with probability AUGMENT_P per transform
+#: (EDM used 0.12 on CIFAR-10's 50,000). Both await the 500-image measurement
+#: (benchmarks/augment_small.py); the main job's 4,500 digits stay unaugmented.
+AUGMENT_BELOW, AUGMENT_P = 1_000, 0.15
+#: the copy watch on below this many training images (between the emoji set's 1,683 and the
+#: main job's 4,500, which stays unwatched), with this many samples per checkpoint
+WATCH_BELOW, WATCH_SAMPLES = 2_000, 64
 
 
 @dataclass(frozen=True)
@@ -186,7 +208,25 @@ def choose(stats: DataStats, cfg: Config, keys: set[str]) -> Recipe:
         values["train.lr"] = lr
         why["train.lr"] = f"lr {lr:g} (2e-3 x sqrt(batch/32))"
     _time(stats, tc, keys, batch * cost / REF_COST, values, why)
+    _protection(stats, keys, values, why)
     return Recipe(values, why)
+
+
+def _protection(stats: DataStats, keys: set[str], values: dict[str, Any],
+                why: dict[str, str]) -> None:
+    """Augmentation and the copy watch, on below their data sizes."""
+    n = stats.count
+    if "train.augment" in keys:
+        small = n < AUGMENT_BELOW
+        values["train.augment"] = AUGMENT_P if small else 0.0
+        why["train.augment"] = (f"augmentation p={AUGMENT_P:g} (under {AUGMENT_BELOW:,} images)"
+                                if small else "no augmentation")
+    if "train.watch_copies" in keys:
+        small = n < WATCH_BELOW
+        values["train.watch_copies"] = WATCH_SAMPLES if small else 0
+        why["train.watch_copies"] = (f"copy watch of {WATCH_SAMPLES} samples per checkpoint "
+                                     f"(under {WATCH_BELOW:,} images)" if small
+                                     else "no copy watch")
 
 
 def _time(stats: DataStats, tc: Any, keys: set[str], step_rel: float, values: dict[str, Any],

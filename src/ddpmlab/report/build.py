@@ -42,6 +42,7 @@ from ..io import atomic_write_text, eval_doc_problem, read_json
 from ..layout import RunDir, step_of
 from ..outputs import check_target, commit, staging
 from ..runs import (
+    COPY_WATCH_MARGIN,
     GRID_MAX_ROWS,
     SamplingCall,
     class_rows,
@@ -544,12 +545,39 @@ def _training_section(ctx: _Context) -> None:
                                            ck_scale)})
     grids = [p for _, p in run.training_grids()]
     grids = _pick_checkpoints(grids, ctx.plan.max_training_grids)
+    ctx.out["watch"] = copy_watch_rows(run.read_metrics())
+    ctx.out["augment"] = {"p": cfg.train.augment, "dim": cfg.model.augment_dim}
     ctx.out["training"] = {
         "rows": ck_rows, "saved": len(ctx.ckpts), "keep_last": cfg.train.keep_last,
         "ckpt_every": cfg.train.ckpt_every, "sample_every": cfg.train.sample_every,
         "grids": [{"name": p.stem, "image": imgs.copy(f"train_{p.name}", p)}
                   for p in grids],
         "grids_path": str(run.samples)}
+
+
+def copy_watch_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The copy watch's ``memorization`` events of a run's metrics (``runs.CopyWatch``), one
+    row per step (a resumed run's later line wins), in step order: ``step``, ``n``, ``share``,
+    ``heldout_share`` and ``rise`` (where the watch warned: above both the held-out share and
+    the previous row's by ``COPY_WATCH_MARGIN``). Lines without finite numbers are skipped."""
+    by_step: dict[int, dict[str, Any]] = {}
+    for rec in records:
+        if rec.get("event") != "memorization":
+            continue
+        vals = [rec.get(k) for k in ("step", "n", "share", "heldout_share")]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                   for v in vals) or not 0 <= vals[0] <= 1e12:
+            continue
+        by_step[int(vals[0])] = {"step": int(vals[0]), "n": int(vals[1]),
+                                 "share": float(vals[2]), "heldout_share": float(vals[3])}
+    rows, last = [], None
+    for step in sorted(by_step):
+        row = by_step[step]
+        floor = max(row["heldout_share"], last if last is not None else 0.0)
+        row["rise"] = row["share"] > floor + COPY_WATCH_MARGIN
+        rows.append(row)
+        last = row["share"]
+    return rows
 
 
 def _sampling_cost(ctx: _Context) -> list[_Job]:

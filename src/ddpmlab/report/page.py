@@ -340,6 +340,7 @@ def _training(d: dict, text: _Text) -> str:
         parts.append(_fig(_img(loss["plot"], "loss", cls="plot"),
                           text("loss_caption", n=loss["n"], loss=num(loss["last"]),
                                step=loss["step"])))
+    parts.append(_protection(d, text))
     classes = text("ckpt_classes") if d["conditional"] else ""
     parts.append(f"<p>{text('ckpt_p', classes=classes)}</p>")
     if tr["saved"] == 1:
@@ -357,6 +358,30 @@ def _training(d: dict, text: _Text) -> str:
             _fig(_img(g["image"], g["name"], cls="plot"), escape(g["name"]))
             for g in tr["grids"]) + "</div>")
     parts.append("</section>")
+    return "".join(parts)
+
+
+def _protection(d: dict, text: _Text) -> str:
+    """The non-leaking augmentation the run trained with, and the copy watch's table (share of
+    near-copies per checkpoint beside the held-out images' own; the rows where it warned)."""
+    parts = []
+    aug = d.get("augment") or {}
+    if aug.get("p"):
+        parts.append(f"<p>{text('augment_p', p=num(aug['p']))}</p>")
+    elif aug.get("dim"):
+        parts.append(f"<p>{text('augment_off')}</p>")
+    rows = d.get("watch") or []
+    if rows:
+        rise = ' class="rise"'
+        body = "".join(
+            f'<tr{rise if r["rise"] else ""}><td>{int(r["step"])}</td>'
+            f'<td>{int(r["n"])}</td><td>{100 * r["share"]:.1f}%</td>'
+            f'<td>{100 * r["heldout_share"]:.1f}%</td>'
+            f'<td>{text("watch_rise") if r["rise"] else ""}</td></tr>' for r in rows)
+        head = "".join(f"<th>{text(k)}</th>" for k in
+                       ("watch_step", "watch_n", "watch_share", "watch_heldout", "watch_flag"))
+        parts.append(f"<p>{text('watch_p')}</p>"
+                     f'<table class="numbers" id="copy-watch"><tr>{head}</tr>{body}</table>')
     return "".join(parts)
 
 

@@ -121,6 +121,24 @@ EN: dict[str, str] = {
     "step_n": "step {step}",
     "train_grids": "Grids drawn during training (train.sample_every = {every}), from "
                    "<code>{path}</code>:",
+    "augment_p": "Trained with non-leaking augmentation (train.augment = {p}): each image was "
+                 "mirrored, turned by a quarter turn or more, and shifted, each with "
+                 "probability {p}, and the network was told which through extra labels. Every "
+                 "sample here is drawn with the labels saying \u201cnone\u201d, so the "
+                 "transforms do not leak into the samples.",
+    "augment_off": "The network takes augmentation labels (model.augment_dim), but this run "
+                   "trained without augmentation (train.augment = 0): the labels were zero.",
+    "watch_p": "The copy watch (train.watch_copies): at each checkpoint, the share of EMA "
+               "samples closer to a training image than a third of the typical distance of new "
+               "real images to the training set, beside that share for the real images "
+               "themselves (chance level). A share that rises above both is a model starting "
+               "to copy its training images.",
+    "watch_step": "step",
+    "watch_n": "samples",
+    "watch_share": "near-copies",
+    "watch_heldout": "real images",
+    "watch_flag": "warning",
+    "watch_rise": "rising: the model starts to copy",
     # 5. sampling
     "sampling_h": "5. Sampling: classes, guidance, and the number of steps",
     "sampling_p_cond": "One row per class with the run's sampler and guidance w = {w}. "
@@ -304,6 +322,20 @@ ZH: dict[str, str] = {
                 "可以保留更多检查点。",
     "ckpt_capped": "显示了 {total} 个已保存检查点中的 {shown} 个（均匀间隔）。",
     "step_n": "第 {step} 步",
+    "augment_p": "本次训练使用了不泄漏的数据增强（train.augment = {p}）：每张图像各以概率 {p} 被"
+                 "左右翻转、旋转四分之一圈或更多、平移，并通过额外的标签告诉网络做了哪种变换。"
+                 "这里的每个样本都在标签为“无变换”时生成，所以这些变换不会泄漏到样本中。",
+    "augment_off": "网络接受数据增强标签（model.augment_dim），但本次训练没有使用增强"
+                   "（train.augment = 0）：标签都是零。",
+    "watch_p": "复制监视（train.watch_copies）：在每个检查点，离某张训练图像的距离小于新的真实图像"
+               "到训练集典型距离三分之一的 EMA 样本所占比例，旁边是真实图像本身的这一比例（随机水平）。"
+               "比例升到两者之上，说明模型开始复制训练图像。",
+    "watch_step": "训练步",
+    "watch_n": "样本数",
+    "watch_share": "近似复制",
+    "watch_heldout": "真实图像",
+    "watch_flag": "警告",
+    "watch_rise": "上升：模型开始复制",
     "train_grids": "训练过程中画的样本网格（train.sample_every = {every}），来自 <code>{path}</code>：",
     "sampling_h": "5. 采样：类别、引导和步数",
     "sampling_p_cond": "每个类别一行，使用本次运行的采样器和引导强度 w = {w}。无分类器引导把模型的条件预测"

@@ -163,9 +163,6 @@ def test_ddpmlab_eval_on_a_tiny_emoji_run(tmp_path, capsys):
 
 
 @pytest.mark.e2e  # over 2 s: trains 3 steps on emoji, samples, scores through the CLI
-@pytest.mark.xfail(strict=True, reason="ddpmlab eval passes no labels yet: the runs.py/cli.py "
-                   "hunk of /work/notes/featnet-emoji-read-as-asked.patch (remove this marker "
-                   "with it)")
 @needs_emoji
 def test_ddpmlab_eval_reads_a_conditional_emoji_run_as_asked(tmp_path, capsys):
     from ddpmlab.cli import main

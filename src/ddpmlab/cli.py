@@ -199,6 +199,11 @@ def format_report(r: dict) -> str:
                      f"with confidence >= {c['confidence']}"
                      + (f" (real held-out: {real * 100:.1f}%)" if real is not None else ""))
         lines.append(f"class counts   : {c['class_counts']}")
+        if c.get("as_requested") is not None:
+            acc = f"; its held-out accuracy: {float(c['accuracy']) * 100:.1f}%" \
+                if c.get("accuracy") else ""
+            lines.append(f"read as asked  : {c['as_requested'] * 100:.1f}% of samples classified "
+                         f"as the class they were drawn as{acc}")
     lines += _likelihood_lines(r)
     return "\n".join(lines)
 

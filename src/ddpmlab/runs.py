@@ -598,12 +598,14 @@ def score_run(run_dir: str | os.PathLike, options: ScoreOptions | None = None, *
     data_name = cfg.data.dataset.strip().lower()
     ext = get_feature_extractor(data_name if data_name in BUILTINS else train.shape,
                                 o.inception_weights)
+    labels = None  # the class each new sample is drawn as (a conditional run): read as asked
     if o.samples_npz is not None:
         x = load_samples_npz(o.samples_npz)
     else:
         n = o.n or ext.recommended_n
+        labels = default_labels(cfg, n)
         x = to_uint8(sample_images(model, cfg, n=n, seed=o.seed, device=device,
-                                   sampler=o.sampler, steps=o.steps, y=default_labels(cfg, n),
+                                   sampler=o.sampler, steps=o.steps, y=labels,
                                    progress=progress))
     governor = ThreadGovernor.for_device(device)  # features, ELBO, ODE: threads follow the
     with (governor.hooked(model, ext.net) if governor is not None  # free cores, as sampling's
@@ -611,7 +613,7 @@ def score_run(run_dir: str | os.PathLike, options: ScoreOptions | None = None, *
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=SmallSampleWarning)  # (the baseline)
             out = evaluate_samples(x, cfg.data, extractor=ext, reference=train, heldout=held,
-                                   device=device, seed=o.seed)
+                                   labels=labels, device=device, seed=o.seed)
         out["samples"] = o.describe(cfg, len(x))
         out["checkpoint"] = str(ckpt)
         run.figures.mkdir(exist_ok=True)
@@ -652,6 +654,8 @@ def _eval_summary(out: dict) -> dict:
     """The headline numbers of a :func:`score_run` result (its line in the run's metrics)."""
     summary = {k: out[k] for k in ("fid", "kid_mean", "precision", "recall") if k in out}
     summary["memorization_share"] = out["memorization"]["share"]
+    if (out.get("classifier") or {}).get("as_requested") is not None:
+        summary["as_requested"] = out["classifier"]["as_requested"]
     if "bits_per_dim" in out:
         summary["bits_per_dim"] = out["bits_per_dim"]["total"]
     if "bits_per_dim_ode" in out:

@@ -10,7 +10,8 @@ is the mean absolute step between the two columns on either side of the mask's e
 to the same step in the real images (1: as smooth as real images).
 
 python -m benchmarks.editing RUN [--images 100] [--steps 50] [--jump 10,10] [--inv-steps 50]
-    [--per-class 10] [--batch-size 64] [--out-md FILE] [--out-json FILE]
+    [--per-class 10] [--batch-size 64] [--translate-guidance 1,2,3] [--inpaint-with-class]
+    [--only inpainting,inversion,translation] [--out-md FILE] [--out-json FILE]
 
 RePaint walks the ancestral sampler (ddpm) over --steps levels with jumps of j levels traversed
 r times (--jump j,r); replacement gets as many ddpm steps as RePaint's network evaluations
@@ -64,11 +65,15 @@ def _inpainting(model, cfg, x, y, read, a) -> dict:
     nfe = inpaint_nfe(a.steps, j, r, "ddpm")
     T = cfg.diffusion.timesteps
     rows = {}
-    for name, steps, jr in (("repaint", a.steps, (j, r)), ("replacement", min(nfe, T), (1, 1))):
+    plan = [("repaint", a.steps, (j, r), None), ("replacement", min(nfe, T), (1, 1), None)]
+    if a.inpaint_with_class and y is not None:   # told the digit: the conditional model
+        plan += [("repaint, given the class", a.steps, (j, r), y),
+                 ("replacement, given the class", min(nfe, T), (1, 1), y)]
+    for name, steps, jr, label in plan:
         call = sampling_call(model, cfg, "cpu", sampler="ddpm", steps=steps)
         s = EditSettings("inpaint", mask=mask, jump_length=jr[0], jump_n_sample=jr[1])
-        res, dt = _timed(lambda call=call, s=s: run_edit(call, s, x, None,   # (no label: the
-                                                         batch_size=a.batch_size))  # kept half)
+        res, dt = _timed(lambda call=call, s=s, label=label: run_edit(  # (no label: the kept
+            call, s, x, label, batch_size=a.batch_size))                # half decides)
         out = res.columns[2]
         rows[name] = {"steps": steps, "jump": list(jr), "nfe": inpaint_nfe(steps, *jr, "ddpm"),
                       "s_per_image": dt / len(x),
@@ -108,15 +113,18 @@ def _translation(model, cfg, held, read, a) -> dict | None:
         return None
     pick = torch.cat([torch.nonzero(held.labels == k).squeeze(1)[:a.per_class] for k in range(C)])
     x, y = to_model_range(held.images[pick]), held.labels[pick]
-    call = sampling_call(model, cfg, "cpu", sampler="ddim", steps=a.inv_steps, guidance=1.0)
-    s = EditSettings("translate", targets=tuple(range(C)))
-    res, dt = _timed(lambda: run_edit(call, s, x, y, batch_size=a.batch_size))
-    out = {"images": len(x), "classes": C, "s_per_image": dt / len(x)}
-    if read is not None:
-        hits = [float((read(res.columns[1 + k]) == k).float().mean()) for k in range(C)]
-        out.update(as_target=sum(hits) / C, as_target_per_class=hits)
-    log(f"translate: {out}")
-    return out
+    rows = {}
+    for w in a.translate_guidance:    # (the regeneration's weight; the inversion is unguided)
+        call = sampling_call(model, cfg, "cpu", sampler="ddim", steps=a.inv_steps, guidance=w)
+        s = EditSettings("translate", targets=tuple(range(C)))
+        res, dt = _timed(lambda call=call, s=s: run_edit(call, s, x, y, batch_size=a.batch_size))
+        out = {"guidance": w, "images": len(x), "classes": C, "s_per_image": dt / len(x)}
+        if read is not None:
+            hits = [float((read(res.columns[1 + k]) == k).float().mean()) for k in range(C)]
+            out.update(as_target=sum(hits) / C, as_target_per_class=hits)
+        log(f"translate: {out}")
+        rows[f"w={w:g}"] = out
+    return rows
 
 
 def _f(v) -> str:
@@ -137,10 +145,10 @@ def _markdown(doc: dict) -> str:
     for name, r in doc["inversion"].items():
         lines.append(f"| {name} | {r['steps']} | {r['psnr_mean']:.2f} | {r['psnr_min']:.2f} | "
                      f"{r['s_per_image']:.3f} |")
-    t = doc["translation"]
-    if t:
-        lines += ["", f"translation: {t['images']} images x {t['classes']} classes, as target "
-                      f"{_f(t.get('as_target'))}, {t['s_per_image']:.3f} s/image (all classes)"]
+    for t in (doc["translation"] or {}).values():
+        lines += ["", f"translation (regeneration guidance {t['guidance']:g}): {t['images']} "
+                      f"images x {t['classes']} classes, as target {_f(t.get('as_target'))}, "
+                      f"{t['s_per_image']:.3f} s/image (all classes)"]
     return "\n".join(lines) + "\n"
 
 
@@ -154,10 +162,17 @@ def main() -> None:
     p.add_argument("--inv-steps", type=int, default=50)
     p.add_argument("--per-class", type=int, default=10, help="translation sources per class")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--translate-guidance", default="1",
+                   help="the regeneration's guidance weights, e.g. 1,2,3")
+    p.add_argument("--inpaint-with-class", action="store_true",
+                   help="also inpaint given each image's class (a conditional run)")
+    p.add_argument("--only", default="inpainting,inversion,translation")
     p.add_argument("--out-md", default=str(result_path("editing", "editing.md")))
     p.add_argument("--out-json", default=str(result_path("editing", "editing.json")))
     a = p.parse_args()
     a.jump = tuple(int(v) for v in a.jump.split(","))
+    a.translate_guidance = [float(v) for v in a.translate_guidance.split(",")]
+    only = set(a.only.split(","))
 
     from ddpmlab.data import load_dataset, to_model_range
     from ddpmlab.runs import load_run
@@ -168,9 +183,10 @@ def main() -> None:
     y = None if held.labels is None else held.labels[:a.images]
     read = _classifier(cfg)
     doc = {"run": a.run, "checkpoint": str(ckpt), "machine": machine(), "images": len(x),
-           "inpainting": _inpainting(model, cfg, x, y, read, a),
-           "inversion": _inversion(model, cfg, x, a),
-           "translation": _translation(model, cfg, held, read, a)}
+           "inpainting": _inpainting(model, cfg, x, y, read, a) if "inpainting" in only else {},
+           "inversion": _inversion(model, cfg, x, a) if "inversion" in only else {},
+           "translation": _translation(model, cfg, held, read, a) if "translation" in only
+           else None}
     write_json(a.out_json, doc)
     write_text(a.out_md, _markdown(doc))
 

@@ -37,8 +37,7 @@ def test_the_recipe_gives_the_main_jobs_values_on_mnist(preset):
     """The main job does not change: on MNIST's 4,500 gray 28x28 digits the recipe chooses
     exactly what the preset file says, and only data.recipe (now empty) differs."""
     cfg = load_config(preset)
-    assert set(cfg.data.recipe) <= set(RECIPE_KEYS)   # (with train.augment and
-    # train.watch_copies listed too, the same: tests/test_augment.py)
+    assert cfg.data.recipe == RECIPE_KEYS
     out, line = apply_recipe(cfg, MNIST)
     assert out == cfg.replace(data=replace(cfg.data, recipe=()))
     assert line.startswith("ddpmlab: recipe for 4,500 images of 28 px gray, 10 classes: ")

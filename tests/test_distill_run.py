@@ -307,3 +307,54 @@ def test_resume_takes_no_new_plan_and_needs_a_distilled_run(teacher, capsys):
     assert "not a distilled run (no distill.json)" in err and "\n" not in err
     assert main(["distill", "--method", "progressive", "--to", "2"]) == 2
     assert "give the teacher run" in capsys.readouterr().err
+
+
+@pytest.mark.e2e
+def test_distillation_follows_the_free_cores_and_flushes_denormals(teacher, tmp_path,
+                                                                  monkeypatch, capsys):
+    """As training does: on a (fake) machine where another process takes one of 2 cores the
+    iterations run on 1 thread, one line says so, the start's 2 threads are back at the end;
+    denormals are flushed during the iterations only."""
+    from ddpmlab import device as D
+    from ddpmlab.train import distill as TD
+
+    clock = {"t": 0.0, "busy": 0.0, "own": 0.0}
+
+    def fake(device):
+        return D.ThreadGovernor(0.0, read_busy=lambda: clock["busy"],
+                                read_own=lambda: clock["own"], clock=lambda: clock["t"],
+                                cores=2)
+
+    def busy_poll(orig):
+        def poll(self):
+            clock["t"] += 1
+            clock["own"] += 1
+            clock["busy"] += 2                     # the other process takes the other core
+            return orig(self)
+        return poll
+
+    seen: list[tuple[int, bool]] = []
+    orig_losses = TD.progressive_losses
+
+    def spy(*a, **k):
+        tiny = torch.tensor([1e-39], dtype=torch.float32)        # a denormal float32
+        seen.append((torch.get_num_threads(), bool((tiny * 1.0) == 0)))
+        return orig_losses(*a, **k)
+
+    monkeypatch.setattr(D.ThreadGovernor, "for_device", staticmethod(fake))
+    monkeypatch.setattr(D.ThreadGovernor, "poll", busy_poll(D.ThreadGovernor.poll))
+    monkeypatch.setattr(TD, "progressive_losses", spy)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert main(["distill", str(teacher), "--method", "progressive", "--to", "4", "--out",
+                     str(tmp_path / "pd"),
+                     "--iterations", "4", "--batch-size", "4", "--device", "cpu"]) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(old)
+    assert seen and seen[-1] == (1, True), seen
+    said = capsys.readouterr()
+    assert "distilling on 1 thread" in said.out + said.err
+    tiny = torch.tensor([1e-39], dtype=torch.float32)
+    assert bool((tiny * 1.0) != 0)                 # flushing ends with the distillation

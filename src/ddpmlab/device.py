@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -295,3 +295,35 @@ class ThreadGovernor:
         if self.threads != self.max_threads:
             torch.set_num_threads(self.max_threads)
             self.threads = self.max_threads
+
+    def change_note(self, threads: int, doing: str = "training") -> str:
+        """The line that says a :meth:`poll` changed the thread count to ``threads``."""
+        return (f"ddpmlab: other processes use {self.changes[-1][2]:.1f} of {self.cores} cores: "
+                f"{doing} on {threads} thread{'s' if threads > 1 else ''} (DDPMLAB_THREADS="
+                f"fixed keeps {self.max_threads})")
+
+
+@contextlib.contextmanager
+def governed_threads(device: torch.device | str) -> Iterator[ThreadGovernor | None]:
+    """Within the block torch's CPU threads follow the cores other processes leave (the
+    governor's :meth:`~ThreadGovernor.poll` is the caller's; the count is restored at the end).
+    Training and distillation run in it."""
+    governor = ThreadGovernor.for_device(device)
+    try:
+        yield governor
+    finally:
+        if governor is not None:
+            governor.restore()
+
+
+@contextlib.contextmanager
+def flush_denormal(device: torch.device | str) -> Iterator[None]:
+    """Denormal floats (tiny Adam moments and weights) can slow x86 arithmetic sharply; flush
+    them to zero within the block on the CPU (restored afterwards). A precaution, not
+    measured here."""
+    flushing = torch.set_flush_denormal(True) if torch.device(device).type == "cpu" else None
+    try:
+        yield
+    finally:
+        if flushing:
+            torch.set_flush_denormal(False)

@@ -79,7 +79,7 @@ from torch import nn
 
 from .config import BUDGET_WINDOW, Config, DiffusionConfig
 from .data import load_dataset, to_model_range
-from .device import check_memory
+from .device import ThreadGovernor, check_memory, flush_denormal, governed_threads
 from .errors import CheckpointError, ConfigError
 from .io import atomic_write_text, read_json
 from .layout import RunDir
@@ -410,6 +410,7 @@ class Distillation:
         self.gen = torch.Generator().manual_seed(plan.seed + 17)
         self.step = 0
         self.stop: str | None = None
+        self.governor: ThreadGovernor | None = None
         self.saved: Path | None = None
         self.window: list[float] = []
         self.last_loss = float("nan")
@@ -515,6 +516,8 @@ class Distillation:
             self.step += 1
             self.window.append(loss)
             self.events.step(self.step)
+            if self.governor is not None and (threads := self.governor.poll()) is not None:
+                self.events.note(self.governor.change_note(threads, "distilling"))
             self._poll_budget(budget, t0)
             stage_end = (k + 1) * self.plan.iterations
             if self.step % log_every == 0 or self.step in (stage_end, end):
@@ -599,6 +602,8 @@ class Distillation:
         with contextlib.ExitStack() as stack:
             self.events = stack.enter_context(self._listeners(budget))
             stack.enter_context(self._signal_handlers())
+            self.governor = stack.enter_context(governed_threads(self.device))
+            stack.enter_context(flush_denormal(self.device))
             while self.step < self.plan.total and self.stop is None:
                 k = self.step // self.plan.iterations
                 self._chunk(k, budget, t0)

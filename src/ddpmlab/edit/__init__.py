@@ -39,6 +39,6 @@ EDITS = {
 
 __all__ = [
     "EDITS", "INVERTERS", "decided_when", "denoise_from", "img2img", "inpaint", "inpaint_nfe",
-    "interpolate_latent", "interpolate_xt", "inversion_settings", "invert", "jump_schedule", "regenerate", "slerp",
-    "start_position", "translate",
+    "interpolate_latent", "interpolate_xt", "inversion_settings", "invert", "jump_schedule",
+    "regenerate", "slerp", "start_position", "translate",
 ]

@@ -47,7 +47,9 @@ from ..data.augment import apply_augment, encode
 from ..device import (
     ThreadGovernor,
     autocast,
+    flush_denormal,
     format_size,
+    governed_threads,
     precision_reason,
     process_device,
     resolve_device,
@@ -425,8 +427,8 @@ class Trainer:
         with contextlib.ExitStack() as stack:
             self.events = stack.enter_context(self._listeners(budget))
             stack.enter_context(self._signal_handlers())
-            governor = stack.enter_context(_thread_governor(self.device))
-            stack.enter_context(_flush_denormal(self.device))
+            governor = stack.enter_context(governed_threads(self.device))
+            stack.enter_context(flush_denormal(self.device))
             self.model.train()
             while self.step < self.cfg.train.max_steps:
                 loss, gnorm = self.train_step()
@@ -494,11 +496,7 @@ class Trainer:
 
     def _poll_threads(self, governor: ThreadGovernor | None) -> None:
         if governor is not None and (threads := governor.poll()) is not None:
-            self.events.note(
-                f"ddpmlab: other processes use {governor.changes[-1][2]:.1f} of "
-                f"{governor.cores} cores: training on {threads} thread"
-                f"{'s' if threads > 1 else ''} (DDPMLAB_THREADS=fixed keeps "
-                f"{governor.max_threads})")
+            self.events.note(governor.change_note(threads))
 
     def _poll_budget(self, budget: TimeBudget, t_start: float) -> None:
         """At the end of the timed steps, set ``max_steps`` (rank 0's clock, on every rank) and
@@ -563,26 +561,3 @@ class _LossWindow:
         self.sum.zero_()
         self.n, self.t0 = 0, time.perf_counter()
         return rec
-
-
-@contextlib.contextmanager
-def _thread_governor(device: torch.device) -> Iterator[ThreadGovernor | None]:
-    """torch's CPU threads follow the cores other processes leave (restored at the end)."""
-    governor = ThreadGovernor.for_device(device)
-    try:
-        yield governor
-    finally:
-        if governor is not None:
-            governor.restore()
-
-
-@contextlib.contextmanager
-def _flush_denormal(device: torch.device) -> Iterator[None]:
-    """Denormal floats (tiny Adam moments and weights) can slow x86 arithmetic sharply; flush
-    them to zero while training (restored afterwards). A precaution, not measured here."""
-    flushing = torch.set_flush_denormal(True) if device.type == "cpu" else None
-    try:
-        yield
-    finally:
-        if flushing:
-            torch.set_flush_denormal(False)

@@ -15,7 +15,7 @@ then two steps::
 
     python -m benchmarks.distill sample runs/mnist --students runs/mnist-pd8,runs/mnist-pd4,\\
         runs/mnist-pd2,runs/mnist-pd1,runs/mnist-cd1 [--nfe 1,2,4,8] [--samplers ddim,...]
-        [--n 1000] [--device cuda]
+        [--n 1000] [--device cuda] [--keep]
     python -m benchmarks.distill score [--plot docs/images/distill.png]
 
 ``sample`` draws the teacher with every sampler of ``--samplers`` (default: every registered
@@ -108,8 +108,7 @@ def cmd_sample(a: argparse.Namespace) -> None:
     teacher = _newest(Path(a.run))
     names = a.samplers.split(",") if a.samplers else [s for s in SAMPLERS if s != "consistency"]
     budgets = sorted({int(b) for b in a.nfe.split(",") if b} | {REFERENCE_NFE})
-    arrays: dict = {}
-    meta: list = []
+    arrays, meta = _kept(a) if a.keep else ({}, [])
     sample_ddpmlab(teacher, min(a.batch, 8), device, a.batch, names[0], 2)   # untimed warm-up
     for budget in budgets:
         for s in names:
@@ -119,12 +118,31 @@ def cmd_sample(a: argparse.Namespace) -> None:
                 _draw(arrays, meta, key, teacher, a, device, s, steps, role="teacher",
                       budget=budget, label=f"teacher, {s}")
     for run in (Path(r) for r in (a.students or "").split(",") if r):
+        if f"student:{run.name}" in arrays:
+            continue
         plan = json.loads((run / "distill.json").read_text())
         label = f"student ({plan['method']}, {plan['to']} step{'s' * (plan['to'] > 1)})"
         _draw(arrays, meta, f"student:{run.name}", _newest(run), a, device, None, None,
               role="student", method=plan["method"], label=label, plan=plan,
               distill_minutes=distill_minutes(run))
     save_samples(a.out, arrays, meta)
+
+
+def _kept(a: argparse.Namespace) -> tuple[dict, list]:
+    """``--keep``: the arrays and metadata an earlier ``sample`` wrote to ``--out`` (the same n),
+    so that only the rows not yet drawn are drawn."""
+    import numpy as np
+
+    out = Path(a.out)
+    if not out.is_file():
+        return {}, []
+    with np.load(out) as f:
+        arrays = {k: f[k] for k in f.files}
+    meta = json.loads(out.with_suffix(".json").read_text())
+    if any(m["n"] != a.n for m in meta):
+        raise SystemExit(f"--keep: {out} holds rows of another --n")
+    log(f"kept {len(arrays)} rows of {out}")
+    return arrays, meta
 
 
 def _newest(run: Path) -> Path:
@@ -202,6 +220,8 @@ def main() -> None:
     s.add_argument("run", help="the teacher run")
     s.add_argument("--students", help="the student runs (ddpmlab distill), comma-separated")
     s.add_argument("--nfe", default="1,2,4,8", help="the teacher's NFE budgets (20 is added)")
+    s.add_argument("--keep", action="store_true", help="keep the rows --out already holds (the "
+                   "same --n) and draw only the others")
     s.add_argument("--samplers", help="the teacher's samplers, comma-separated (default: every "
                    "registered one but consistency)")
     a = p.parse_args()

@@ -17,6 +17,7 @@ then two steps::
         runs/mnist-pd2,runs/mnist-pd1,runs/mnist-cd1 [--nfe 1,2,4,8] [--samplers ddim,...]
         [--n 1000] [--device cuda] [--keep]
     python -m benchmarks.distill score [--plot docs/images/distill.png]
+    python -m benchmarks.distill grid [--nfe 1,2,4] [--out docs/images/distill_grids.png]
 
 ``sample`` draws the teacher with every sampler of ``--samplers`` (default: every registered
 one but ``consistency``) at the most steps that fit in each budget of ``--nfe`` and in 20 (the
@@ -43,6 +44,7 @@ from benchmarks.harness import (
     fid_plot,
     log,
     machine,
+    result_path,
     sample_and_score_parsers,
     sample_ddpmlab,
     save_samples,
@@ -212,6 +214,26 @@ def cmd_score(a: argparse.Namespace) -> None:
         fid_plot(series, a.plot, "network evaluations (NFE)", xlog=True)
 
 
+def cmd_grid(a: argparse.Namespace) -> None:
+    """The README's picture: for each NFE of ``--nfe``, the teacher's row (its sampler at that
+    NFE) above each student's row that samples in that NFE; the first ``--per`` samples (sample
+    k asks for digit k % 10), the same noises in every row."""
+    from benchmarks.harness import npz_images
+    from ddpmlab.viz import class_rows_grid
+
+    meta = {m["key"]: m for m in json.loads(Path(a.npz).with_suffix(".json").read_text())}
+    arrays = dict(npz_images(a.npz))
+    rows, labels = [], []
+    for nfe in (int(v) for v in a.nfe.split(",")):
+        for key, m in meta.items():
+            if m["nfe"] == nfe and (m["role"] == "student" or m["sampler"] == a.sampler):
+                rows.append(arrays[key][:a.per].float() / 127.5 - 1)
+                labels.append(f"{nfe} NFE, " + ("teacher" if m["role"] == "teacher"
+                                                 else "student"))
+    class_rows_grid(rows, a.out, labels)
+    log(f"wrote {a.out}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.distill",
                                 description=__doc__.split("\n")[0])
@@ -224,8 +246,14 @@ def main() -> None:
                    "same --n) and draw only the others")
     s.add_argument("--samplers", help="the teacher's samplers, comma-separated (default: every "
                    "registered one but consistency)")
+    g = sub.add_parser("grid", help="the teacher's and the students' first samples, row by NFE")
+    g.add_argument("npz", nargs="?", default=str(result_path("distill", "distill_samples.npz")))
+    g.add_argument("--nfe", default="1,2,4")
+    g.add_argument("--sampler", default="dpmpp_2m_sde", help="the teacher's sampler shown")
+    g.add_argument("--per", type=int, default=10)
+    g.add_argument("--out", default="docs/images/distill_grids.png")
     a = p.parse_args()
-    {"sample": cmd_sample, "score": cmd_score}[a.cmd](a)
+    {"sample": cmd_sample, "score": cmd_score, "grid": cmd_grid}[a.cmd](a)
 
 
 if __name__ == "__main__":

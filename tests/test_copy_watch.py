@@ -171,6 +171,24 @@ def test_the_recipes_watch_is_written_to_the_resolved_config(tmp_path):
     assert json.loads(out.to_json())["train"]["watch_copies"] == WATCH_SAMPLES
 
 
+@pytest.mark.e2e  # over 2 s: trains a new run through the CLI
+def test_a_new_run_watches_when_only_the_recipe_asks(tmp_path):
+    """``ddpmlab train --dataset digits`` (1,617 images: the recipe turns the watch on) writes a
+    memorization event at each checkpoint of a *new* run; the watch must follow the trainer's
+    resolved config, not the config it was handed (whose train.watch_copies is still 0)."""
+    from ddpmlab.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "digits", "--max-steps", "4", "--out", str(out),
+                 "--no-progress", "--no-samples", "--device", "cpu",
+                 "model.base_channels=16", "model.channel_mult=1,2", "model.num_res_blocks=1",
+                 "model.attention_resolutions=4", "model.num_heads=2", "model.norm_groups=8",
+                 "diffusion.timesteps=50", "train.batch_size=8", "train.ckpt_every=2",
+                 "sample.sampler=ddim", "sample.steps=2"]) == 0
+    recs = [json.loads(v) for v in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs if r.get("event") == "memorization"] == [2, 4]
+
+
 @pytest.mark.parametrize("margin_above", [True, False])
 def test_the_warning_needs_a_rise_above_both_levels(tmp_path, margin_above):
     """A copier warns at its first checkpoint; at the next, a share as high as the last one

@@ -516,6 +516,13 @@ class CopyWatch(Listener):
         self.last = (step, m.share)
 
 
+def copy_watch(trainer: Trainer) -> Listener:
+    """The trainer's :class:`CopyWatch` when its config (the recipe's choice included: the
+    trainer's own ``cfg``, not the one it was given) asks for one, else a listener that does
+    nothing."""
+    return CopyWatch(trainer) if trainer.cfg.train.watch_copies else Listener()
+
+
 def train_run(cfg: Config, run_dir: str | os.PathLike, **kwargs: Any) -> Trainer:
     """A :class:`~ddpmlab.train.Trainer` for ``run_dir`` whose ``train.sample_every`` hook
     writes an EMA grid to ``RUN/samples/step_XXXXXXXX.png`` (and returns its path, which the
@@ -525,8 +532,7 @@ def train_run(cfg: Config, run_dir: str | os.PathLike, **kwargs: Any) -> Trainer
         return sample_grid(trainer.ema, trainer.cfg, trainer.run.training_grid(step),
                            device=trainer.device)
 
-    watch = (CopyWatch,) if cfg.train.watch_copies else ()
-    return Trainer(cfg, run_dir, on_sample=on_sample, listeners=watch, **kwargs)
+    return Trainer(cfg, run_dir, on_sample=on_sample, listeners=(copy_watch,), **kwargs)
 
 
 # ============================================================================ scoring

@@ -63,6 +63,10 @@ NOT_RUN = {
     "ddpmlab sample runs/mnist-ema0.08 --class all": "the ema run above",
     "ddpmlab sample runs/mnist --guide runs/mnist/checkpoints/step_00000500 --guide-weight 2":
         "needs the main job's step-500 checkpoint (autoguidance: tests/test_samplers.py)",
+    "ddpmlab sample runs/mnist --sampler dpmpp_2m_sde --steps 10 --guidance 2 --guide "
+    "runs/mnist/checkpoints/step_00000500 --guide-weight 2":
+        "the main job's step-500 checkpoint (BENCHMARKS.md §12 measured it; autoguidance with "
+        "CFG: tests/test_samplers.py)",
     "ddpmlab sample runs/mnist --guide runs/mnist-small --guide-weight 1.5 --guidance 1.5":
         "needs a second, smaller run (autoguidance: tests/test_samplers.py)",
     "ddpmlab eval runs/mnist --n 1000": "FID on 1000 samples (eval: tests/test_report.py, "

@@ -70,7 +70,10 @@ def test_rank0_alone_writes(runs):
     lines = [json.loads(s) for s in (two / "metrics.jsonl").read_text().splitlines()]
     # one line per logged step and one precision event, not one per rank
     assert sum("loss" in r for r in lines) == 4
-    assert [r["event"] for r in lines if "event" in r] == ["precision"]
+    assert [r["event"] for r in lines if "event" in r and r["event"] != "memorization"] == \
+        ["precision"]
+    watched = [r["step"] for r in lines if r.get("event") == "memorization"]   # (the recipe's
+    assert watched and len(watched) == len(set(watched))       # copy watch: once per checkpoint)
 
 
 def test_resume_under_two_processes(runs):

@@ -67,6 +67,10 @@ NOT_RUN = {
     "runs/mnist/checkpoints/step_00000500 --guide-weight 2":
         "the main job's step-500 checkpoint (BENCHMARKS.md §12 measured it; autoguidance with "
         "CFG: tests/test_samplers.py)",
+    "ddpmlab train --out runs/mnist sample.guide=@0.6 sample.guide_weight=2": _MINUTES + "; "
+        "the kept guide: tests/test_runs.py",
+    "ddpmlab sample runs/mnist --guide @0.6 --guide-weight 2":
+        "the run above (a tiny run's own guide: tests/test_runs.py)",
     "ddpmlab sample runs/mnist --guide runs/mnist-small --guide-weight 1.5 --guidance 1.5":
         "needs a second, smaller run (autoguidance: tests/test_samplers.py)",
     "ddpmlab eval runs/mnist --n 1000": "FID on 1000 samples (eval: tests/test_report.py, "

@@ -293,6 +293,72 @@ def test_sample_guide_flags_load_the_guide_like_the_run(heun_run, tmp_path, caps
         assert needle in err and len(err.splitlines()) == 1, err
 
 
+def _train_own_guide(root, guide: str) -> None:
+    from ddpmlab.cli import main
+
+    assert main(["train", "--dataset", "digits", "--out", str(root), "--no-progress",
+                 "--device", "cpu", "--max-steps", "6", "--unconditional",
+                 "model.base_channels=16", "model.channel_mult=1,2", "model.num_res_blocks=1",
+                 "model.attention_resolutions=4", "model.num_heads=2", "model.norm_groups=8",
+                 "diffusion.timesteps=50", "train.batch_size=8", "train.ckpt_every=100",
+                 "train.keep_last=1", "train.precision=fp32", "sample.n=4",
+                 "sample.sampler=heun", "sample.steps=4", f"sample.guide={guide}",
+                 "sample.guide_weight=2"]) == 0
+
+
+@pytest.mark.e2e  # over 2 s: trains two runs and samples
+def test_own_guide_at_a_fraction_is_kept_by_the_trainer_and_found_by_sampling(tmp_path, capsys):
+    """``sample.guide = "@F"``: the trainer keeps its checkpoint at round(F x max_steps) past
+    ``train.keep_last`` (a run naming another guide keeps only its newest), loading the run
+    resolves the name to that folder, ``sample`` (the config's guide or ``--guide @F``) draws
+    exactly what naming the folder draws, and a run without it says so in one line."""
+    from ddpmlab.cli import main
+    from ddpmlab.layout import RunDir
+    from ddpmlab.runs import load_run
+
+    own, other = tmp_path / "own", tmp_path / "other"
+    _train_own_guide(own, "@0.5")
+    names = [p.name for p in RunDir(own).checkpoint_dirs()]
+    assert names == ["step_00000003", "step_00000006"], names
+    assert "step_00000003 kept as the autoguidance guide" in capsys.readouterr().out
+    _train_own_guide(other, str(own / "checkpoints" / "step_00000003"))  # the twin: pruned
+    assert [p.name for p in RunDir(other).checkpoint_dirs()] == ["step_00000006"]
+    _, cfg, _ = load_run(own)
+    assert cfg.sample.guide == str(own / "checkpoints" / "step_00000003")
+    assert json_guide(own) == "@0.5"                        # config.json keeps the name
+
+    def draw(name: str, *extra: str) -> np.ndarray:
+        npz = tmp_path / f"{name}.npz"
+        assert main(["sample", str(own), "-n", "3", "--device", "cpu", "--no-progress",
+                     "--precision", "fp32", "--out", str(tmp_path / f"{name}.png"),
+                     "--npz", str(npz), *extra]) == 0
+        return np.load(npz)["arr_0"]
+
+    by_config = draw("config")
+    by_folder = draw("folder", "--guide", str(own / "checkpoints" / "step_00000003"))
+    by_name = draw("name", "--guide", "@0.5")
+    unguided = draw("plain", "--guide-weight", "1")
+    assert np.array_equal(by_config, by_folder) and np.array_equal(by_name, by_folder)
+    assert not np.array_equal(by_config, unguided)
+    for extra, needle in [
+        (["--guide", "@0.2"], "sample.guide=@0.2: the run has no checkpoint at step 1 (20% of "
+                              "its 6 steps)"),
+        (["--guide", "@1.5"], "sample.guide='@1.5': '@F' names this run's own checkpoint"),
+        (["--guide", "@x"], "sample.guide='@x': '@F' names"),
+    ]:
+        capsys.readouterr()
+        assert main(["sample", str(own), "-n", "2", "--device", "cpu", "--no-progress",
+                     "--out", str(tmp_path / "bad.png"), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and len(err.splitlines()) == 1, err
+
+
+def json_guide(run) -> str:
+    import json
+
+    return json.loads((run / "config.json").read_text())["sample"]["guide"]
+
+
 # ============================================================================ ddpmlab ema
 @pytest.mark.e2e  # over 1.3 s: trains, then the ema command
 def test_ema_command_writes_a_run_with_the_reconstructed_ema(tmp_path, tiny_cfg, capsys):

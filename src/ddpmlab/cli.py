@@ -518,10 +518,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the unconditional model); default: a balanced mix for a conditional run")
     s.add_argument("--guidance", type=float,
                    help="classifier-free guidance w: eps_u + w (eps_c - eps_u); 1 = conditional")
-    s.add_argument("--guide", metavar="RUN|CHECKPOINT",
+    s.add_argument("--guide", metavar="RUN|CHECKPOINT|@F",
                    help="autoguidance: a weaker model of the same task (a smaller or shorter-"
-                        "trained run, or an early checkpoint folder of a run); default: the "
-                        "run's sample.guide")
+                        "trained run, or an early checkpoint folder of a run; @F: this run's "
+                        "checkpoint at the fraction F of its steps); default: the run's "
+                        "sample.guide")
     s.add_argument("--guide-weight", type=float, metavar="W",
                    help="autoguidance weight: pred_g + W (pred - pred_g); 1 = none (default: "
                         "the run's sample.guide_weight)")

@@ -35,6 +35,7 @@ from .schedules import SCHEDULES, linear_problem
 
 MAX_TIMESTEPS = 1_000_000   # diffusion.timesteps: the literature uses <= 4,000
 MAX_GUIDANCE = 1e4          # sample.guidance, --guidance: the literature uses <= 10
+OWN_GUIDE = "@"             # sample.guide "@F": the run's own checkpoint at F of its steps
 #: the largest relative standard deviation a power-function EMA profile has (at exponent
 #: gamma = (sqrt 5 - 3) / 2; Karras et al. 2024): train.phema_sigma_rels and ``ddpmlab ema
 #: --sigma-rel`` lie in (0, MAX_SIGMA_REL). Owned here, where the config checks it;
@@ -177,7 +178,9 @@ class SampleConfig:
     guidance: float = 1.0                  # classifier-free guidance weight w
     guide: str = ""                        # autoguidance: a run directory or one of its
                                            # checkpoints/step_* folders (a weaker model of the
-                                           # same task); "" = none
+                                           # same task); "@F" (0 < F < 1) = this run's own
+                                           # checkpoint at the fraction F of its steps, which
+                                           # the trainer keeps; "" = none
     guide_weight: float = 1.0              # autoguidance weight: pred_g + w (pred - pred_g);
                                            # 1 = no autoguidance
     guidance_interval: tuple[float, ...] = ()   # [lo, hi]: guide only where lo < sigma_t <= hi
@@ -210,11 +213,27 @@ class SampleConfig:
             raise ConfigError(f"{source}: sample.s_tmax={_short(self.s_tmax)} must be >= "
                               f"sample.s_tmin={_short(self.s_tmin)} (or null: no limit)")
 
+    def own_guide(self) -> float | None:
+        """The fraction F of ``guide = "@F"`` (this run's own checkpoint at F of its steps,
+        :meth:`Config.own_guide_step`), NaN for an ``@`` that is no number, None for a path
+        or none."""
+        if not self.guide.startswith(OWN_GUIDE):
+            return None
+        try:
+            return float(self.guide[len(OWN_GUIDE):])
+        except ValueError:
+            return math.nan
+
     def check_guidance(self, source: str = "<config>", guided: bool | None = None) -> None:
         """Refuse an autoguidance weight out of range or without a guide (``guided``: whether
         one is given; None: ``sample.guide`` says), and a guidance interval that is not [] or
         [lo, hi] (ConfigError naming the key and ``source``)."""
         w, iv = self.guide_weight, self.guidance_interval
+        f = self.own_guide()
+        if f is not None and not 0 < f < 1:
+            raise ConfigError(f"{source}: sample.guide={_short(self.guide)}: '@F' names this "
+                              "run's own checkpoint at the fraction F of its steps, 0 < F < 1 "
+                              "(e.g. @0.6), kept by the trainer as the autoguidance guide")
         if not (0 <= w <= MAX_GUIDANCE):
             raise ConfigError(f"{source}: sample.guide_weight={_short(w)} must be a finite "
                               f"number in 0..{MAX_GUIDANCE:,.0f}")
@@ -289,6 +308,16 @@ class Config:
     def from_file(cls, path: str | os.PathLike) -> Config:
         """Read a YAML (.yaml/.yml), TOML (.toml) or JSON (.json) file, strictly."""
         return cls.from_dict(read_config_file(path), source=str(path))
+
+    def own_guide_step(self) -> int | None:
+        """The step of the checkpoint ``sample.guide = "@F"`` names: round(F x
+        ``train.max_steps``), at least 1 (None for another guide, or an F out of (0, 1),
+        which :meth:`SampleConfig.check_guidance` refuses). The trainer keeps that checkpoint
+        past ``train.keep_last``; ``runs.resolve_own_guide`` finds it."""
+        f = self.sample.own_guide()
+        if f is None or not 0 < f < 1:
+            return None
+        return max(1, round(f * self.train.max_steps))
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}

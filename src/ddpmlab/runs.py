@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from . import schedules
-from .config import Config
+from .config import OWN_GUIDE, Config
 from .data import BUILTINS, load_dataset, to_model_range, to_uint8
 from .data.npz import load_samples_npz
 from .device import (
@@ -57,7 +57,7 @@ from .io import (
     load_tensors,
     write_problem,
 )
-from .layout import RunDir
+from .layout import RunDir, step_name
 from .likelihood import BitsPerDim, bits_per_dim
 from .likelihood_ode import NLLS, ode_bits_per_dim
 from .nn import UNet
@@ -89,7 +89,7 @@ def load_run(run_dir: str | os.PathLike, use_ema: bool = True,
     run_dir = run.root
     for note in run.recover():  # (a --force killed before its first checkpoint)
         warnings.warn(note, stacklevel=2)
-    cfg = run.read_config()
+    cfg = resolve_own_guide(run.read_config(), run_dir)
     cfg_path = run.config
     ckpt = latest_checkpoint(run_dir) if checkpoint is None else Path(checkpoint)
     if ckpt is None:
@@ -110,6 +110,34 @@ def load_run(run_dir: str | os.PathLike, use_ema: bool = True,
         first = str(e).strip().split("\n")[0]
         raise CheckpointError(f"{weights}: weights do not match {cfg_path} ({first})") from None
     return model.to(device).eval(), cfg, ckpt
+
+
+def resolve_own_guide(cfg: Config, run_dir: str | os.PathLike,
+                      guide: str | os.PathLike | None = None) -> Config:
+    """``cfg`` (with ``sample.guide`` set to ``guide`` when one is given) whose ``"@F"`` guide
+    (:meth:`~ddpmlab.config.Config.own_guide_step`) is replaced by the run's checkpoint
+    folder at that step when it is on disk; otherwise ``cfg`` as it is (sampling then refuses
+    the guide in one line unless its weight is 1)."""
+    if guide is not None:
+        cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample,
+                                                                  guide=os.fspath(guide)))
+    step = cfg.own_guide_step()
+    if step is None:
+        return cfg
+    path = RunDir(run_dir).checkpoints / step_name(step)
+    if not path.is_dir():
+        return cfg
+    return dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, guide=str(path)))
+
+
+def without_own_guide(cfg: Config) -> Config:
+    """``cfg`` without its ``"@F"`` autoguidance (guide "", weight 1): the drawings made while
+    training (the grids every ``train.sample_every``, the copy watch) use none, so they
+    compare across steps, before and after the guide's step alike."""
+    if cfg.sample.own_guide() is None:
+        return cfg
+    return dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, guide="",
+                                                               guide_weight=1.0))
 
 
 def run_schedule(cfg: Config) -> schedules.Schedule:
@@ -293,6 +321,14 @@ def _guidance(cfg: Config, s: Any, sched: schedules.Schedule, device: torch.devi
         over["guide"] = os.fspath(guide)
     s = dataclasses.replace(s, **over)
     s.check_guidance("sampling options", guided=True if isinstance(guide, nn.Module) else None)
+    if s.own_guide() is not None and not isinstance(guide, nn.Module):  # "@F", not on disk
+        if s.guide_weight != 1.0:
+            step = max(1, round(s.own_guide() * cfg.train.max_steps))
+            raise ConfigError(f"sample.guide={s.guide}: the run has no checkpoint at step {step}"
+                              f" ({s.own_guide():.0%} of its {cfg.train.max_steps} steps): the "
+                              "trainer keeps it only for a run trained with that sample.guide "
+                              "that got so far; give --guide RUN|CHECKPOINT, or --guide-weight 1")
+        s = dataclasses.replace(s, guide="")   # (weight 1: the guide changes nothing)
     net = None
     if isinstance(guide, nn.Module) or s.guide:
         module, gcfg = (guide, cfg) if isinstance(guide, nn.Module) else \
@@ -491,7 +527,7 @@ class CopyWatch(Listener):
         self.off = False
 
     def checkpoint(self, step: int, path: Path) -> None:
-        tr, cfg = self.trainer, self.trainer.cfg
+        tr, cfg = self.trainer, without_own_guide(self.trainer.cfg)
         if self.off:
             return
         x = to_uint8(sample_images(tr.ema, cfg, n=self.n, seed=0, device=tr.device,
@@ -529,7 +565,8 @@ def train_run(cfg: Config, run_dir: str | os.PathLike, **kwargs: Any) -> Trainer
     trainer's listeners get: TensorBoard shows it); ``kwargs`` go to the Trainer."""
 
     def on_sample(trainer: Trainer, step: int) -> Path:
-        return sample_grid(trainer.ema, trainer.cfg, trainer.run.training_grid(step),
+        return sample_grid(trainer.ema, without_own_guide(trainer.cfg),
+                           trainer.run.training_grid(step),
                            device=trainer.device)
 
     return Trainer(cfg, run_dir, on_sample=on_sample, listeners=(copy_watch,), **kwargs)
@@ -964,6 +1001,9 @@ def sample_command(req: SampleRequest, device: torch.device) -> SampleResult | N
     device = process_device(device, info.world_size, info.local_rank)
     try:
         model, cfg, ckpt = load_run(req.run, use_ema=req.use_ema, device=device)
+        guide = req.guide
+        if guide is not None and os.fspath(guide).startswith(OWN_GUIDE):
+            cfg, guide = resolve_own_guide(cfg, req.run, guide), None
         T = cfg.diffusion.timesteps
         if req.steps is not None and req.steps > T:
             raise ConfigError(f"--steps={req.steps} exceeds the run's diffusion.timesteps={T}")
@@ -973,7 +1013,7 @@ def sample_command(req: SampleRequest, device: torch.device) -> SampleResult | N
         images = sample_images_sharded(
             model, cfg, n=n, seed=req.seed, device=device, sampler=req.sampler, steps=req.steps,
             eta=req.eta, y=y, spacing=req.spacing, guidance=req.guidance, options=req.options,
-            guide=req.guide, guide_weight=req.guide_weight,
+            guide=guide, guide_weight=req.guide_weight,
             guidance_interval=req.guidance_interval, batch_size=req.batch_size,
             precision=req.precision,
             progress=req.progress and info.is_main)
@@ -1190,9 +1230,16 @@ def train_command(cfg: Config, run_dir: str | os.PathLike, *, resume: bool = Fal
         result = trainer.train()
         path = None
         if main and grid and result.stopped_by not in SIGNALS:
-            rc = trainer.cfg  # resolved: the classes come from the data
+            rc = resolve_own_guide(trainer.cfg, trainer.run.root)  # (classes from the data)
+            if rc.sample.own_guide() is not None:
+                if rc.sample.guide_weight != 1.0:
+                    log(f"ddpmlab: sample.guide={rc.sample.guide}: the run stopped before its "
+                        "guide's step; the grid is drawn without autoguidance")
+                rc = without_own_guide(rc)
             how = f", one row per class, guidance {rc.sample.guidance:g}" \
                 if rc.model.num_classes else ""
+            if rc.sample.guide and rc.sample.guide_weight != 1.0:
+                how += f", autoguided by {Path(rc.sample.guide).name} at {rc.sample.guide_weight:g}"
             y_grid, _ = grid_labels(rc, rc.sample.n)
             count = rc.sample.n if y_grid is None else len(y_grid)
             log(f"ddpmlab: drawing {count} samples with the EMA weights "

@@ -27,6 +27,7 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -114,10 +115,11 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 
 
 def save_checkpoint(run_dir: str | os.PathLike, step: int, files: dict[str, Any],
-                    keep_last: int = 2) -> Path:
+                    keep_last: int = 2, keep: Collection[int] = ()) -> Path:
     """Write one checkpoint folder atomically; ``files`` maps file names to tensor dicts
     (``*.safetensors``) or JSON-able objects (``*.json``). Old folders beyond ``keep_last``
-    are removed only after the new one is in place."""
+    are removed only after the new one is in place, except the steps in ``keep`` (the
+    autoguidance guide ``sample.guide = "@F"`` names)."""
     root = RunDir(run_dir).checkpoints
     final = root / step_name(step)
     tmp = root / f".tmp-{final.name}.{os.getpid()}"
@@ -149,7 +151,8 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, files: dict[str, Any]
     if aside is not None:
         _warn_left(remove_tree(aside))
     for old in checkpoint_dirs(run_dir)[:-keep_last]:
-        _discard(old)
+        if step_of(old.name) not in keep:
+            _discard(old)
     return final
 
 

@@ -243,6 +243,7 @@ class Trainer:
     def save(self) -> Path | None:
         """Write a checkpoint of the current step (rank 0 only); returns its folder."""
         path = None
+        guide = self.cfg.own_guide_step()
         if self.dist.is_main:
             opt_tensors, opt_meta = optimizer_to_tensors(self.opt)
             rng = {"train_generator": self.gen.get_state(), "torch_cpu": torch.get_rng_state()}
@@ -261,12 +262,16 @@ class Trainer:
             if self.loss_history is not None:
                 files[LOSS_HISTORY] = self.loss_history.state_dict()
             path = save_checkpoint(self.run_dir, self.step, files,
-                                   keep_last=self.cfg.train.keep_last)
+                                   keep_last=self.cfg.train.keep_last,
+                                   keep=() if guide is None else (guide,))
         D.barrier()
         self._saved = (self.step, path)
         if path is not None:  # superseded: a run --force replaced can go
             self.session.committed()
             self.events.checkpoint(self.step, path)
+            if self.step == guide:
+                self.events.note(f"ddpmlab: {path.name} kept as the autoguidance guide "
+                                 f"(sample.guide={self.cfg.sample.guide})")
         return path
 
     # ------------------------------------------------------------------ one step
@@ -441,7 +446,8 @@ class Trainer:
                 if window.due(self.step, self.cfg.train):
                     self.events.log(window.record(self, gnorm, t_start))
                 self._maybe_sample()
-                if self.step % self.cfg.train.ckpt_every == 0:
+                if self.step % self.cfg.train.ckpt_every == 0 or \
+                        self.step == self._guide_step(budget):
                     self.save()
                 if (stopped_by := self._stopped_by(t_start)) is not None:
                     break
@@ -494,6 +500,11 @@ class Trainer:
         """SIGINT and SIGTERM finish the current step, save, and stop."""
         return stop_on_signals(lambda name: setattr(self, "_stop", name))
 
+    def _guide_step(self, budget: TimeBudget) -> int | None:
+        """The step whose checkpoint ``sample.guide = "@F"`` names (kept past
+        ``train.keep_last``), once ``max_steps`` is final (a time budget sizes it first)."""
+        return None if budget.active else self.cfg.own_guide_step()
+
     def _poll_threads(self, governor: ThreadGovernor | None) -> None:
         if governor is not None and (threads := governor.poll()) is not None:
             self.events.note(governor.change_note(threads))
@@ -511,6 +522,11 @@ class Trainer:
                                                    time_budget_min=0.0))
         self.events.resize(sizing)
         self.events.note(sizing.message)
+        guide = self.cfg.own_guide_step()
+        if guide is not None and guide < self.step:
+            self.events.note(f"ddpmlab: sample.guide={self.cfg.sample.guide} names step {guide}"
+                             f" of {sizing.max_steps}, already passed while the steps were "
+                             "timed: no guide checkpoint is kept (give a larger fraction)")
         if self.dist.is_main:
             self.run.write_config(self.cfg.to_json())
 

@@ -166,16 +166,25 @@ def heun_run(tmp_path_factory):
     return out
 
 
+def _sampler_of(run, out_dir, n: int = 3):
+    """``draw(name, *flags)``: ``ddpmlab sample RUN -n n`` in fp32 with ``flags``, its images."""
+    from ddpmlab.cli import main
+
+    def draw(name: str, *extra: str) -> np.ndarray:
+        npz = out_dir / f"{name}.npz"
+        assert main(["sample", str(run), "-n", str(n), "--device", "cpu", "--no-progress",
+                     "--precision", "fp32", "--out", str(out_dir / f"{name}.png"),
+                     "--npz", str(npz), *extra]) == 0
+        return np.load(npz)["arr_0"]
+
+    return draw
+
+
 @pytest.mark.e2e  # over 2 s: trains and samples
 def test_sample_churn_flag_reaches_the_sampler(heun_run, tmp_path, capsys):
     from ddpmlab.cli import main
 
-    def draw(name: str, *extra: str) -> np.ndarray:
-        npz = tmp_path / f"{name}.npz"
-        assert main(["sample", str(heun_run), "-n", "4", "--device", "cpu", "--no-progress",
-                     "--precision", "fp32", "--out", str(tmp_path / f"{name}.png"),
-                     "--npz", str(npz), *extra]) == 0
-        return np.load(npz)["arr_0"]
+    draw = _sampler_of(heun_run, tmp_path, 4)
 
     plain, zero, churned = draw("plain"), draw("zero", "--churn", "0"), draw("c", "--churn", "20")
     assert np.array_equal(plain, zero) and not np.array_equal(plain, churned)
@@ -253,12 +262,7 @@ def test_sample_guide_flags_load_the_guide_like_the_run(heun_run, tmp_path, caps
     from ddpmlab.io import load_tensors, save_tensors
     from ddpmlab.layout import RunDir
 
-    def draw(name: str, *extra: str) -> np.ndarray:
-        npz = tmp_path / f"{name}.npz"
-        assert main(["sample", str(heun_run), "-n", "3", "--device", "cpu", "--no-progress",
-                     "--precision", "fp32", "--out", str(tmp_path / f"{name}.png"),
-                     "--npz", str(npz), *extra]) == 0
-        return np.load(npz)["arr_0"]
+    draw = _sampler_of(heun_run, tmp_path)
 
     plain = draw("plain")
     ckpt = RunDir(heun_run).checkpoint_dirs()[-1]
@@ -327,12 +331,7 @@ def test_own_guide_at_a_fraction_is_kept_by_the_trainer_and_found_by_sampling(tm
     assert cfg.sample.guide == str(own / "checkpoints" / "step_00000003")
     assert json_guide(own) == "@0.5"                        # config.json keeps the name
 
-    def draw(name: str, *extra: str) -> np.ndarray:
-        npz = tmp_path / f"{name}.npz"
-        assert main(["sample", str(own), "-n", "3", "--device", "cpu", "--no-progress",
-                     "--precision", "fp32", "--out", str(tmp_path / f"{name}.png"),
-                     "--npz", str(npz), *extra]) == 0
-        return np.load(npz)["arr_0"]
+    draw = _sampler_of(own, tmp_path)
 
     by_config = draw("config")
     by_folder = draw("folder", "--guide", str(own / "checkpoints" / "step_00000003"))

@@ -318,7 +318,9 @@ def test_own_guide_at_a_fraction_is_kept_by_the_trainer_and_found_by_sampling(tm
     exactly what naming the folder draws, and a run without it says so in one line."""
     from ddpmlab.cli import main
     from ddpmlab.layout import RunDir
-    from ddpmlab.runs import load_run
+    import json
+
+    from ddpmlab.runs import _copied_config, load_run
 
     own, other = tmp_path / "own", tmp_path / "other"
     _train_own_guide(own, "@0.5")
@@ -330,6 +332,9 @@ def test_own_guide_at_a_fraction_is_kept_by_the_trainer_and_found_by_sampling(tm
     _, cfg, _ = load_run(own)
     assert cfg.sample.guide == str(own / "checkpoints" / "step_00000003")
     assert json_guide(own) == "@0.5"                        # config.json keeps the name
+    # a run made of its weights (ddpmlab ema) names the folder: it keeps no step 3 itself
+    assert json.loads(_copied_config(RunDir(own)))["sample"]["guide"] == cfg.sample.guide
+    assert _copied_config(RunDir(other)) == RunDir(other).config.read_text(encoding="utf-8")
 
     draw = _sampler_of(own, tmp_path)
 

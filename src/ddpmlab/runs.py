@@ -1106,7 +1106,7 @@ def ema_command(run: str | os.PathLike, sigma_rel: float, out: str | os.PathLike
     try:
         dest.recover_aside()
         dest.check_new(force)
-        aside = dest.create(src.config.read_text(encoding="utf-8"), force)
+        aside = dest.create(_copied_config(src), force)
         try:
             written = save_checkpoint(dest.root, _checkpoint_step(ckpt), files)
         except BaseException:
@@ -1118,6 +1118,15 @@ def ema_command(run: str | os.PathLike, sigma_rel: float, out: str | os.PathLike
     finally:
         lock.release()
     return written
+
+
+def _copied_config(src: RunDir) -> str:
+    """RUN's ``config.json`` for a run made of RUN's weights (``ema``): as it is, but an
+    ``"@F"`` guide becomes RUN's own checkpoint folder (the new run keeps no such step)."""
+    cfg = src.read_config()
+    if cfg.sample.own_guide() is None:
+        return src.config.read_text(encoding="utf-8")
+    return resolve_own_guide(cfg, src.root).to_json()
 
 
 def _checkpoint_step(ckpt: Path) -> int:
@@ -1152,7 +1161,7 @@ def ema_sweep(run: str | os.PathLike, sigma_rels: Sequence[float], options: Scor
         ckpt, files = _phema_files(src, s)
         with tempfile.TemporaryDirectory(prefix="ddpmlab-ema-") as tmp:
             scratch = RunDir(Path(tmp) / "run")
-            scratch.create(src.config.read_text(encoding="utf-8"), False)
+            scratch.create(_copied_config(src), False)
             save_checkpoint(scratch.root, _checkpoint_step(ckpt), files)
             r = score_run(scratch.root, options, device=device, progress=progress)
         share = (r.get("classifier") or {}).get("confident_share")

@@ -316,10 +316,10 @@ def test_own_guide_at_a_fraction_is_kept_by_the_trainer_and_found_by_sampling(tm
     ``train.keep_last`` (a run naming another guide keeps only its newest), loading the run
     resolves the name to that folder, ``sample`` (the config's guide or ``--guide @F``) draws
     exactly what naming the folder draws, and a run without it says so in one line."""
-    from ddpmlab.cli import main
-    from ddpmlab.layout import RunDir
     import json
 
+    from ddpmlab.cli import main
+    from ddpmlab.layout import RunDir
     from ddpmlab.runs import _copied_config, load_run
 
     own, other = tmp_path / "own", tmp_path / "other"

@@ -36,10 +36,22 @@ KEYS = {"ema", "w", "iv", "guide", "gw", "sampler", "steps"}
 
 
 def parse_row(text: str) -> dict[str, str]:
+    """One row's settings; every row is checked before the first is measured (a typo in the
+    last row must not cost the hour the first rows take)."""
+    from ddpmlab.samplers import SAMPLERS
+
     row = dict(part.split("=", 1) for part in text.split(",") if part)
     bad = set(row) - KEYS
     if bad:
         raise SystemExit(f"row {text!r}: unknown key(s) {sorted(bad)} (known: {sorted(KEYS)})")
+    if row.get("sampler", next(iter(SAMPLERS))) not in SAMPLERS:
+        raise SystemExit(f"row {text!r}: unknown sampler {row['sampler']!r} (known: "
+                         f"{', '.join(SAMPLERS)})")
+    for key in ("ema", "w", "gw", "steps"):
+        try:
+            float(row.get(key, 0))
+        except ValueError:
+            raise SystemExit(f"row {text!r}: {key}={row[key]!r} is not a number") from None
     return row
 
 
@@ -128,6 +140,8 @@ def table(rows: list[dict], a: argparse.Namespace, ckpt: Path) -> str:
 
 
 def main() -> None:
+    from ddpmlab.samplers import SAMPLERS
+
     p = argparse.ArgumentParser(prog="python -m benchmarks.guidance_table",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("run")
@@ -139,7 +153,12 @@ def main() -> None:
     p.add_argument("--name", default="guidance_table")
     a = p.parse_args()
     specs = [parse_row(r) for r in a.rows]
+    if a.sampler not in list(SAMPLERS):
+        raise SystemExit(f"--sampler {a.sampler!r}: not a sampler ({', '.join(list(SAMPLERS))})")
     models = Models(a.run)
+    for spec in specs:                  # (a missing guide is said before any row is drawn)
+        if "guide" in spec:
+            models.guide(spec["guide"])
     rows: list[dict] = []
     for spec in specs:
         rows.append(measure(models, spec, a))

@@ -10,7 +10,7 @@ is the mean absolute step between the two columns on either side of the mask's e
 to the same step in the real images (1: as smooth as real images).
 
 python -m benchmarks.editing RUN [--images 100] [--steps 50] [--jump 10,10] [--inv-steps 50]
-    [--per-class 10] [--batch-size 64] [--translate-guidance 1,2,3] [--inpaint-with-class]
+    [--per-class 10] [--batch-size 64] [--translate-guidance 1,2,3] [--inpaint-class none]
     [--only inpainting,inversion,translation] [--out-md FILE] [--out-json FILE]
 
 RePaint walks the ancestral sampler (ddpm) over --steps levels with jumps of j levels traversed
@@ -65,9 +65,11 @@ def _inpainting(model, cfg, x, y, read, a) -> dict:
     nfe = inpaint_nfe(a.steps, j, r, "ddpm")
     T = cfg.diffusion.timesteps
     rows = {}
-    plan = [("repaint", a.steps, (j, r), None), ("replacement", min(nfe, T), (1, 1), None)]
-    if a.inpaint_with_class and y is not None:   # told the digit: the conditional model
-        plan += [("repaint, given the class", a.steps, (j, r), y),
+    plan = []
+    if a.inpaint_class in ("none", "both"):
+        plan += [("repaint", a.steps, (j, r), None), ("replacement", min(nfe, T), (1, 1), None)]
+    if a.inpaint_class in ("given", "both") and y is not None:  # told the digit: conditional,
+        plan += [("repaint, given the class", a.steps, (j, r), y),   # at the run's guidance
                  ("replacement, given the class", min(nfe, T), (1, 1), y)]
     for name, steps, jr, label in plan:
         call = sampling_call(model, cfg, "cpu", sampler="ddpm", steps=steps)
@@ -164,8 +166,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--translate-guidance", default="1",
                    help="the regeneration's guidance weights, e.g. 1,2,3")
-    p.add_argument("--inpaint-with-class", action="store_true",
-                   help="also inpaint given each image's class (a conditional run)")
+    p.add_argument("--inpaint-class", choices=("none", "given", "both"), default="none",
+                   help="inpaint without a class (the null class), given each image's class "
+                        "(a conditional run, at its guidance), or both")
     p.add_argument("--only", default="inpainting,inversion,translation")
     p.add_argument("--out-md", default=str(result_path("editing", "editing.md")))
     p.add_argument("--out-json", default=str(result_path("editing", "editing.json")))

@@ -323,7 +323,7 @@ def _guidance(cfg: Config, s: Any, sched: schedules.Schedule, device: torch.devi
     s.check_guidance("sampling options", guided=True if isinstance(guide, nn.Module) else None)
     if s.own_guide() is not None and not isinstance(guide, nn.Module):  # "@F", not on disk
         if s.guide_weight != 1.0:
-            step = max(1, round(s.own_guide() * cfg.train.max_steps))
+            step = dataclasses.replace(cfg, sample=s).own_guide_step()
             raise ConfigError(f"sample.guide={s.guide}: the run has no checkpoint at step {step}"
                               f" ({s.own_guide():.0%} of its {cfg.train.max_steps} steps): the "
                               "trainer keeps it only for a run trained with that sample.guide "

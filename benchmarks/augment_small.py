@@ -120,14 +120,16 @@ def score(run: Path, sub, rest, name: str, a: argparse.Namespace) -> dict:
 
 
 def table(rows: list[dict], m: dict) -> str:
-    lines = ["| data | n | row | p | steps | train min | near-copies | rest's own | FID | "
-             "precision | recall |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| data | n | row | p | steps | passes | train min | near-copies | rest's own | FID | "
+             "precision | recall |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def f(v, fmt):
         return "-" if v is None else format(v, fmt)
 
-    for r in sorted(rows, key=lambda r: (r["data"], r["seed"], r["row"])):
+    for r in sorted(rows, key=lambda r: (r["data"], -r["n"], r["seed"], r["row"])):
+        passes = r.get("passes", r["steps"] * 32 / r["n"])     # rows before it was recorded: 32
         lines.append(f"| {r['data']} | {r['n']} | {r['row']} | {r['p']:g} | {r['steps']} | "
+                     f"{passes:.0f} | "
                      f"{r['train_min']:.1f} | {100 * r['copy_share']:.1f}% | "
                      f"{100 * r['rest_share']:.1f}% | {f(r.get('fid'), '.2f')} | "
                      f"{f(r.get('precision'), '.3f')} | {f(r.get('recall'), '.3f')} |")
@@ -158,7 +160,7 @@ def main() -> None:
     done = Path(a.out_json) if a.out_json else result_path("augment_small", f"{name}.json")
     wanted = [(d, r) for d in a.data.split(",") for r in a.rows.split(",")]
     rows = [r for r in (json.loads(done.read_text())["rows"] if done.exists() else [])
-            if ((r["data"], r["row"]) not in wanted or r["seed"] != a.seed)]
+            if ((r["data"], r["row"]) not in wanted or (r["seed"], r["n"]) != (a.seed, a.n))]
     for data in dict.fromkeys(d for d, _ in wanted):
         sub, rest = subset_and_rest(data, a.n, a.seed, a.max_rest)
         npz = write_subset(sub, REPO / a.out_dir / f"{data}-{a.n}-seed{a.seed}.npz")
@@ -167,8 +169,10 @@ def main() -> None:
             run = REPO / a.out_dir / f"{data}-{a.n}-seed{a.seed}-{row}"
             log(f"{data} {row}: training on {a.n} images (train.augment={p:g})")
             train_s = train(npz, run, p, a)
-            steps = json.loads((run / "config.json").read_text())["train"]["max_steps"]
+            tc = json.loads((run / "config.json").read_text())["train"]
+            steps, batch = tc["max_steps"], tc["batch_size"]
             r = {"data": data, "n": a.n, "row": row, "p": p, "seed": a.seed, "steps": steps,
+                 "batch": batch, "passes": steps * batch / a.n,
                  "train_min": train_s / 60, "samples": a.samples,
                  **score(run, sub, rest, data, a)}
             log(f"{data} {row}: {r}")

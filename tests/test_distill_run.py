@@ -6,6 +6,7 @@ budget split over the stages, and every bad input one line that writes nothing."
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -139,6 +140,9 @@ def test_progressive_to_two_steps_is_a_run_sampled_in_two_evaluations(teacher, t
         {p.name for p in ckpt.iterdir()}
     lines = [json.loads(v) for v in (new / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if "loss" in r] == [1, 2, 3, 4]
+    lr = Config.from_file(teacher / "config.json").train.lr      # falling to 0 in each stage
+    assert [r["lr"] for r in lines if "loss" in r] == [lr, lr / 2, lr, lr / 2]
+    assert plan["lr_schedule"] == "linear"
     assert _counted(new) == 2
     assert main(["sample", str(new), "--n", "4", "--device", "cpu", "--no-progress"]) == 0
     assert "ddim, 2 steps = 2 network evaluations each" in capsys.readouterr().out
@@ -231,6 +235,31 @@ def test_a_time_budget_is_split_over_the_stages_and_recorded(teacher, tmp_path, 
     assert any(r.get("event") == "time_budget" for r in events)
 
 
+def test_the_learning_rate_schedule_of_a_plan(tmp_path):
+    """Linear: lr (1 - j / N) for the iteration after j of a stage's N, from lr at each
+    stage's start; constant: lr; a distill.json written before the schedule existed reads as
+    the constant rate it ran with."""
+    plan = distill_run.Plan(method="progressive", to=2, stages=[4, 2], iterations=4,
+                            time_budget_min=0.0, lr=1e-3, batch_size=8, ckpt_every=4, seed=0,
+                            guidance=2.0, init="teacher",
+                            teacher={"run": "t", "checkpoint": "c", "sha256": "s"},
+                            lr_schedule="linear")
+    assert [plan.lr_at(s) for s in range(8)] == pytest.approx(
+        [1e-3, 7.5e-4, 5e-4, 2.5e-4] * 2, abs=0, rel=1e-15)
+    assert distill_run.Plan(**{**dataclasses.asdict(plan), "lr_schedule": "constant"}).lr_at(3) \
+        == 1e-3
+    old = json.loads(plan.to_json())
+    del old["lr_schedule"]
+    path = tmp_path / "distill.json"
+    path.write_text(json.dumps(old))
+    assert distill_run.Plan.read(path).lr_schedule == "constant"
+    path.write_text(json.dumps({**old, "lr_schedule": "cosine"}))
+    with pytest.raises(distill_run.CheckpointError, match="not as ddpmlab distill writes it"):
+        distill_run.Plan.read(path)
+    assert distill_run.DEFAULT_LR_SCHEDULE == {"progressive": "linear",
+                                               "consistency": "constant"}
+
+
 # =========================================================================== bad inputs
 @pytest.fixture(scope="module")
 def variants(teacher, tmp_path_factory):
@@ -262,6 +291,8 @@ BAD = {   # case: (the teacher, the arguments after it ("@name": a prepared fold
     "--iterations 0": ("teacher", ["--method", "progressive", "--to", "2", "--iterations", "0"],
                        "--iterations=0"),
     "--lr -1": ("teacher", ["--method", "progressive", "--to", "2", "--lr", "-1"], "--lr=-1"),
+    "--lr-schedule cosine": ("teacher", ["--method", "progressive", "--to", "2",
+                                         "--lr-schedule", "cosine"], "--lr-schedule=cosine"),
     "--out a folder of other files": ("teacher", ["--method", "progressive", "--to", "2",
                                                   "--out", "@busy"], "holds no ddpmlab run"),
     "--out a run, no --force": ("teacher", ["--method", "progressive", "--to", "2", "--out",

@@ -355,7 +355,8 @@ def _add_edit_parser(sub, samplers: list[str], device_help: str, precisions: lis
                    help="invert, translate: the inputs' class (default: their labels)")
     e.add_argument("--target-class", metavar="K",
                    help="translate: classes to translate to (a list like 3,5, or all; default "
-                        "all); inpaint, img2img, interpolate: the class to edit with")
+                        "all); inpaint, img2img, interpolate: the class to edit with (inpaint: "
+                        "auto reads each image's class from its kept pixels)")
     e.add_argument("--sampler", choices=samplers, help="default: the run's (invert, "
                    "interpolate, translate: ddim unless the run's is dpm_solver)")
     e.add_argument("--steps", type=int, help="sampling steps, 1..T (default: the run's)")
@@ -382,7 +383,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     request = DistillRequest(
         teacher=args.teacher, method=args.method, to=args.to, out=args.out, resume=args.resume,
         iterations=args.iterations, time_budget=args.time_budget, lr=args.lr,
-        batch_size=args.batch_size, ckpt_every=args.ckpt_every, seed=args.seed,
+        batch_size=args.batch_size, ckpt_every=args.ckpt_every, lr_schedule=args.lr_schedule,
+        seed=args.seed,
         force=args.force, progress=not args.no_progress)
     r = distill_command(request, _device(args), log=_say)
     if r.stopped_by is not None:
@@ -416,6 +418,8 @@ def _add_distill_parser(sub, device_help: str) -> None:
     d.add_argument("--time-budget", type=float, metavar="MIN", help="size the stages by time: "
                    "MIN minutes split evenly over them (iterations 5-40 are timed)")
     d.add_argument("--lr", type=float, help="Adam's learning rate (default: the run's train.lr)")
+    d.add_argument("--lr-schedule", help="linear: the rate falls from --lr to 0 over each stage "
+                   "(progressive's default); constant: --lr throughout (consistency's default)")
     d.add_argument("--batch-size", type=int, help="images per iteration (default: the run's "
                    "train.batch_size)")
     d.add_argument("--ckpt-every", type=int, metavar="N", help="iterations between checkpoints "

@@ -16,18 +16,22 @@ weights are 1:1); an ``eps`` teacher gives a ``v`` student whose output head is
 equals eps where alpha -> 1, so the student starts right at low noise and wrong at high noise,
 which the first stage's loss teaches; eps cannot be a student's output, Salimans & Ho 2022
 sec. 4). An ``edm`` / ``flow`` teacher gives a student of its own objective, distilled through
-its x0 view (weights 1:1). Each stage has a fresh Adam at the constant ``--lr``; there is no EMA
+its x0 view (weights 1:1). Each stage has a fresh Adam whose learning rate falls linearly from
+``--lr`` to 0 over the stage (``--lr-schedule linear``, the default for this method, measured
+against a constant rate in BENCHMARKS.md §11: the last iterations' small steps average out the
+noise of the earlier ones, as an EMA would; ``constant`` keeps ``--lr``); there is no EMA
 (the checkpoint's ``ema.safetensors`` is the student). The student's config samples with
 ``ddim``, ``steps`` K, ``spacing`` trailing, eta 0: the very indices it was taught.
 
-**Consistency** (``--method consistency --to K``): one stage of consistency distillation
-(Heun teacher steps between adjacent levels of an 18-level Karras grid, EMA target with
-mu = 0.95, pseudo-Huber loss), the student a ``diffusion.objective: consistency`` run with the
-teacher's T, sampled by the ``consistency`` sampler with ``steps`` K (1..T). The student's
-network F sees EDM's input (c_in x, ln(s) / 4), so it starts from the teacher's weights only for
-an ``edm`` teacher (the same input and, above sigma ~0.01, the same c_skip / c_out: 1:1); for a
-``ddpm`` / ``flow`` teacher (another input and time embedding) it starts fresh, initialised from
-``--seed``. Its ``ema.safetensors`` is the EMA target network (what ``sample`` reads).
+**Consistency** (``--method consistency --to K``): one stage of consistency distillation (Heun
+teacher steps between adjacent levels of an 18-level Karras grid, EMA target with mu = 0.95,
+pseudo-Huber loss, a constant ``--lr`` by default, as Song et al.), the student a
+``diffusion.objective: consistency`` run with the teacher's T, sampled by the ``consistency``
+sampler with ``steps`` K (1..T). The student's network F sees EDM's input (c_in x, ln(s) / 4),
+so it starts from the teacher's weights only for an ``edm`` teacher (the same input and, above
+sigma ~0.01, the same c_skip / c_out: 1:1); for a ``ddpm`` / ``flow`` teacher (another input
+and time embedding) it starts fresh, initialised from ``--seed``. Its ``ema.safetensors`` is
+the EMA target network (what ``sample`` reads).
 
 A ``consistency`` teacher serves neither method (its f is no ODE denoiser): one line.
 
@@ -116,6 +120,9 @@ METHODS = ("progressive", "consistency")
 DEFAULT_ITERATIONS = 1000     # per stage, without --time-budget
 BUDGET_CAP = 100_000          # per stage, with --time-budget and no --iterations
 CD_LEVELS = 18                # consistency distillation's Karras grid (the paper's CIFAR-10 N)
+LR_SCHEDULES = ("linear", "constant")
+DEFAULT_LR_SCHEDULE = {"progressive": "linear", "consistency": "constant"}
+LATER_FIELDS = {"lr_schedule"}  # Plan fields added after plans were written (absent: default)
 SIGNALS = ("SIGINT", "SIGTERM")
 
 
@@ -138,6 +145,7 @@ class DistillRequest:
     lr: float | None = None
     batch_size: int | None = None
     ckpt_every: int | None = None
+    lr_schedule: str | None = None
     seed: int = 0
     force: bool = False
     progress: bool = True
@@ -182,6 +190,14 @@ class Plan:
     init: str                    # "teacher" (its weights) | "fresh" (seeded)
     teacher: dict[str, Any]      # run, checkpoint, sha256, objective, prediction, steps
     completed_stages: int = 0
+    lr_schedule: str = "constant"  # | "linear": lr -> 0 over each stage (absent: constant)
+
+    def lr_at(self, step: int) -> float:
+        """Adam's learning rate for the iteration after ``step`` iterations in all (linear:
+        ``lr (1 - j / iterations)`` after j iterations of the stage)."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        return self.lr * (1.0 - (step % self.iterations) / self.iterations)
 
     @property
     def total(self) -> int:
@@ -200,8 +216,9 @@ class Plan:
         d = read_json(path)
         names = [f.name for f in dataclasses.fields(cls)]
         try:
-            plan = cls(**{k: d[k] for k in names})
+            plan = cls(**{k: d[k] for k in names if k in d or k not in LATER_FIELDS})
             ok = (plan.method in METHODS and isinstance(plan.stages, list) and plan.stages
+                  and plan.lr_schedule in LR_SCHEDULES
                   and all(isinstance(v, int) and v >= 1 for v in [*plan.stages, plan.iterations,
                                                                    plan.ckpt_every, plan.to])
                   and isinstance(plan.teacher, dict)
@@ -341,6 +358,9 @@ def _check_numbers(req: DistillRequest) -> None:
     for flag, v in (("--lr", req.lr), ("--time-budget", req.time_budget)):
         if v is not None and not (v > 0 and math.isfinite(v)):
             raise ConfigError(f"{flag}={v} must be a finite number > 0")
+    if req.lr_schedule is not None and req.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"--lr-schedule={req.lr_schedule} must be one of "
+                          f"{', '.join(LR_SCHEDULES)}")
 
 
 def make_plan(req: DistillRequest, teacher: RunDir, cfg: Config) -> Plan:
@@ -358,6 +378,7 @@ def make_plan(req: DistillRequest, teacher: RunDir, cfg: Config) -> Plan:
                 time_budget_min=budget, lr=req.lr or cfg.train.lr,
                 batch_size=req.batch_size or cfg.train.batch_size,
                 ckpt_every=req.ckpt_every or iterations, seed=req.seed, guidance=w, init=init,
+                lr_schedule=req.lr_schedule or DEFAULT_LR_SCHEDULE[method],
                 teacher={"run": str(teacher.root.resolve()), "checkpoint": "", "sha256": "",
                          "objective": cfg.diffusion.objective,
                          "prediction": cfg.diffusion.prediction, "steps": teacher_steps(cfg)})
@@ -433,7 +454,12 @@ class Distillation:
         return net
 
     def _adam(self) -> None:
-        self.opt = torch.optim.Adam(self.student.parameters(), lr=self.plan.lr)
+        self.opt = torch.optim.Adam(self.student.parameters(), lr=self.plan.lr_at(self.step))
+
+    def _set_lr(self) -> None:
+        """The plan's learning rate for the next iteration (Plan.lr_at)."""
+        for group in self.opt.param_groups:
+            group["lr"] = self.plan.lr_at(self.step)
 
     def begin(self) -> None:
         """The networks at iteration 0."""
@@ -478,6 +504,7 @@ class Distillation:
         elif not boundary:
             optimizer_from_tensors(self.opt, files["optimizer.safetensors"],
                                    files["optimizer.json"])
+            self._set_lr()
         self.log(f"ddpmlab: resumed {self.run.root} at iteration {self.step} (stage "
                  f"{min(self.step // self.plan.iterations, len(self.plan.stages) - 1) + 1} of "
                  f"{len(self.plan.stages)}) from {ckpt.name}")
@@ -516,6 +543,7 @@ class Distillation:
             self.step += 1
             self.window.append(loss)
             self.events.step(self.step)
+            self._set_lr()
             if self.governor is not None and (threads := self.governor.poll()) is not None:
                 self.events.note(self.governor.change_note(threads, "distilling"))
             self._poll_budget(budget, t0)
@@ -533,7 +561,7 @@ class Distillation:
         n = len(self.window)
         self.last_loss = sum(self.window) / n
         self.window = []
-        return {"step": self.step, "loss": self.last_loss, "lr": self.plan.lr,
+        return {"step": self.step, "loss": self.last_loss, "lr": self.plan.lr_at(self.step - 1),
                 "stage": k, "student_steps": self.plan.stages[k],
                 "steps_per_s": n / dt if dt > 0 else 0.0,
                 "images_per_s": n * self.plan.batch_size / dt if dt > 0 else 0.0,
@@ -671,7 +699,8 @@ def _resume(req: DistillRequest, device: torch.device,
                                   ("--to", req.to), ("--iterations", req.iterations),
                                   ("--time-budget", req.time_budget), ("--lr", req.lr),
                                   ("--batch-size", req.batch_size),
-                                  ("--ckpt-every", req.ckpt_every)) if v is not None]
+                                  ("--ckpt-every", req.ckpt_every),
+                                  ("--lr-schedule", req.lr_schedule)) if v is not None]
     if given:
         raise ConfigError(f"--resume continues {req.resume} with its recorded plan "
                           f"(distill.json); drop {', '.join(given)}")
@@ -698,8 +727,10 @@ def _describe(plan: Plan) -> str:
               f"sharing a {plan.time_budget_min:g}-minute budget")
     how = (" -> ".join(map(str, plan.stages)) + " student steps" if plan.method == "progressive"
            else f"an EMA target, {CD_LEVELS} levels, {plan.init} start")
-    return (f"{len(plan.stages)} stage(s) ({how}) {length}, batch {plan.batch_size}, "
-            f"lr {plan.lr:g}, guidance {plan.guidance:g} distilled")
+    lr = f"lr {plan.lr:g}" + (" falling linearly to 0 in each stage"
+                              if plan.lr_schedule == "linear" else "")
+    return (f"{len(plan.stages)} stage(s) ({how}) {length}, batch {plan.batch_size}, {lr}, "
+            f"guidance {plan.guidance:g} distilled")
 
 
 def distill_command(req: DistillRequest, device: torch.device,

@@ -66,11 +66,23 @@ def _inpainting(model, cfg, x, y, read, a) -> dict:
     T = cfg.diffusion.timesteps
     rows = {}
     plan = []
-    if a.inpaint_class in ("none", "both"):
+    kinds = {"both": {"none", "given"}}.get(a.inpaint_class, set(a.inpaint_class.split(",")))
+    if "none" in kinds:
         plan += [("repaint", a.steps, (j, r), None), ("replacement", min(nfe, T), (1, 1), None)]
-    if a.inpaint_class in ("given", "both") and y is not None:  # told the digit: conditional,
-        plan += [("repaint, given the class", a.steps, (j, r), y),   # at the run's guidance
+    if "given" in kinds and y is not None:  # told the digit: conditional, at the run's guidance
+        plan += [("repaint, given the class", a.steps, (j, r), y),
                  ("replacement, given the class", min(nfe, T), (1, 1), y)]
+    if "read" in kinds and cfg.model.num_classes:   # the class read from the kept half by the
+        from ddpmlab.edit_run import CLASS_DRAWS, read_classes     # run's own network
+
+        call = sampling_call(model, cfg, "cpu", sampler="ddpm", steps=a.steps)
+        read_y, dt = _timed(lambda: read_classes(call, mask, x, cfg.model.num_classes))
+        rows["class read from the kept half"] = {
+            "draws": CLASS_DRAWS, "nfe": CLASS_DRAWS * cfg.model.num_classes,
+            "s_per_image": dt / len(x),
+            "as_original": None if y is None else float((read_y == y).float().mean())}
+        log(f"classes read: {rows['class read from the kept half']}")
+        plan += [("repaint, the class read", a.steps, (j, r), read_y)]
     for name, steps, jr, label in plan:
         call = sampling_call(model, cfg, "cpu", sampler="ddpm", steps=steps)
         s = EditSettings("inpaint", mask=mask, jump_length=jr[0], jump_n_sample=jr[1])
@@ -166,9 +178,11 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--translate-guidance", default="1",
                    help="the regeneration's guidance weights, e.g. 1,2,3")
-    p.add_argument("--inpaint-class", choices=("none", "given", "both"), default="none",
-                   help="inpaint without a class (the null class), given each image's class "
-                        "(a conditional run, at its guidance), or both")
+    p.add_argument("--inpaint-class", default="none",
+                   help="comma list of: none (inpaint with the null class), given (each "
+                        "image's own class, at the run's guidance), read (the class read from "
+                        "the kept half by the run's network, ddpmlab edit --target-class auto); "
+                        "both = none,given")
     p.add_argument("--only", default="inpainting,inversion,translation")
     p.add_argument("--out-md", default=str(result_path("editing", "editing.md")))
     p.add_argument("--out-json", default=str(result_path("editing", "editing.json")))

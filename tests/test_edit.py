@@ -525,3 +525,66 @@ def test_ddib_guides_the_regeneration_only():
     torch.testing.assert_close(out, ddib.regenerate(model, SCHED, z, y=1, guidance=3.0, **kw))
     both = translate(model, SCHED, x0, 0, 1, guidance=3.0, invert_guidance=3.0, **kw)
     assert (both - out).abs().max().item() > 1e-3
+
+
+# ============================================================================ class of kept pixels
+# Three classes of 4-D diagonal Gaussians; the first two coordinates are kept, the last two
+# generated (their means differ by class too, so using them would change the answer).
+CL_MU = torch.tensor([[-0.5, 0.3, 0.6, -0.2], [0.4, -0.2, -0.5, 0.5], [0.1, 0.6, 0.0, 0.0]],
+                     dtype=F64)
+CL_SD = torch.tensor([[0.3, 0.5, 0.2, 0.4], [0.5, 0.3, 0.4, 0.2], [0.4, 0.4, 0.3, 0.3]],
+                     dtype=F64)
+CL_MASK = torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=F64)
+
+
+def three_class_model():
+    per = [diag_mixture_eps([1.0], CL_MU[k:k + 1], CL_SD[k:k + 1]) for k in range(3)]
+
+    def model(x, t, y):
+        if bool((y == y[0]).all()):                                 # (one class per call)
+            return per[int(y[0])](x, t)
+        outs = torch.stack([p(x, t) for p in per])                 # [3, N, D]
+        return outs[y, torch.arange(len(x))]
+
+    return model
+
+
+def kept_log_likelihood(x: torch.Tensor) -> torch.Tensor:
+    """[N, 3]: log N(x_kept; mu_y, sd_y^2) over the kept coordinates, in closed form."""
+    keep = CL_MASK == 0
+    d = (x[:, None, keep] - CL_MU[None, :, keep]) / CL_SD[None, :, keep]
+    return (-0.5 * d ** 2 - CL_SD[None, :, keep].log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def _likelihood_gap(**kw) -> float:
+    """The largest error of the scores' class differences against the closed form's
+    (-log p(x_kept | y) + log p(x_kept | 0)) on 6 points (2 drawn from each class)."""
+    classify = importlib.import_module("ddpmlab.edit.classify")
+    x = torch.cat([CL_MU[k] + CL_SD[k] * torch.randn(2, 4, generator=gen(10 + k), dtype=F64)
+                   for k in range(3)])
+    kw = {"mask": CL_MASK, "batch": 1 << 16, **kw}
+    s = classify.class_scores(three_class_model(), SCHED, x, num_classes=3, draws=20000,
+                              generator=gen(3), **kw)
+    ll = kept_log_likelihood(x)
+    return float(((s - s[:, :1]) - (-(ll - ll[:, :1]))).abs().max())
+
+
+def test_class_scores_are_the_kept_pixels_log_likelihoods():
+    """The ELBO in lambda with the exact eps is -log p(x_kept | y) up to one constant per image:
+    the class differences match the closed form; the diffusion classifiers' uniform weights over
+    the indices, and the error over every pixel, fail the same check."""
+    from ddpmlab.edit.classify import infer_class, lambda_weights
+
+    w = lambda_weights(SCHED)
+    assert float(w.sum()) == pytest.approx(float(SCHED.log_snr[0] - SCHED.log_snr[-1]), rel=1e-12)
+    assert bool((w > 0).all())
+    assert _likelihood_gap() < 0.2
+    assert _likelihood_gap(weights=torch.ones(T, dtype=F64)) > 1.0
+    assert _likelihood_gap(mask=torch.zeros(4, dtype=F64)) > 1.0
+    # the most likely class under a prior: the closed form's argmax on points near each mean
+    x = CL_MU + 0.05 * torch.randn(3, 4, generator=gen(5), dtype=F64)
+    got = infer_class(three_class_model(), SCHED, x, CL_MASK, 3, draws=200, generator=gen(6))
+    assert got.tolist() == kept_log_likelihood(x).argmax(1).tolist() == [0, 1, 2]
+    prior = torch.tensor([1.0, 1.0, 1e9], dtype=F64)        # a prior can outweigh the pixels
+    assert infer_class(three_class_model(), SCHED, x, CL_MASK, 3, draws=200, generator=gen(6),
+                       prior=prior).tolist() == [2, 2, 2]

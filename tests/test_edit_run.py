@@ -159,6 +159,35 @@ def test_inpainting_keeps_the_known_pixels_exactly(runs, tmp_path):
 
 
 @pytest.mark.e2e
+def test_inpainting_reads_the_class_from_the_kept_pixels(runs, tmp_path, capsys):
+    """--target-class auto: each image's class is infer_class's on the kept half (the run's
+    network, CLASS_DRAWS draws per class, seeded by (seed, image)), the inpainting is
+    conditioned on it, and its cost is counted."""
+    from ddpmlab.edit import infer_class
+    from ddpmlab.edit_run import CLASS_DRAWS, CLASS_SEED, read_mask
+    from ddpmlab.samplers import per_sample_generators
+
+    npz = tmp_path / "r.npz"
+    assert main(["edit", str(runs["cond"]), "inpaint", "--held-out", "5", "--target-class",
+                 "auto", "--npz", str(npz), "--out", str(tmp_path / "g.png"), "--device",
+                 "cpu", "--seed", "3"]) == 0
+    said = capsys.readouterr().out
+    model, cfg, _ = load_run(runs["cond"])
+    call = sampling_call(model, cfg, "cpu")
+    x, _ = read_inputs(cfg, None, 5)
+    want = infer_class(call.model, call.schedule, x, read_mask("right", 8), 10, CLASS_DRAWS,
+                       per_sample_generators(3 + CLASS_SEED, range(5)),
+                       prediction=call.prediction)
+    with np.load(npz) as f:
+        assert f["labels"].tolist() == want.tolist()
+    assert "classes read from the kept pixels (image: class): " + ", ".join(
+        f"{k}: {c}" for k, c in enumerate(want.tolist())) in said
+    given = edit_command(EditRequest(runs["cond"], "inpaint", held_out=5,
+                                     out=tmp_path / "h.png"))
+    assert f"{given.nfe + CLASS_DRAWS * 10:g} network evaluations per image" in said
+
+
+@pytest.mark.e2e
 def test_results_depend_on_the_seed_and_the_index_only(runs, tmp_path):
     def draw(**kw):
         npz = tmp_path / "r.npz"
@@ -275,6 +304,8 @@ BAD = [
     ("cond", ["inpaint", "--held-out", "2", "--input", "{tmp}/black.png"], "one of them"),
     ("cond", ["inpaint", "--held-out", "2", "--steps", "51"], "--steps=51"),
     ("uncond", ["inpaint", "--held-out", "2", "--target-class", "3"], "is unconditional"),
+    ("uncond", ["inpaint", "--held-out", "2", "--target-class", "auto"], "is unconditional"),
+    ("cond", ["img2img", "--held-out", "2", "--target-class", "auto"], "only inpaint reads"),
     ("uncond", ["invert", "--held-out", "2", "--source-class", "1"], "is unconditional"),
     ("uncond", ["translate", "--held-out", "2"], "is unconditional"),
 ]

@@ -35,7 +35,10 @@ on the regeneration only, its inversion is unguided (:mod:`ddpmlab.edit.ddib`).
 **Classes** (a conditional run): ``source_class`` (invert, translate) or else the inputs'
 labels; ``target_class`` the class of the edit (inpaint, img2img, interpolate: one class; else
 the inputs' labels, or none: the model's unconditional distribution) or the classes translated
-to (default: all). An unconditional run refuses both.
+to (default: all). ``target_class="auto"`` (inpaint) reads each image's class from its kept
+pixels with the run's own network (:func:`ddpmlab.edit.infer_class`: the most likely class by
+the ELBO of the kept pixels, :data:`CLASS_DRAWS` draws per class) and inpaints with it at the
+run's guidance; a note lists the classes read. An unconditional run refuses both.
 
 Result k depends on (seed, k) only (:func:`ddpmlab.samplers.per_sample_generators`): the batch
 size changes nothing.
@@ -59,6 +62,7 @@ from .edit import (
     EDITS,
     INVERTERS,
     img2img,
+    infer_class,
     inpaint,
     inpaint_nfe,
     interpolate_latent,
@@ -75,6 +79,9 @@ from .samplers import SAMPLERS, per_sample_generators
 from .viz import save_grid
 
 MAX_INPUTS = 1024        # images one command edits
+AUTO = "auto"            # --target-class: read each image's class from its kept pixels
+CLASS_SEED = 7919        # (its draws' seeds: apart from the edit's own)
+CLASS_DRAWS = 32         # network evaluations per class and image for AUTO
 STRIP = 8                # images of an interpolation strip (both ends included)
 LATENT_SCALE = 3.0       # x_T is shown as x_T / 3 (a standard normal mostly within +-3)
 
@@ -452,6 +459,14 @@ def _labels(req: EditRequest, cfg: Config, n: int, labels: torch.Tensor | None
                                                 req.run))
     targets: tuple[int, ...] = ()
     text = req.target_class
+    if text == AUTO:
+        if req.operation != "inpaint":
+            raise ConfigError(f"--target-class {AUTO}: only inpaint reads the class from the "
+                              f"kept pixels; give {req.operation} a class number")
+        if num == 0:
+            raise ConfigError(f"--target-class {AUTO}: the run {req.run} is unconditional; it "
+                              "has no classes to read")
+        return None, ()
     if req.operation == "translate":
         if num == 0:
             raise ConfigError(f"translate: the run {req.run} is unconditional; translation "
@@ -521,12 +536,28 @@ def edit_command(req: EditRequest, device: torch.device | str = "cpu") -> EditRe
     model, cfg, ckpt = load_run(run.root, use_ema=req.use_ema, device=device)
     call = sampling_call(model, cfg, device, sampler=sampler, steps=req.steps,
                          guidance=guidance, precision=req.precision)
+    notes, read = [], 0
+    if req.target_class == AUTO:
+        y = read_classes(call, settings.mask, x.to(device), cfg.model.num_classes, req.seed)
+        read = CLASS_DRAWS * cfg.model.num_classes
+        notes.append("classes read from the kept pixels (image: class): " + ", ".join(
+            f"{k}: {c}" for k, c in enumerate(y.tolist())))
     counted = _Counted(call.model)
     batch = req.batch_size or cfg.sample.batch_size
     res = run_edit(call.with_model(counted), settings, x.to(device), y, req.seed, batch)
     return _write(req, res, out, y, EditResult(
-        req.operation, len(x), sampler, steps, counted.calls / math.ceil(len(x) / batch),
-        ckpt, out, None))
+        req.operation, len(x), sampler, steps,
+        counted.calls / math.ceil(len(x) / batch) + read, ckpt, out, None, notes))
+
+
+def read_classes(call: SamplingCall, mask: torch.Tensor, x: torch.Tensor, num_classes: int,
+                 seed: int = 0) -> torch.Tensor:
+    """Each image's class read from its kept pixels by the call's network (unguided: the
+    class-conditional model itself), :data:`CLASS_DRAWS` draws per class; image k's draws
+    depend on (seed, k) only."""
+    gens = per_sample_generators(seed + CLASS_SEED, range(len(x)))
+    return infer_class(call.model, call.schedule, x, mask.to(x), num_classes, CLASS_DRAWS,
+                       gens, prediction=call.prediction, learn_sigma=call.learn_sigma)
 
 
 def _write(req: EditRequest, res: EditOutput, out: Path, y: torch.Tensor | None,
@@ -547,7 +578,7 @@ def _write(req: EditRequest, res: EditOutput, out: Path, y: torch.Tensor | None,
         elif y is not None and len(y) == rows:
             lab = y.cpu().repeat_interleave(len(res.results))
         npz = save_npz(results, req.npz, labels=lab)
-    notes = []
+    notes = list(result.notes)
     if req.operation == "invert":
         p = psnr(cols[0], cols[2])
         notes.append(f"reconstruction PSNR {float(p.mean()):.2f} dB (mean of {len(p)}; "

@@ -10,7 +10,9 @@ functions (:mod:`.driver`), so any sampler of :data:`ddpmlab.samplers.SAMPLERS` 
 * :func:`invert` and :func:`regenerate` (DDIM / DPM-Solver++ on the ODE), :mod:`.inversion`;
 * :func:`slerp`, :func:`interpolate_latent` and :func:`interpolate_xt`, :mod:`.interpolation`;
 * :func:`translate` (DDIB), :mod:`.ddib`;
-* :func:`decided_when` (the DDPM paper's Fig. 7), :mod:`.decided`.
+* :func:`decided_when` (the DDPM paper's Fig. 7), :mod:`.decided`;
+* :func:`infer_class` and :func:`class_scores` (the class of the kept pixels by the model's own
+  ELBO, what inpainting without a given class conditions on), :mod:`.classify`.
 
 Each is proven on data with an exact score in ``tests/test_edit.py``, with a broken twin.
 Adding an operation is one file and one line in :data:`EDITS`.
@@ -18,6 +20,7 @@ Adding an operation is one file and one line in :data:`EDITS`.
 
 from __future__ import annotations
 
+from .classify import class_scores, infer_class, lambda_weights
 from .ddib import inversion_settings, translate
 from .decided import decided_when
 from .inpainting import inpaint, inpaint_nfe, jump_schedule
@@ -38,7 +41,8 @@ EDITS = {
 }
 
 __all__ = [
-    "EDITS", "INVERTERS", "decided_when", "denoise_from", "img2img", "inpaint", "inpaint_nfe",
+    "EDITS", "INVERTERS", "class_scores", "decided_when", "denoise_from", "img2img",
+    "infer_class", "inpaint", "inpaint_nfe", "lambda_weights",
     "interpolate_latent", "interpolate_xt", "inversion_settings", "invert", "jump_schedule",
     "regenerate", "slerp", "start_position", "translate",
 ]

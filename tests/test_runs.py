@@ -357,6 +357,29 @@ def test_own_guide_at_a_fraction_is_kept_by_the_trainer_and_found_by_sampling(tm
         assert needle in err and len(err.splitlines()) == 1, err
 
 
+@pytest.mark.e2e  # over 3 s: a run sized by time
+def test_own_guide_under_a_time_budget_is_the_sized_runs_step(tmp_path):
+    """A time budget sizes max_steps at step 40; the "@F" checkpoint is F of the sized run
+    (what ./run.sh's preset relies on), kept past keep_last like any other guide."""
+    import json
+
+    from ddpmlab.cli import main
+    from ddpmlab.layout import RunDir
+
+    run = tmp_path / "timed"
+    assert main(["train", "--dataset", "digits", "--out", str(run), "--no-progress",
+                 "--device", "cpu", "--no-samples", "--time-budget", "0.04", "--unconditional",
+                 "model.base_channels=8", "model.channel_mult=1", "model.num_res_blocks=1",
+                 "model.attention_resolutions=", "model.norm_groups=4",
+                 "diffusion.timesteps=50", "train.batch_size=4", "train.ckpt_every=100000",
+                 "train.keep_last=1", "train.precision=fp32", "train.warmup_steps=1",
+                 "sample.guide=@0.9", "sample.guide_weight=2"]) == 0
+    steps = json.loads((run / "config.json").read_text())["train"]["max_steps"]
+    assert steps >= 60, steps            # (the guide's step lies past the sizing at step 40)
+    names = [p.name for p in RunDir(run).checkpoint_dirs()]
+    assert names == [f"step_{round(0.9 * steps):08d}", f"step_{steps:08d}"], (names, steps)
+
+
 def json_guide(run) -> str:
     import json
 

@@ -123,7 +123,8 @@ def cmd_sample(a: argparse.Namespace) -> None:
         if f"student:{run.name}" in arrays:
             continue
         plan = json.loads((run / "distill.json").read_text())
-        label = f"student ({plan['method']}, {plan['to']} step{'s' * (plan['to'] > 1)})"
+        rate = ", lr annealed" if plan.get("lr_schedule") == "linear" else ""
+        label = f"student ({plan['method']}, {plan['to']} step{'s' * (plan['to'] > 1)}{rate})"
         _draw(arrays, meta, f"student:{run.name}", _newest(run), a, device, None, None,
               role="student", method=plan["method"], label=label, plan=plan,
               distill_minutes=distill_minutes(run))

@@ -73,7 +73,7 @@ def _inpainting(model, cfg, x, y, read, a) -> dict:
         plan += [("repaint, given the class", a.steps, (j, r), y),
                  ("replacement, given the class", min(nfe, T), (1, 1), y)]
     if "read" in kinds and cfg.model.num_classes:   # the class read from the kept half by the
-        from ddpmlab.edit_run import CLASS_DRAWS, read_classes     # run's own network
+        from ddpmlab.edit_run import CLASS_DRAWS, read_classes  # (the run's own network)
 
         call = sampling_call(model, cfg, "cpu", sampler="ddpm", steps=a.steps)
         read_y, dt = _timed(lambda: read_classes(call, mask, x, cfg.model.num_classes))

@@ -100,6 +100,8 @@ NOT_RUN = {
     **dict.fromkeys((
         "ddpmlab edit runs/mnist inpaint --held-out 8 --mask right --sampler ddpm --steps 250 "
         "--jump-length 10 --jump-n-sample 10",
+        "ddpmlab edit runs/mnist inpaint --input my_half_digit.png --target-class auto "
+        "--jump-length 10 --jump-n-sample 5",
         "ddpmlab edit runs/mnist img2img --input my_digit.png --strength 0.5",
         "ddpmlab edit runs/mnist invert --held-out 8 --sampler dpm_solver --steps 50",
         "ddpmlab edit runs/mnist interpolate --held-out 4",

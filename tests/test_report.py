@@ -37,7 +37,8 @@ from ddpmlab.report.strings import STRINGS
 TINY = ["model.base_channels=16", "model.channel_mult=1,2", "model.num_res_blocks=1",
         "model.attention_resolutions=4", "model.num_heads=2", "model.norm_groups=8",
         "diffusion.timesteps=50", "train.batch_size=8", "train.log_every=1",
-        "sample.n=4", "sample.sampler=ddim", "sample.steps=5"]
+        "sample.n=4", "sample.sampler=ddim", "sample.steps=5", "sample.guide=",
+        "sample.guide_weight=1"]   # (no autoguidance: one checkpoint means one)
 # a seconds-fast report (the command's default plan is tested once, through the CLI)
 SMALL = ReportPlan(forward_images=3, forward_frames=9, chain_samples=3, chain_frames=8,
                    bpd_images=4, bpd_timesteps=5, checkpoint_samples=4, grid_per_class=3,

@@ -162,7 +162,8 @@ def heun_run(tmp_path_factory):
                  "model.base_channels=16", "model.channel_mult=1,2", "model.num_res_blocks=1",
                  "model.attention_resolutions=4", "model.num_heads=2", "model.norm_groups=8",
                  "diffusion.timesteps=50", "train.batch_size=8", "sample.n=4",
-                 "sample.sampler=heun", "sample.steps=4"]) == 0
+                 "sample.sampler=heun", "sample.steps=4", "sample.guide=",
+                 "sample.guide_weight=1"]) == 0     # (not the preset's own autoguidance)
     return out
 
 
@@ -355,6 +356,18 @@ def test_own_guide_at_a_fraction_is_kept_by_the_trainer_and_found_by_sampling(tm
                      "--out", str(tmp_path / "bad.png"), *extra]) == 2
         err = capsys.readouterr().err.strip()
         assert needle in err and len(err.splitlines()) == 1, err
+    # the run's own "@F" guide not on disk (a run stopped before it; here deleted): the run's
+    # config samples without autoguidance, said in one line; asked for by --guide, refused
+    import shutil
+
+    early = tmp_path / "early"
+    shutil.copytree(own, early)
+    shutil.rmtree(early / "checkpoints" / "step_00000003")
+    with pytest.warns(UserWarning, match="no checkpoint at step 3 .* sampling without auto"):
+        assert np.array_equal(_sampler_of(early, tmp_path)("early"), unguided)
+    assert main(["sample", str(early), "-n", "2", "--device", "cpu", "--no-progress", "--out",
+                 str(tmp_path / "bad.png"), "--guide", "@0.5"]) == 2
+    assert "give --guide RUN|CHECKPOINT" in capsys.readouterr().err
 
 
 @pytest.mark.e2e  # over 3 s: a run sized by time

@@ -324,11 +324,15 @@ def _guidance(cfg: Config, s: Any, sched: schedules.Schedule, device: torch.devi
     if s.own_guide() is not None and not isinstance(guide, nn.Module):  # "@F", not on disk
         if s.guide_weight != 1.0:
             step = dataclasses.replace(cfg, sample=s).own_guide_step()
-            raise ConfigError(f"sample.guide={s.guide}: the run has no checkpoint at step {step}"
-                              f" ({s.own_guide():.0%} of its {cfg.train.max_steps} steps): the "
-                              "trainer keeps it only for a run trained with that sample.guide "
-                              "that got so far; give --guide RUN|CHECKPOINT, or --guide-weight 1")
-        s = dataclasses.replace(s, guide="")   # (weight 1: the guide changes nothing)
+            missing = (f"sample.guide={s.guide}: the run has no checkpoint at step {step} "
+                       f"({s.own_guide():.0%} of its {cfg.train.max_steps} steps)")
+            if guide is not None:               # asked for here (--guide @F): refused
+                raise ConfigError(f"{missing}: the trainer keeps it only for a run trained "
+                                  "with that sample.guide that got so far; give --guide "
+                                  "RUN|CHECKPOINT, or --guide-weight 1")
+            warnings.warn(f"{missing}, the run stopped before it: sampling without "  # (the
+                          "autoguidance", stacklevel=2)                  # run's own config)
+        s = dataclasses.replace(s, guide="", guide_weight=1.0)
     net = None
     if isinstance(guide, nn.Module) or s.guide:
         module, gcfg = (guide, cfg) if isinstance(guide, nn.Module) else \
@@ -1003,7 +1007,8 @@ def sample_command(req: SampleRequest, device: torch.device) -> SampleResult | N
         model, cfg, ckpt = load_run(req.run, use_ema=req.use_ema, device=device)
         guide = req.guide
         if guide is not None and os.fspath(guide).startswith(OWN_GUIDE):
-            cfg, guide = resolve_own_guide(cfg, req.run, guide), None
+            cfg = resolve_own_guide(cfg, req.run, guide)
+            guide = None if cfg.sample.own_guide() is None else guide  # (not kept: refused)
         T = cfg.diffusion.timesteps
         if req.steps is not None and req.steps > T:
             raise ConfigError(f"--steps={req.steps} exceeds the run's diffusion.timesteps={T}")

@@ -1,7 +1,7 @@
 """Non-leaking augmentation on a small data set: off against on (issue 32, point 3).
 
-The recipe turns ``train.augment`` on below ``ddpmlab.recipe.AUGMENT_BELOW`` training images;
-this is the measurement that decides that threshold. Per data set (``emoji``,
+The measurement behind the recipe's choice to leave ``train.augment`` off (BENCHMARKS.md §13:
+no copies without it at 51 and 256 passes over the data, and it cost FID). Per data set (``emoji``,
 ``fashion-mnist``), a seeded subset of ``--n`` (500) training images is written as an ``.npz``
 (with its labels) and trained on by the real command, ``ddpmlab train --config mnist`` (the
 recipe sizes it), once per row with the same seed and time budget:

@@ -552,7 +552,8 @@ class CopyWatch(Listener):
             tr.events.note(f"ddpmlab: warning: {m.share:.1%} of {self.n} samples at step {step} "
                            f"are near-copies of training images ({real}: "
                            f"{m.reference_share:.1%}{before}): the model is starting to copy; "
-                           "more data, augmentation or an earlier checkpoint")
+                           "more data, augmentation (train.augment=0.15, on a run that has "
+                           "none) or an earlier checkpoint")
         self.last = (step, m.share)
 
 

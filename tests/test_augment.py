@@ -25,6 +25,7 @@ from ddpmlab.nn import UNet
 from ddpmlab.objectives import OBJECTIVES, with_augment
 from ddpmlab.recipe import (
     AUGMENT_P,
+    AUGMENT_PASSES,
     RECIPE_KEYS,
     WATCH_BELOW,
     WATCH_SAMPLES,
@@ -325,15 +326,43 @@ def _all_keys(preset: str = "mnist") -> Config:
 @pytest.mark.parametrize("count, watch", [
     (40, WATCH_SAMPLES), (100, WATCH_SAMPLES), (500, WATCH_SAMPLES), (999, WATCH_SAMPLES),
     (WATCH_BELOW - 1, WATCH_SAMPLES), (WATCH_BELOW, 0), (4500, 0), (60_000, 0)])
-def test_the_recipe_watches_small_data_sets_and_augments_none(count, watch):
-    """The copy watch below WATCH_BELOW images; augmentation never (measured: no copies at 51
-    and 256 passes over 500 and 100 emoji, and it cost FID; BENCHMARKS.md §13)."""
+def test_the_recipe_watches_small_data_sets(count, watch):
     stats = DataStats(32, 3, count, 0)
     out, line = apply_recipe(_for(_all_keys(), stats), stats)
-    assert (out.train.augment, out.train.watch_copies) == (0.0, watch)
-    assert "no augmentation" in line and "augmentation p=" not in line
-    assert ("copy watch of" in line) == bool(watch)
+    assert out.train.watch_copies == watch and ("copy watch of" in line) == bool(watch)
     assert WATCH_BELOW < 4500                            # the main job stays as it was
+
+
+@pytest.mark.parametrize("count, max_steps, augment", [
+    (100, 1600, AUGMENT_P),     # batch 16: 256 passes (measured: augmentation gained FID)
+    (500, 800, 0.0),            # batch 32: 51 passes (measured: it cost FID)
+    (500, 2000, AUGMENT_P),     # 128 passes: the threshold itself is on
+    (500, 1999, 0.0),           # 127.9
+    (40, 640, AUGMENT_P),       # batch 8: 128 passes
+    (4500, 5000, 0.0),          # 36 passes
+])
+def test_augmentation_follows_the_passes_over_the_data(count, max_steps, augment):
+    """On when each image is expected to be seen >= AUGMENT_PASSES times (steps x batch /
+    images): the measured 51 passes off, 256 on."""
+    stats = DataStats(32, 3, count, 0)
+    cfg = _for(_all_keys(), stats).override({"train.time_budget_min": "0",
+                                             "train.max_steps": str(max_steps)})
+    out, line = apply_recipe(cfg, stats)
+    passes = max_steps * out.train.batch_size / count
+    assert out.train.augment == augment == (AUGMENT_P if passes >= AUGMENT_PASSES else 0.0)
+    assert ("augmentation p=" in line) == bool(augment)
+    if augment:
+        assert f"seen ~{passes:,.0f} times" in line
+
+
+def test_a_time_budget_gives_the_passes_it_expects():
+    """Under the recipe's own budget: 40 or 100 images are seen hundreds of times (on), 500
+    about 56 (off), MNIST's 4,500 about 6 (off)."""
+    got = {}
+    for count in (40, 100, 500, 4500):
+        stats = DataStats(32, 3, count, 0)
+        got[count] = apply_recipe(_for(_all_keys(), stats), stats)[0].train.augment
+    assert got == {40: AUGMENT_P, 100: AUGMENT_P, 500: 0.0, 4500: 0.0}
 
 
 @pytest.mark.parametrize("preset", ["mnist", "mnist-flow", "mnist-edm"])
@@ -357,8 +386,8 @@ def test_a_value_the_user_sets_is_kept_by_the_recipe():
 
 
 def test_the_trainer_gives_a_small_data_set_the_watch_and_augmentation_its_labels():
-    """The recipe's watch on 60 images, no augmentation; train.augment set by the user (the
-    watch's remedy) gets the network's transform labels."""
+    """60 images under the recipe's budget: the watch, and augmentation with the network's
+    transform labels; train.augment=0 set by the user: neither."""
     from ddpmlab.data import ImageData
     from ddpmlab.train.setup import resolve_config
 
@@ -367,11 +396,11 @@ def test_the_trainer_gives_a_small_data_set_the_watch_and_augmentation_its_label
                      None, [], "test:train")
     said: list[str] = []
     out = resolve_config(_all_keys().override({"data.dataset": "x"}), data, said.append)
+    assert out.train.augment == AUGMENT_P and out.model.augment_dim == AUGMENT_DIM  # (60 images:
+    assert out.train.watch_copies == WATCH_SAMPLES and len(said) == 1          # many passes)
+    out = resolve_config(_all_keys().override({"data.dataset": "x", "train.augment": "0"}),
+                         data, said.append)
     assert (out.train.augment, out.model.augment_dim) == (0.0, 0)
-    assert out.train.watch_copies == WATCH_SAMPLES and len(said) == 1
-    out = resolve_config(_all_keys().override({"data.dataset": "x",
-                                               "train.augment": str(AUGMENT_P)}), data, said.append)
-    assert out.train.augment == AUGMENT_P and out.model.augment_dim == AUGMENT_DIM
 
 
 # ============================================================================ end to end

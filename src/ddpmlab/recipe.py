@@ -48,13 +48,14 @@ digits, 10 classes), which they reproduce exactly (``tests/test_recipe.py``):
   runs). The main job (~800 steps): 0.999; the fashion-mnist-60min preset's 5,638 steps give
   its 0.9995.
 * **Classes** change nothing above: a class is one embedding vector.
-* **Augmentation** (``train.augment``): off, whatever the data's size, **by measurement**
-  (``benchmarks/augment_small.py``, BENCHMARKS.md §13): on emoji subsets of 500 images (51
-  passes over the data at the main job's 800 steps) and of 100 images (256 passes), no sample
-  of the unaugmented runs is a near-copy of a training image, and EDM's non-leaking
-  augmentation at p = 0.15 (:data:`AUGMENT_P`) cost FID (500 images: +3.6 against a seed
-  spread of 0.76). The copy watch below is the protection the recipe turns on; when it reports
-  copies, its warning names augmentation (``train.augment=0.15``) among the remedies.
+* **Augmentation** (``train.augment``): EDM's non-leaking augmentation with p =
+  :data:`AUGMENT_P` when each training image is expected to be seen at least
+  :data:`AUGMENT_PASSES` times (the expected steps, as for the EMA, x batch / images), else
+  off. **By measurement** (``benchmarks/augment_small.py``, BENCHMARKS.md §13, emoji subsets,
+  no copies with or without it in any row): at 51 passes (500 images, the main job's 800
+  steps) it cost FID (+3.6 against a seed spread of 0.76); at 256 passes (100 images, 1,600
+  steps of 16) it gained (-3.4). 128 lies between; the main job (~6 passes) and the emoji set
+  (~17 in 10 minutes, ~83 in 60) stay unaugmented.
 * **Copy watch** (``train.watch_copies``): below :data:`WATCH_BELOW` training images,
   :data:`WATCH_SAMPLES` EMA samples at each checkpoint (``runs.CopyWatch``: the share of
   near-copies of training images beside the held-out images' own, in ``metrics.jsonl`` and
@@ -72,7 +73,7 @@ from typing import Any
 from .config import Config
 from .errors import ConfigError
 
-__all__ = ["AUGMENT_P", "RECIPE_KEYS", "WATCH_BELOW", "WATCH_SAMPLES",
+__all__ = ["AUGMENT_P", "AUGMENT_PASSES", "RECIPE_KEYS", "WATCH_BELOW", "WATCH_SAMPLES",
            "DataStats", "Recipe", "apply_recipe", "check_fit", "choose", "image_cost",
            "level_sizes"]
 
@@ -89,9 +90,10 @@ REF_BUDGET_MIN, BUDGET_MAX_MIN, LIMIT_MARGIN_MIN = 7.0, 60.0, 1.0
 REF_STEPS_PER_S = 1.9           # the main job on the reference machine (2 AVX2 cores, fp32)
 WIDTHS = (32, 48, 64, 96, 128)
 EMA_MIN, EMA_MAX = 1_000, 10_000
-#: the augmentation probability per transform a user turns on when the copy watch reports
-#: copies (EDM used 0.12 on CIFAR-10's 50,000); the recipe itself leaves it off (module doc)
-AUGMENT_P = 0.15
+#: augmentation on when each training image is expected to be seen at least this many times
+#: (between the measured 51 passes, where it cost FID, and 256, where it gained), with
+#: probability AUGMENT_P per transform (EDM used 0.12 on CIFAR-10's 50,000)
+AUGMENT_PASSES, AUGMENT_P = 128, 0.15
 #: the copy watch on below this many training images (between the emoji set's 1,683 and the
 #: main job's 4,500, which stays unwatched), with this many samples per checkpoint
 WATCH_BELOW, WATCH_SAMPLES = 2_000, 64
@@ -205,18 +207,21 @@ def choose(stats: DataStats, cfg: Config, keys: set[str]) -> Recipe:
         lr = float(f"{REF_LR * math.sqrt(batch / REF_BATCH):.3g}")
         values["train.lr"] = lr
         why["train.lr"] = f"lr {lr:g} (2e-3 x sqrt(batch/32))"
-    _time(stats, tc, keys, batch * cost / REF_COST, values, why)
-    _protection(stats, keys, values, why)
+    steps = _time(stats, tc, keys, batch * cost / REF_COST, values, why)
+    _protection(stats, keys, values, why, steps * batch / max(stats.count, 1))
     return Recipe(values, why)
 
 
 def _protection(stats: DataStats, keys: set[str], values: dict[str, Any],
-                why: dict[str, str]) -> None:
-    """Augmentation and the copy watch, on below their data sizes."""
+                why: dict[str, str], passes: float) -> None:
+    """Augmentation from ``passes`` (the expected times each image is seen), the copy watch
+    below its data size."""
     n = stats.count
     if "train.augment" in keys:
-        values["train.augment"] = 0.0
-        why["train.augment"] = "no augmentation"
+        on = passes >= AUGMENT_PASSES
+        values["train.augment"] = AUGMENT_P if on else 0.0
+        why["train.augment"] = (f"augmentation p={AUGMENT_P:g} (each image seen ~{passes:,.0f} "
+                                f"times, >= {AUGMENT_PASSES})" if on else "no augmentation")
     if "train.watch_copies" in keys:
         small = n < WATCH_BELOW
         values["train.watch_copies"] = WATCH_SAMPLES if small else 0
@@ -226,8 +231,9 @@ def _protection(stats: DataStats, keys: set[str], values: dict[str, Any],
 
 
 def _time(stats: DataStats, tc: Any, keys: set[str], step_rel: float, values: dict[str, Any],
-          why: dict[str, str]) -> None:
-    """The time budget (and its limit) and the EMA length from the step's relative cost."""
+          why: dict[str, str]) -> float:
+    """The time budget (and its limit) and the EMA length from the step's relative cost; the
+    steps expected (the budget's at the reference speed, or ``train.max_steps``)."""
     budget = tc.time_budget_min
     if "train.time_budget_min" in keys:
         budget = float(min(BUDGET_MAX_MIN, max(REF_BUDGET_MIN,
@@ -237,16 +243,17 @@ def _time(stats: DataStats, tc: Any, keys: set[str], step_rel: float, values: di
                                         "the main job's, 7-60 min)")
         if "train.time_limit_min" in keys:
             values["train.time_limit_min"] = budget + LIMIT_MARGIN_MIN
+    if budget:
+        steps = budget * 60 * REF_STEPS_PER_S / max(step_rel, 1e-9)
+        source = f"the ~{steps:,.0f} steps expected"
+    else:
+        steps, source = float(tc.max_steps), f"max_steps={tc.max_steps}"
     if "train.ema_decay" in keys:
-        if budget:
-            steps = budget * 60 * REF_STEPS_PER_S / max(step_rel, 1e-9)
-            source = f"the ~{steps:,.0f} steps expected"
-        else:
-            steps, source = float(tc.max_steps), f"max_steps={tc.max_steps}"
         length = min(EMA_MAX, max(EMA_MIN, _nice_floor(max(steps / 2, 1))))
         decay = round(1 - 1 / length, 6)
         values["train.ema_decay"] = decay
         why["train.ema_decay"] = f"EMA {decay:g} ({length:,} steps: half {source}, >= 1,000)"
+    return steps
 
 
 def apply_recipe(cfg: Config, stats: DataStats) -> tuple[Config, str | None]:

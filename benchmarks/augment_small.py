@@ -1,10 +1,10 @@
 """Non-leaking augmentation on a small data set: off against on (issue 32, point 3).
 
 The measurement behind the recipe's rule for ``train.augment`` (BENCHMARKS.md §13: on from
-``ddpmlab.recipe.AUGMENT_PASSES`` passes over the data; it cost FID at 51, gained at 256). Per data set (``emoji``,
-``fashion-mnist``), a seeded subset of ``--n`` (500) training images is written as an ``.npz``
-(with its labels) and trained on by the real command, ``ddpmlab train --config mnist`` (the
-recipe sizes it), once per row with the same seed and time budget:
+``ddpmlab.recipe.AUGMENT_PASSES`` passes over the data; it cost FID at 51, gained at 256). Per
+data set (``emoji``, ``fashion-mnist``), a seeded subset of ``--n`` (500) training images is
+written as an ``.npz`` (with its labels) and trained on by the real command, ``ddpmlab train
+--config mnist`` (the recipe sizes it), once per row with the same seed and time budget:
 
 * ``off``: ``train.augment=0``;
 * ``on``: ``train.augment=P`` (``--p``, default the recipe's ``AUGMENT_P``).

@@ -536,15 +536,16 @@ def edit_command(req: EditRequest, device: torch.device | str = "cpu") -> EditRe
     model, cfg, ckpt = load_run(run.root, use_ema=req.use_ema, device=device)
     call = sampling_call(model, cfg, device, sampler=sampler, steps=req.steps,
                          guidance=guidance, precision=req.precision)
+    x = x.to(device)
     notes, read = [], 0
     if req.target_class == AUTO:
-        y = read_classes(call, settings.mask, x.to(device), cfg.model.num_classes, req.seed)
+        y = read_classes(call, settings.mask, x, cfg.model.num_classes, req.seed)
         read = CLASS_DRAWS * cfg.model.num_classes
         notes.append("classes read from the kept pixels (image: class): " + ", ".join(
             f"{k}: {c}" for k, c in enumerate(y.tolist())))
     counted = _Counted(call.model)
     batch = req.batch_size or cfg.sample.batch_size
-    res = run_edit(call.with_model(counted), settings, x.to(device), y, req.seed, batch)
+    res = run_edit(call.with_model(counted), settings, x, y, req.seed, batch)
     return _write(req, res, out, y, EditResult(
         req.operation, len(x), sampler, steps,
         counted.calls / math.ceil(len(x) / batch) + read, ckpt, out, None, notes))

@@ -62,6 +62,7 @@ from .likelihood import BitsPerDim, bits_per_dim
 from .likelihood_ode import NLLS, ode_bits_per_dim
 from .nn import UNet
 from .objectives import build as build_objective
+from .recipe import AUGMENT_P
 from .samplers import SAMPLERS, per_sample_generators, sample
 from .train import Trainer
 from .train.checkpoint import latest_checkpoint
@@ -552,8 +553,8 @@ class CopyWatch(Listener):
             tr.events.note(f"ddpmlab: warning: {m.share:.1%} of {self.n} samples at step {step} "
                            f"are near-copies of training images ({real}: "
                            f"{m.reference_share:.1%}{before}): the model is starting to copy; "
-                           "more data, augmentation (train.augment=0.15, on a run that has "
-                           "none) or an earlier checkpoint")
+                           f"more data, augmentation (train.augment={AUGMENT_P:g}, on a run "
+                           "that has none) or an earlier checkpoint")
         self.last = (step, m.share)
 
 

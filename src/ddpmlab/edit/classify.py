@@ -34,9 +34,10 @@ from __future__ import annotations
 
 import torch
 
+from ..forward import q_sample
 from ..parametrization import to_x0_eps
 from ..reverse import Model, call_model, split_output
-from ..samplers.noise import Generators
+from ..samplers.noise import Generators, randn
 from ..schedules import Schedule
 from .driver import check_mask
 
@@ -56,12 +57,6 @@ def _uniforms(n: int, draws: int, generator: Generators) -> torch.Tensor:
     if len(gens) != n:
         raise ValueError(f"got {len(gens)} generators for {n} images")
     return torch.stack([torch.rand(draws, generator=g, dtype=torch.float64) for g in gens])
-
-
-def _noise(shape: tuple[int, ...], generator: Generators) -> torch.Tensor:
-    if generator is None or isinstance(generator, torch.Generator):
-        return torch.randn(shape, generator=generator)
-    return torch.stack([torch.randn(shape[1:], generator=g) for g in generator])
 
 
 def class_scores(model: Model, schedule: Schedule, x_known: torch.Tensor, mask: torch.Tensor,
@@ -85,18 +80,14 @@ def class_scores(model: Model, schedule: Schedule, x_known: torch.Tensor, mask: 
     n, dims = x_known.shape[0], tuple(x_known.shape[1:])
     u = (torch.arange(draws, dtype=torch.float64) + _uniforms(n, draws, generator)) / draws
     ts = torch.searchsorted(cdf, u.clamp(max=float(cdf[-1]) - 1e-12)).clamp(max=len(w) - 1)
-    eps = _noise((n, draws, *dims), generator).to(x_known)
+    eps_rows = randn((n, draws, *dims), generator, None).to(x_known).flatten(0, 1)  # [N K, ..]
     kept = keep.expand_as(x_known).bool()
     fill = torch.stack([xi[ki].median() for xi, ki in zip(x_known, kept, strict=True)])
     x0 = torch.where(kept, x_known, fill.view(-1, *([1] * len(dims))))
-    abar = schedule.alpha_bar.cpu()[ts].to(x_known)                       # [N, K]
-    shape = (n, draws, *([1] * len(dims)))
-    x_t = abar.sqrt().view(shape) * x0[:, None] + (1 - abar).sqrt().view(shape) * eps
-    rows = x_t.flatten(0, 1)                                               # [N K, *dims]
     t_rows = ts.flatten().to(x_known.device)
+    rows = q_sample(schedule, x0.repeat_interleave(draws, 0), t_rows, eps_rows)
     err = torch.empty(num_classes, n * draws, dtype=torch.float64)
-    per_image_keep = keep.expand_as(x_known).repeat_interleave(draws, 0)
-    eps_rows = eps.flatten(0, 1)
+    per_image_keep = kept.to(x_known).repeat_interleave(draws, 0)
     for y in range(num_classes):
         for s in range(0, len(rows), batch):
             xb, tb = rows[s:s + batch], t_rows[s:s + batch]

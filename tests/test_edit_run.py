@@ -263,10 +263,26 @@ class _Images:
     ("invert", {}, False),
     ("interpolate", {"strip": 3}, False),
     ("translate", {"targets": (1, 2, 5)}, False)])
-def test_the_declared_cost_is_the_counted_network_calls(runs, op, settings, guided):
+@pytest.mark.parametrize("autoguided", [False, True])
+def test_the_declared_cost_is_the_counted_network_calls(runs, op, settings, guided, autoguided):
+    """... with an autoguidance guide too (its images counted with the model's): every
+    operation but translate's unguided inversion adds the guide's pass."""
     model, cfg, _ = load_run(runs["cond"])
     counter = _Images(model)
     over = {} if guided else {"guidance": 1.0, "sampler": "dpm_solver"}
+    if autoguided:
+        class Guide(torch.nn.Module):          # (a guide is a module of the run's config)
+            def __init__(self, net):
+                super().__init__()
+                self.net = net
+
+            def forward(self, x, t, y=None):
+                counter.n += x.shape[0]
+                return self.net(x, t, y)
+
+        over.update(guide=Guide(load_run(runs["cond"])[0]), guide_weight=2.0)
+    else:                                      # (not the run's own @F guide either)
+        over.update(guide_weight=1.0)
     call = sampling_call(counter, cfg, "cpu", steps=6, **over)
     assert call.guidance == (2.0 if guided else 1.0)
     x, y = read_inputs(cfg, None, 4)

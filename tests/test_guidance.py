@@ -24,11 +24,13 @@ F64 = torch.float64
 
 
 def bad_labelled_model():
-    """A weaker twin of :func:`test_samplers.labelled_model`: cond = 0.3 x + 0.04 y - 0.02."""
+    """A weaker twin of :func:`test_samplers.labelled_model`: cond = 0.3 x + 0.04 y - 0.02;
+    uncond (y None or the null class) = 0.1 x."""
     def model(x, t, y=None):
         if y is None:
             return 0.1 * x
-        return 0.3 * x + 0.04 * y[:, None].to(x.dtype) - 0.02
+        cond = 0.3 * x + 0.04 * y[:, None].to(x.dtype) - 0.02
+        return torch.where((y == NULL)[:, None], 0.1 * x, cond)
 
     return model
 
@@ -40,20 +42,28 @@ def x_t_y(n=5, seed=4):
 
 # --------------------------------------------------------------------------- by hand
 @pytest.mark.parametrize("w", [0.0, 1.0, 2.5])
-@pytest.mark.parametrize("cfg", [1.0, 3.0])
+@pytest.mark.parametrize("cfg", [0.0, 1.0, 3.0])
 def test_autoguidance_by_hand(w, cfg):
     x, t, y = x_t_y()
     c = 0.5 * x + 0.1 * y[:, None].to(F64) + 1e-3 * t[:, None].to(F64)
     u = 0.2 * x - 0.05
     g = 0.3 * x + 0.04 * y[:, None].to(F64) - 0.02
-    if cfg == 1.0:
+    if cfg == 0.0 and w != 1.0:      # purely unconditional: guided by the guide's uncond 0.1 x
+        want = 0.1 * x + w * (u - 0.1 * x)
+    elif cfg == 0.0:                 # no autoguidance: classifier-free guidance at 0
+        want = u
+    elif cfg == 1.0:
         want = g + w * (c - g)
     else:
         want = c + (cfg - 1) * (c - u) + (w - 1) * (c - g)
     for null in (NULL, None):
-        got = autoguidance(labelled_model(), bad_labelled_model(), w, y, cfg=cfg,
+        calls: list = []
+        got = autoguidance(labelled_model(calls), bad_labelled_model(), w, y, cfg=cfg,
                            null_class=null)(x, t)
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        # the model's images per evaluation: both halves only when cfg is neither 0 nor 1
+        want_images = 2 * len(x) if cfg not in (0.0, 1.0) else len(x)
+        assert sum(n for n, _, _ in calls) == want_images
     # unconditional: the guide and the model are called without labels
     got = autoguidance(labelled_model(), bad_labelled_model(), w)(x, t)
     torch.testing.assert_close(got, 0.1 * x + w * (0.1 * x - 0.05), rtol=1e-12, atol=1e-12)
@@ -72,6 +82,30 @@ def test_autoguidance_learn_sigma_guides_the_prediction_half_only():
     c, g = 0.5 * x + 0.1 * y[:, None].to(F64), 0.2 * x + 0.1 * y[:, None].to(F64)
     torch.testing.assert_close(got[:, :2], g + 3.0 * (c - g), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(got[:, 2:], -0.5 * x - 1.0, rtol=0, atol=0)    # the model's
+
+
+@pytest.mark.parametrize("guide", [False, True])
+def test_purely_unconditional_keeps_the_unconditional_variance_half(guide):
+    """w = 0 (cfg = 0 with a guide): the output keeps both halves, the variance half being the
+    unconditional call's (a broken twin once returned the prediction half alone)."""
+    x, t, y = x_t_y()
+
+    def two_channel(scale):
+        def model(x, t, y=None):
+            uncond = y is None or bool((y == NULL).all())
+            pred = scale * x + (0 if uncond else 0.1 * y[:, None].to(x.dtype))
+            return torch.cat([pred, -scale * x - (2.0 if uncond else 1.0)], dim=1)
+        return model
+
+    if guide:
+        got = autoguidance(two_channel(0.5), two_channel(0.2), 3.0, y, cfg=0.0,
+                           null_class=NULL, learn_sigma=True)(x, t)
+        torch.testing.assert_close(got[:, :2], 0.2 * x + 3.0 * (0.3 * x), rtol=1e-12,
+                                   atol=1e-12)
+    else:
+        got = classifier_free_guidance(two_channel(0.5), y, 0.0, NULL, learn_sigma=True)(x, t)
+        torch.testing.assert_close(got[:, :2], 0.5 * x, rtol=0, atol=0)
+    torch.testing.assert_close(got[:, 2:], -0.5 * x - 2.0, rtol=0, atol=0)
 
 
 def test_validation():

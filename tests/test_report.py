@@ -21,6 +21,7 @@ import io
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -202,13 +203,25 @@ def test_the_chain_is_the_runs_own_sampling(runs, tmp_path):
 
 
 @pytest.mark.e2e  # over 2 s: the reports of four trained runs
+@pytest.mark.parametrize("autoguided", [False, True])
 def test_the_progress_total_is_the_sections_costs_and_the_network_calls(runs, tmp_path,
-                                                                        monkeypatch):
+                                                                        monkeypatch, autoguided):
     """The bar's total is the sum of the sections' declared costs, and both equal the images
-    the network actually sees (counted by a wrapped model, guidance's two halves and the
-    older checkpoint's row included); a draw two sections share (the NFE cell at the run's own
-    sampler and steps is the run's chain) is counted once."""
+    the networks actually see (counted by wrapped models, guidance's two halves, the
+    autoguidance guide's pass and the older checkpoint's row included); a draw two sections
+    share (the NFE cell at the run's own sampler and steps is the run's chain) is counted once.
+    With the run's own autoguidance (its step-2 checkpoint at weight 2) every draw but the
+    checkpoint rows (drawn without it, as during training) adds the guide's pass."""
+    import ddpmlab.runs
     from ddpmlab.report import build
+
+    run = runs["gray-cond"]
+    if autoguided:
+        run = tmp_path / "autoguided"
+        shutil.copytree(runs["gray-cond"], run)
+        doc = json.loads((run / "config.json").read_text())
+        doc["sample"].update(guide="@0.5", guide_weight=2.0)
+        (run / "config.json").write_text(json.dumps(doc))
 
     images = [0]
 
@@ -226,6 +239,8 @@ def test_the_progress_total_is_the_sections_costs_and_the_network_calls(runs, tm
     def load_run(*args, **kwargs):
         model, cfg, ckpt = real_load(*args, **kwargs)
         return Counting(model), cfg, ckpt
+
+    monkeypatch.setattr(ddpmlab.runs, "load_run", load_run)   # (the guide: runs.load_guide)
 
     bars, costs = [], []
 
@@ -249,21 +264,25 @@ def test_the_progress_total_is_the_sections_costs_and_the_network_calls(runs, tm
     monkeypatch.setattr(build, "_Progress", Progress)
     monkeypatch.setattr(build, "section_costs", section_costs)
     plan = dataclasses.replace(SMALL, nfe=(2, 5), nfe_samplers=("ddim", "heun"))
-    write_report(runs["gray-cond"], tmp_path / "rep", progress=False, plan=plan)
+    write_report(run, tmp_path / "rep", progress=False, plan=plan)
     (c,) = costs
     assert list(c) == [s.name for s in build.SECTIONS]
     assert c["forward"] == c["evaluation"] == 0 and c["objective"] == 4 * 5
     assert bars[-1].total == sum(c.values()) == bars[-1].done == images[0]
     from ddpmlab.layout import RunDir
 
-    h = 2   # the run's guidance w = 2 runs both halves (a batch of twice the images)
-    assert RunDir(runs["gray-cond"]).read_config().sample.guidance == 2.0
+    # the run's guidance w = 2 runs both halves (a batch of twice the images), the guide one
+    g = int(autoguided)
+    h = 2 + g
+    assert RunDir(run).read_config().sample.guidance == 2.0
     assert c["reverse"] == h * 3 * 5 + h * 3 * 50         # ddim at 5 steps, ddpm at all 50
-    assert c["training"] == h * 2 * 4 * 5                 # two checkpoint rows of 4
-    grid, sweep = h * 30 * 5, 10 * 5 * (1 + 2 + 2)        # the sweep's w = 0, 2, 4
+    assert c["training"] == 2 * 2 * 4 * 5                 # two checkpoint rows of 4, unguided
+    grid, sweep = h * 30 * 5, 10 * 5 * ((1 + g) + h + h)  # the sweep's w = 0, 2, 4
     # ddim at 2 steps (at 5 it is the run's chain: drawn once), heun at 1 and 3 steps
     nfe_cells = h * 3 * 2 + h * 3 * (1 + 5)
     assert c["sampling"] == grid + sweep + nfe_cells
+    html = _html(tmp_path / "rep" / "index.html")
+    assert ("drawn without the run's autoguidance guide" in html) == autoguided
 
 
 @pytest.mark.e2e  # over 2 s: the reports of four trained runs

@@ -328,24 +328,26 @@ def run_edit(call: SamplingCall, s: EditSettings, x: torch.Tensor, y: torch.Tens
 
 def edit_cost(call: SamplingCall, s: EditSettings, n: int, labelled: bool) -> int:
     """Images x network evaluations of :func:`run_edit` on ``n`` inputs (``labelled``: with
-    labels, so guidance w not 0 or 1 runs both halves); what the report declares."""
-    halves = 2 if labelled and call.guidance not in (0.0, 1.0) else 1
+    labels, so guidance w not 0 or 1 runs both halves; an autoguidance guide adds its pass:
+    :meth:`~ddpmlab.runs.SamplingCall.images_per_evaluation`); what the report declares.
+    Translate's inversion runs unguided (:func:`ddpmlab.edit.ddib.inversion_settings`)."""
+    per_eval = call.images_per_evaluation(labelled)
     info = SAMPLERS[call.sampler].info
     L = len(levels(call.schedule, call.sampler, call.steps, call.spacing))
     if s.operation == "inpaint":
         per = inpaint_nfe(L, s.jump_length, s.jump_n_sample, call.sampler)
-        return n * per * halves
+        return n * per * per_eval
     if s.operation == "img2img":
         k = L - start_position(L, s.strength)
-        return n * (info.nfe(k) if k else 0) * halves
+        return n * (info.nfe(k) if k else 0) * per_eval
     up, down = L, info.nfe(L)     # an inversion: x0 -> the first level, then L - 1 steps up
     if s.operation == "invert":
-        return n * (up + down) * halves
+        return n * (up + down) * per_eval
     if s.operation == "interpolate":
         pairs = n // 2
-        return (2 * pairs * up + s.strip * pairs * down) * halves
+        return (2 * pairs * up + s.strip * pairs * down) * per_eval
     if s.operation == "translate":
-        return n * (up + len(s.targets) * down) * halves
+        return n * (up + len(s.targets) * down * per_eval)
     raise ConfigError(f"unknown editing operation {s.operation!r}; one of {', '.join(RUNNERS)}")
 
 

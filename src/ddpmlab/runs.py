@@ -63,7 +63,7 @@ from .likelihood_ode import NLLS, ode_bits_per_dim
 from .nn import UNet
 from .objectives import build as build_objective
 from .recipe import AUGMENT_P
-from .samplers import SAMPLERS, per_sample_generators, sample
+from .samplers import SAMPLERS, images_per_evaluation, per_sample_generators, sample
 from .train import Trainer
 from .train.checkpoint import latest_checkpoint
 from .train.events import Listener
@@ -259,6 +259,13 @@ class SamplingCall:
         """Network evaluations per image of one call (guidance's two halves count once: they
         run as one batch of twice the images)."""
         return SAMPLERS[self.sampler].info.nfe(self.steps or self.schedule.T)
+
+    def images_per_evaluation(self, labelled: bool, autoguided: bool = True) -> int:
+        """Images the networks see per sample and evaluation at a guided level
+        (:func:`~ddpmlab.samplers.guidance.images_per_evaluation`; ``labelled``: called with
+        labels; ``autoguided=False``: without the guide, as an unguided inversion runs)."""
+        guided = autoguided and self.guide is not None
+        return images_per_evaluation(labelled, self.guidance, guided, self.guide_weight)
 
 
 def sampling_call(model: nn.Module, cfg: Config, device: torch.device | str = "cpu", *,

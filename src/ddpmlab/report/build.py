@@ -16,6 +16,7 @@ the rows can be compared picture by picture.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -53,7 +54,7 @@ from ..runs import (
     sample_images,
     sampling_call,
 )
-from ..samplers import SAMPLERS, per_sample_generators
+from ..samplers import SAMPLERS, images_per_evaluation, per_sample_generators
 from ..schedules import Schedule
 from ..viz import (
     ChainRecorder,
@@ -123,11 +124,14 @@ def _sampler_steps(cfg: Config) -> int:
     return cfg.sample.steps or cfg.diffusion.timesteps
 
 
-def _evals(cfg: Config, n: int, sampler: str, steps: int, guided: bool, w: float) -> int:
+def _evals(cfg: Config, n: int, sampler: str, steps: int, labelled: bool, w: float,
+           autoguided: bool) -> int:
     """Images times network evaluations of one sampling call (guidance with w not 0 or 1
-    runs both halves: twice the images)."""
-    halves = 2 if guided and w not in (0.0, 1.0) else 1
-    return n * SAMPLERS[sampler].info.nfe(steps) * halves
+    runs both halves, an autoguidance guide one pass more:
+    :func:`~ddpmlab.samplers.guidance.images_per_evaluation`)."""
+    s = cfg.sample
+    per = images_per_evaluation(labelled, w, autoguided and bool(s.guide), s.guide_weight)
+    return n * SAMPLERS[sampler].info.nfe(steps) * per
 
 
 def _steps_for_nfe(sampler: str, nfe: int, T: int) -> int:
@@ -225,7 +229,7 @@ def _chain(imgs: _Images, tag: str, cfg: Config, call: SamplingCall, n: int, see
     x_next - mean, the mean being the posterior q(x_{t-1} | x_t, x0_hat)."""
     m = cfg.model
     shape = (n, m.in_channels, m.image_size, m.image_size)
-    halves = 2 if y is not None and call.guidance not in (0.0, 1.0) else 1
+    per_eval = call.images_per_evaluation(y is not None)
     dev_sched = call.schedule.to(call.device)
     done = [0]   # network evaluations so far (for the progress bar)
     sig: dict[int, float] = {}
@@ -236,7 +240,7 @@ def _chain(imgs: _Images, tag: str, cfg: Config, call: SamplingCall, n: int, see
             tt = torch.full((n,), int(info["t"]), dtype=torch.long, device=info["x"].device)
             mean, _, _ = q_posterior(dev_sched, info["x0_hat"], info["x"], tt)
             sig[i] = float((info["x_next"] - mean).float().std())
-        prog.add(n * halves * (int(info["nfe"]) - done[0]))
+        prog.add(n * per_eval * (int(info["nfe"]) - done[0]))
         done[0] = int(info["nfe"])
 
     rec = ChainRecorder(n_frames, last_step=True, on_step=on_step)
@@ -394,6 +398,9 @@ class _Context:
         self.rows = min(m.num_classes, GRID_MAX_ROWS)
         self.run_steps = _sampler_steps(cfg)
         self.w_run = s.guidance if self.conditional else 1.0
+        self.autoguided = bool(s.guide) and s.guide_weight != 1.0
+        self.cfg_unguided = dataclasses.replace(cfg, sample=dataclasses.replace(
+            s, guide="", guide_weight=1.0))
         self.n_chain = plan.chain_samples
         self.chain_y = default_labels(cfg, self.n_chain)
         self.picked = _pick_checkpoints(ckpts, plan.max_checkpoints)
@@ -423,17 +430,19 @@ class _Context:
         self.grid: torch.Tensor | None = None   # the sampling section's grid (for evaluation)
 
     def key(self, ckpt: Path, n: int, y: torch.Tensor | None, w: float | None = None,
-            sampler: str | None = None, steps: int | None = None) -> tuple:
-        """A draw of samples 0..n-1: (checkpoint, n, labels, w, sampler, steps); the run's w,
-        sampler and steps unless given."""
+            sampler: str | None = None, steps: int | None = None,
+            autoguided: bool = True) -> tuple:
+        """A draw of samples 0..n-1: (checkpoint, n, labels, w, sampler, steps, autoguided);
+        the run's w, sampler and steps unless given; ``autoguided=False`` draws without the
+        run's autoguidance guide (the checkpoint rows, which compare across steps)."""
         return (str(ckpt), n, None if y is None else tuple(y.tolist()),
                 float(self.w_run if w is None else w), sampler or self.cfg.sample.sampler,
-                steps or self.run_steps)
+                steps or self.run_steps, autoguided and self.autoguided)
 
     def evals(self, key: tuple) -> int:
         """Images times network evaluations of the draw ``key``."""
-        _, n, _, w, sampler, steps = key
-        return _evals(self.cfg, n, sampler, steps, self.conditional, w)
+        _, n, _, w, sampler, steps, autoguided = key
+        return _evals(self.cfg, n, sampler, steps, self.conditional, w, autoguided)
 
     def job(self, key: tuple) -> _Job:
         return key, self.evals(key)
@@ -443,11 +452,11 @@ class _Context:
         is the guidance sweep's row at the run's w, the run's sampler at its own steps is the
         chain of section 2. The bar advances only when the draw is made."""
         if key not in self.memo:
-            _, n, y, w, sampler, steps = key
+            _, n, y, w, sampler, steps, autoguided = key
             s = self.cfg.sample
             own = (sampler, steps) == (s.sampler, self.run_steps)
             self.memo[key] = sample_images(
-                net, self.cfg, n, self.seed, self.device,
+                net, self.cfg if autoguided else self.cfg_unguided, n, self.seed, self.device,
                 y=None if y is None else torch.tensor(y), guidance=w, sampler=sampler,
                 steps=(s.steps or None) if own else steps)   # (what sample_images does with
             self.prog.add(self.evals(key))                   # the run's own steps)
@@ -480,7 +489,7 @@ def _forward_section(ctx: _Context) -> None:
 def _reverse_cost(ctx: _Context) -> list[_Job]:
     run_chain = ctx.job(ctx.key(ctx.newest, ctx.n_chain, ctx.chain_y))
     return [run_chain, (None, _evals(ctx.cfg, ctx.n_chain, "ddpm", ctx.T, ctx.conditional,
-                                     ctx.w_run))]
+                                     ctx.w_run, ctx.autoguided))]
 
 
 def _reverse_section(ctx: _Context) -> None:
@@ -519,7 +528,7 @@ def _objective_section(ctx: _Context) -> None:
 
 
 def _training_cost(ctx: _Context) -> list[_Job]:
-    return [ctx.job(ctx.key(c, ctx.n_ck, ctx.ck_y)) for c in ctx.picked]
+    return [ctx.job(ctx.key(c, ctx.n_ck, ctx.ck_y, autoguided=False)) for c in ctx.picked]
 
 
 def _training_section(ctx: _Context) -> None:
@@ -539,7 +548,7 @@ def _training_section(ctx: _Context) -> None:
     for c in ctx.picked:
         net = (ctx.model if c == ctx.newest
                else load_run(run.root, device=ctx.device, checkpoint=c)[0])
-        x = ctx.draw(net, ctx.key(c, ctx.n_ck, ctx.ck_y))
+        x = ctx.draw(net, ctx.key(c, ctx.n_ck, ctx.ck_y, autoguided=False))
         ck_rows.append({"step": _step_of(c),
                         "image": imgs.grid(f"ckpt_{_step_of(c):08d}.png", x, ctx.n_ck,
                                            ck_scale)})
@@ -548,7 +557,8 @@ def _training_section(ctx: _Context) -> None:
     ctx.out["watch"] = copy_watch_rows(run.read_metrics())
     ctx.out["augment"] = {"p": cfg.train.augment, "dim": cfg.model.augment_dim}
     ctx.out["training"] = {
-        "rows": ck_rows, "saved": len(ctx.ckpts), "keep_last": cfg.train.keep_last,
+        "rows": ck_rows, "autoguided": ctx.autoguided, "saved": len(ctx.ckpts),
+        "keep_last": cfg.train.keep_last,
         "ckpt_every": cfg.train.ckpt_every, "sample_every": cfg.train.sample_every,
         "grids": [{"name": p.stem, "image": imgs.copy(f"train_{p.name}", p)}
                   for p in grids],

@@ -342,7 +342,8 @@ def _training(d: dict, text: _Text) -> str:
                                step=loss["step"])))
     parts.append(_protection(d, text))
     classes = text("ckpt_classes") if d["conditional"] else ""
-    parts.append(f"<p>{text('ckpt_p', classes=classes)}</p>")
+    unguided = text("ckpt_unguided") if tr["autoguided"] else ""
+    parts.append(f"<p>{text('ckpt_p', classes=classes)}{unguided}</p>")
     if tr["saved"] == 1:
         parts.append(_note(text("ckpt_one", keep=tr["keep_last"], every=tr["ckpt_every"]),
                            "missing"))

@@ -114,6 +114,9 @@ EN: dict[str, str] = {
               "checkpoint{classes}: watch the same noise turn into images as training "
               "progresses.",
     "ckpt_classes": ", sample k asking for class k",
+    "ckpt_unguided": " The rows are drawn without the run's autoguidance guide "
+                     "(<code>sample.guide</code>), so they compare across steps like the grids "
+                     "drawn during training.",
     "ckpt_one": "Only one checkpoint is saved (train.keep_last = {keep}, train.ckpt_every = "
                 "{every}), so there is no progression to show. Train with a smaller "
                 "train.ckpt_every and a larger train.keep_last to keep more.",
@@ -317,6 +320,8 @@ ZH: dict[str, str] = {
     "ckpt_p": "同一组噪声（固定的随机种子），由每个已保存检查点的 EMA 权重去噪{classes}："
               "看同一个噪声如何随着训练的进行变成图像。",
     "ckpt_classes": "，第 k 个样本要求类别 k",
+    "ckpt_unguided": "这些行不使用本次运行的自引导模型（<code>sample.guide</code>），"
+                     "因此和训练中画出的网格一样，可以在各步之间比较。",
     "ckpt_one": "只保存了一个检查点（train.keep_last = {keep}，train.ckpt_every = {every}），"
                 "所以无法展示训练进程。训练时设更小的 train.ckpt_every 和更大的 train.keep_last "
                 "可以保留更多检查点。",

@@ -38,7 +38,7 @@ from .dpmpp_3m_sde import dpmpp_3m_sde_step
 from .euler import euler_step
 from .euler_ancestral import euler_ancestral_step
 from .flow_heun import flow_heun_step
-from .guidance import autoguidance, classifier_free_guidance, guided_model
+from .guidance import autoguidance, classifier_free_guidance, guided_model, images_per_evaluation
 from .heun import heun_step
 from .noise import Generators, per_sample_generators, randn
 from .spacing import SPACINGS, timestep_pairs, timesteps
@@ -64,8 +64,8 @@ __all__ = [
     "ddpm_step", "ddim_step", "dpm_solver_step", "euler_step", "heun_step",
     "euler_ancestral_step", "dpmpp_2m_sde_step", "dpmpp_3m_sde_step", "unipc_step",
     "flow_heun_step",
-    "autoguidance", "classifier_free_guidance", "guided_model", "timestep_pairs",
-    "timesteps", "per_sample_generators", "randn", "check_settings", "step_context",
+    "autoguidance", "classifier_free_guidance", "guided_model", "images_per_evaluation",
+    "timestep_pairs", "timesteps", "per_sample_generators", "randn", "check_settings", "step_context",
 ]
 
 

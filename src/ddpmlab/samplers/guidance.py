@@ -17,6 +17,9 @@ called with the same labels (``guide(x, t)`` without them). It must predict the 
 (``cfg`` != 1), the two directions add, each measured from the conditional prediction:
 ``pred = pred_c + (w - 1) (pred_c - pred_g) + (cfg - 1) (pred_c - pred_u)``; with ``cfg = 1``
 it is autoguidance alone (written as above), with ``w = 1`` classifier-free guidance alone.
+``cfg = 0`` (purely unconditional, as ``w = 0`` above) guides the unconditional prediction by
+the guide's: ``pred = pred_gu + w (pred_u - pred_gu)``, both called with the null class (or
+without labels), two network calls.
 
 **Guidance interval.** ``interval=(sigma_lo, sigma_hi)`` guides only where the noise level
 satisfies ``sigma_lo < sigma_t <= sigma_hi`` (the paper's half-open interval); elsewhere the
@@ -30,7 +33,8 @@ level of x_t / sqrt(abar) = x0 + sigma eps (EDM's sigma for ``edm``, t / (1 - t)
 
 A learn_sigma model (``learn_sigma=True``: outputs ``[N, 2C, ...]``; the guide too) is guided on
 its prediction half only; the variance half is the conditional model's (GLIDE's practice), since
-extrapolating a log-variance interpolation weight has no meaning.
+extrapolating a log-variance interpolation weight has no meaning (the unconditional model's
+when the prediction is purely unconditional, ``w = 0`` or ``cfg = 0``).
 """
 
 from __future__ import annotations
@@ -144,7 +148,7 @@ def classifier_free_guidance(model: Model, y: torch.Tensor, w: float,
         c, u = _halves(cond, learn_sigma), _halves(uncond, learn_sigma)
         return u + w * (c - u), cond
 
-    return _within(inside, plain, guided, learn_sigma and w != 0.0)
+    return _within(inside, plain, guided, learn_sigma)
 
 
 def _cond_uncond(model: Model, x, t, yy, null_class):
@@ -175,10 +179,18 @@ def autoguidance(model: Model, guide: Model, w: float, y: torch.Tensor | None = 
         yy = _labels(y, x)
         return net(x, t) if yy is None else net(x, t, yy)
 
+    def uncond_call(net, x, t):
+        yy = _labels(y, x)
+        return net(x, t) if null_class is None else net(x, t, torch.full_like(yy, null_class))
+
     if w == 1.0:
         return lambda x, t: call(model, x, t)
 
     def guided(x, t):
+        if cfg == 0.0:      # unconditional: the model and the guide both without the labels
+            uncond = uncond_call(model, x, t)
+            u, g = _halves(uncond, learn_sigma), _halves(uncond_call(guide, x, t), learn_sigma)
+            return g + w * (u - g), uncond
         if cfg == 1.0:
             cond = call(model, x, t)
             c, g = _halves(cond, learn_sigma), _halves(call(guide, x, t), learn_sigma)
@@ -189,6 +201,16 @@ def autoguidance(model: Model, guide: Model, w: float, y: torch.Tensor | None = 
         return c + (cfg - 1.0) * (c - u) + (w - 1.0) * (c - g), cond
 
     return _within(inside, lambda x, t: call(model, x, t), guided, learn_sigma)
+
+
+def images_per_evaluation(labelled: bool, guidance: float = 1.0, guide: bool = False,
+                          guide_weight: float = 1.0) -> int:
+    """Images the network(s) see per sample and evaluation where :func:`guided_model`'s
+    wrapper guides (outside a guidance interval: 1): the model's two halves when
+    classifier-free guidance (``labelled``) is neither 0 nor 1, else one, plus the guide's
+    one when autoguidance applies (``guide`` given, ``guide_weight`` != 1)."""
+    cfg = guidance if labelled else 1.0
+    return (2 if cfg not in (0.0, 1.0) else 1) + (1 if guide and guide_weight != 1.0 else 0)
 
 
 def guided_model(model: Model, y: torch.Tensor | None, guidance: float = 1.0, *,

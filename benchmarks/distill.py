@@ -119,13 +119,17 @@ def cmd_sample(a: argparse.Namespace) -> None:
             if key not in arrays:
                 _draw(arrays, meta, key, teacher, a, device, s, steps, role="teacher",
                       budget=budget, label=f"teacher, {s}")
-    for run in (Path(r) for r in (a.students or "").split(",") if r):
-        if f"student:{run.name}" in arrays:
+    for spec in (r for r in (a.students or "").split(",") if r):
+        path, _, at = spec.partition("@")       # RUN@K: sampled at K steps (consistency)
+        run, steps = Path(path), int(at) if at else None
+        key = f"student:{run.name}" + (f"@{steps}" if steps else "")
+        if key in arrays:
             continue
         plan = json.loads((run / "distill.json").read_text())
+        k = steps or plan["to"]
         rate = ", lr annealed" if plan.get("lr_schedule") == "linear" else ""
-        label = f"student ({plan['method']}, {plan['to']} step{'s' * (plan['to'] > 1)}{rate})"
-        _draw(arrays, meta, f"student:{run.name}", _newest(run), a, device, None, None,
+        label = f"student ({plan['method']}, {k} step{'s' * (k > 1)}{rate})"
+        _draw(arrays, meta, key, _newest(run), a, device, None, steps,
               role="student", method=plan["method"], label=label, plan=plan,
               distill_minutes=distill_minutes(run))
     save_samples(a.out, arrays, meta)
@@ -241,7 +245,9 @@ def main() -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sample_and_score_parsers(sub, "distill")
     s.add_argument("run", help="the teacher run")
-    s.add_argument("--students", help="the student runs (ddpmlab distill), comma-separated")
+    s.add_argument("--students", help="the student runs (ddpmlab distill), comma-separated; "
+                   "RUN@K samples RUN at K steps instead of its own (a consistency student's "
+                   "multistep sampling)")
     s.add_argument("--nfe", default="1,2,4,8", help="the teacher's NFE budgets (20 is added)")
     s.add_argument("--keep", action="store_true", help="keep the rows --out already holds (the "
                    "same --n) and draw only the others")

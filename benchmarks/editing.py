@@ -1,6 +1,9 @@
 """Editing with a trained run (issue 33's targets): inpainting held-out images with the right half
 masked (RePaint against plain replacement at equal network evaluations), inversion then
-regeneration (PSNR), class translation (DDIB), and each operation's time per image.
+regeneration (PSNR), class translation (DDIB), and each operation's time per image. The
+``--images`` held-out images are evenly spaced over the split (``ImageData.spread``: MNIST's
+held-out split is sorted by digit, so its first 100 are 50 zeros and 50 ones; the spread is
+10 of each digit).
 
 The project's classifier of the run's data set (``ddpmlab.features.load_feature_net``) reads
 the real held-out images, the masked inputs alone (the half to generate set to grey), and each
@@ -11,7 +14,7 @@ to the same step in the real images (1: as smooth as real images).
 
 python -m benchmarks.editing RUN [--images 100] [--steps 50] [--jump 10,10] [--inv-steps 50]
     [--per-class 10] [--batch-size 64] [--translate-guidance 1,2,3] [--inpaint-class none]
-    [--only inpainting,inversion,translation] [--out-md FILE] [--out-json FILE]
+    [--only inpainting,inversion,translation,kept-half] [--out-md FILE] [--out-json FILE]
 
 RePaint walks the ancestral sampler (ddpm) over --steps levels with jumps of j levels traversed
 r times (--jump j,r); replacement gets as many ddpm steps as RePaint's network evaluations
@@ -141,6 +144,37 @@ def _translation(model, cfg, held, read, a) -> dict | None:
     return rows
 
 
+def _kept_half(cfg, held, some) -> dict:
+    """How often the kept left half alone names the class: classifiers trained on the training
+    images' left halves (nearest neighbours, logistic regression, a 256-unit MLP; sklearn),
+    reading the benchmark's images and the whole held-out split: what a class read from the kept
+    pixels can reach at best, about."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.neural_network import MLPClassifier
+
+    from ddpmlab.data import load_dataset
+
+    train = load_dataset(cfg.data, "train")
+    if train.labels is None or held.labels is None:
+        return {}
+    half = cfg.model.image_size // 2
+
+    def left(d):
+        return d.images[..., :half].flatten(1).numpy().astype(np.float32) / 255
+
+    out = {}
+    for name, clf in (("knn1", KNeighborsClassifier(1)), ("knn5", KNeighborsClassifier(5)),
+                      ("logistic", LogisticRegression(max_iter=2000, C=0.1)),
+                      ("mlp", MLPClassifier((256,), max_iter=300, alpha=1e-3, random_state=0))):
+        clf.fit(left(train), train.labels.numpy())
+        out[name] = {"these": float((clf.predict(left(some)) == some.labels.numpy()).mean()),
+                     "held_out": float((clf.predict(left(held)) == held.labels.numpy()).mean())}
+        log(f"kept half, {name}: {out[name]}")
+    return out
+
+
 def _f(v) -> str:
     return "" if v is None else f"{v:.3f}"
 
@@ -159,6 +193,11 @@ def _markdown(doc: dict) -> str:
     for name, r in doc["inversion"].items():
         lines.append(f"| {name} | {r['steps']} | {r['psnr_mean']:.2f} | {r['psnr_min']:.2f} | "
                      f"{r['s_per_image']:.3f} |")
+    if doc.get("kept_half"):
+        lines += ["", "| the kept left half alone, read by | these images | all held-out |",
+                  "|---|---|---|"]
+        lines += [f"| {k} | {_f(r['these'])} | {_f(r['held_out'])} |"
+                  for k, r in doc["kept_half"].items()]
     for t in (doc["translation"] or {}).values():
         lines += ["", f"translation (regeneration guidance {t['guidance']:g}): {t['images']} "
                       f"images x {t['classes']} classes, as target {_f(t.get('as_target'))}, "
@@ -183,7 +222,9 @@ def main() -> None:
                         "image's own class, at the run's guidance), read (the class read from "
                         "the kept half by the run's network, ddpmlab edit --target-class auto); "
                         "both = none,given")
-    p.add_argument("--only", default="inpainting,inversion,translation")
+    p.add_argument("--only", default="inpainting,inversion,translation",
+                   help="comma list of: inpainting, inversion, translation, kept-half (how "
+                        "often classifiers trained on left halves name the class)")
     p.add_argument("--out-md", default=str(result_path("editing", "editing.md")))
     p.add_argument("--out-json", default=str(result_path("editing", "editing.json")))
     a = p.parse_args()
@@ -196,14 +237,15 @@ def main() -> None:
 
     model, cfg, ckpt = load_run(a.run)
     held = load_dataset(cfg.data, "test")
-    x = to_model_range(held.images[:a.images])
-    y = None if held.labels is None else held.labels[:a.images]
+    some = held.spread(a.images)      # (MNIST's held-out split is sorted by digit)
+    x, y = to_model_range(some.images), some.labels
     read = _classifier(cfg)
     doc = {"run": a.run, "checkpoint": str(ckpt), "machine": machine(), "images": len(x),
            "inpainting": _inpainting(model, cfg, x, y, read, a) if "inpainting" in only else {},
            "inversion": _inversion(model, cfg, x, a) if "inversion" in only else {},
            "translation": _translation(model, cfg, held, read, a) if "translation" in only
-           else None}
+           else None,
+           "kept_half": _kept_half(cfg, held, some) if "kept-half" in only else {}}
     write_json(a.out_json, doc)
     write_text(a.out_md, _markdown(doc))
 

@@ -81,8 +81,9 @@ def frac_by_t(run: str, images: int, ts: list[int]) -> list[dict]:
     d = cfg.diffusion
     sched = build_objective(d, cfg.model.learn_sigma).schedule()
     data = load_dataset(cfg.data, "test")
-    x0 = to_model_range(data.images[:images])
-    y = data.labels[:images] if cfg.data.conditional and data.labels is not None else None
+    some = data.spread(images)        # (MNIST's held-out split is sorted by digit)
+    x0 = to_model_range(some.images)
+    y = some.labels if cfg.data.conditional else None
     gen = torch.Generator().manual_seed(0)
     out = []
     with torch.no_grad():

@@ -57,6 +57,21 @@ def test_mnist_splits_shapes_labels():
     assert "mnist:train" in D.describe(train) and "4500" in D.describe(train)
 
 
+def test_spread_takes_evenly_spaced_images_so_a_sorted_split_gives_every_class_its_share():
+    test = D.load_dataset(cfg(), "test")             # sorted by digit, 50 of each
+    assert torch.bincount(test.labels[:100], minlength=10).tolist() == [50, 50] + [0] * 8
+    some = test.spread(100)
+    assert torch.bincount(some.labels).tolist() == [10] * 10
+    assert torch.equal(some.images, test.images[::5]) and some.class_names == test.class_names
+    assert torch.equal(test.spread(500).images, test.images)
+    unlabelled = D.ImageData(test.images[:7], None, [], "x")
+    assert unlabelled.spread(3).labels is None
+    assert torch.equal(unlabelled.spread(3).images, test.images[[0, 2, 4]])
+    for bad in (0, 8, True, 2.0):
+        with pytest.raises(DataError, match="cannot spread"):
+            unlabelled.spread(bad)
+
+
 def test_mnist_cached_and_copies():
     D.load_dataset(cfg(), "all")
     t = time.perf_counter()

@@ -107,6 +107,13 @@ def test_inputs_from_files_a_folder_and_an_npz_fit_the_run(runs, tmp_path):
     assert x.shape == (3, 1, 8, 8) and labels.tolist() == [1, 2, 3]
     x, labels = read_inputs(cfg, None, 5)
     assert x.shape == (5, 1, 8, 8) and labels is not None and len(labels) == 5
+    # --held-out N: N images evenly spaced over the held-out split (floor(k len / N))
+    from ddpmlab.data import load_dataset, to_model_range
+
+    held = load_dataset(cfg.data, "test")
+    pick = [k * len(held) // 5 for k in range(5)]
+    assert torch.equal(x, to_model_range(held.images[pick]))
+    assert labels.tolist() == held.labels[pick].tolist()
 
 
 # ============================================================================ end to end
@@ -151,7 +158,7 @@ def test_inpainting_keeps_the_known_pixels_exactly(runs, tmp_path):
                              out=tmp_path / "g.png"))
     from ddpmlab.data import load_dataset
 
-    real = load_dataset(held.data, "test").images[:3, 0].numpy()
+    real = load_dataset(held.data, "test").spread(3).images[:, 0].numpy()
     with np.load(npz) as f:
         got = f["arr_0"][..., 0]
     assert (got[:, :, 4:] == real[:, :, 4:]).all()            # the kept right half

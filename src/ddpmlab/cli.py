@@ -342,7 +342,8 @@ def _add_edit_parser(sub, samplers: list[str], device_help: str, precisions: lis
     e.add_argument("--input", help="an image file, a folder of images, or an .npz (uint8 NHWC "
                    "arr_0, as ddpmlab sample --npz writes)")
     e.add_argument("--held-out", type=int, metavar="N",
-                   help="the first N images of the run's held-out split instead of --input")
+                   help="N images of the run's held-out split, evenly spaced over it (a "
+                        "split sorted by class gives each class its share), instead of --input")
     e.add_argument("--mask", help=f"inpaint, img2img: {' | '.join(MASKS)} or a PNG (white = "
                    "generate, black = keep); inpaint's default: right")
     e.add_argument("--strength", type=float,

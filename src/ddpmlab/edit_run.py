@@ -11,7 +11,7 @@ as ``ddpmlab sample --npz`` writes samples. Outputs follow ``sample``'s rule
 
 **Inputs** (:func:`read_inputs`): an image file, a folder (its image files, sorted by name),
 an ``.npz`` (uint8 NHWC ``arr_0`` or ``images``, optional ``labels``), or the first N images of
-the run's held-out split (``--held-out N``, with their labels). Each image goes to the run's
+the run's held-out split (``--held-out N``: N of them evenly spaced over it, with their labels). Each image goes to the run's
 channels (grey <-> RGB) and, when square, to its size through
 :func:`ddpmlab.data.convert_and_resize`; a non-square image is refused (a centre crop would
 edit a part of the picture nobody chose).
@@ -188,8 +188,9 @@ def _read_path(path: Path, cfg: Config) -> tuple[torch.Tensor, torch.Tensor | No
 def read_inputs(cfg: Config, input_path: str | os.PathLike | None,
                 held_out: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The images to edit, in the model's range ``[N, C, S, S]``, and their labels (None when
-    unknown): ``input_path`` (a file, a folder, an ``.npz``) or the first ``held_out`` images
-    of the run's held-out split."""
+    unknown): ``input_path`` (a file, a folder, an ``.npz``) or ``held_out`` images of the
+    run's held-out split, evenly spaced over it (:meth:`~ddpmlab.data.ImageData.spread`: a
+    split stored in class order gives each class its share)."""
     if (input_path is None) == (held_out is None):
         raise ConfigError("give the images to edit: --input PATH or --held-out N (one of them)")
     if held_out is not None:
@@ -199,8 +200,8 @@ def read_inputs(cfg: Config, input_path: str | os.PathLike | None,
         if held_out > len(held):
             raise DataError(f"--held-out {held_out}: the run's held-out split ({held.source}) "
                             f"has {len(held)} images")
-        u8, labels = held.images[:held_out], held.labels
-        labels = None if labels is None else labels[:held_out]
+        some = held.spread(held_out)
+        u8, labels = some.images, some.labels
     else:
         u8, labels = _read_path(Path(input_path), cfg)
     if len(u8) > MAX_INPUTS:

@@ -701,12 +701,13 @@ def _edit_jobs(ctx: _Context) -> list[tuple[str, SamplingCall, EditSettings]]:
 
 
 def _edit_inputs(ctx: _Context, key: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The held-out images a row edits (translation: two of them) and their labels."""
+    """The held-out images a row edits (translation: two of them), evenly spaced over the
+    split (:meth:`~ddpmlab.data.ImageData.spread`), and their labels."""
     assert ctx.held is not None
     n = min(ctx.plan.edit_images, len(ctx.held), 2 if key == "translate" else len(ctx.held))
-    labels = ctx.held.labels
-    y = labels[:n] if ctx.conditional and labels is not None else None
-    return to_model_range(ctx.held.images[:n]).to(ctx.device), y
+    some = ctx.held.spread(n)
+    y = some.labels if ctx.conditional else None
+    return to_model_range(some.images).to(ctx.device), y
 
 
 def _editing_cost(ctx: _Context) -> list[_Job]:

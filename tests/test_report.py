@@ -203,24 +203,26 @@ def test_the_chain_is_the_runs_own_sampling(runs, tmp_path):
 
 
 @pytest.mark.e2e  # over 2 s: the reports of four trained runs
-@pytest.mark.parametrize("autoguided", [False, True])
+@pytest.mark.parametrize("guide", ["", "@0.5", "@0.75"])
 def test_the_progress_total_is_the_sections_costs_and_the_network_calls(runs, tmp_path,
-                                                                        monkeypatch, autoguided):
+                                                                        monkeypatch, guide):
     """The bar's total is the sum of the sections' declared costs, and both equal the images
     the networks actually see (counted by wrapped models, guidance's two halves, the
     autoguidance guide's pass and the older checkpoint's row included); a draw two sections
     share (the NFE cell at the run's own sampler and steps is the run's chain) is counted once.
-    With the run's own autoguidance (its step-2 checkpoint at weight 2) every draw but the
-    checkpoint rows (drawn without it, as during training) adds the guide's pass."""
+    With the run's own autoguidance (@0.5: its step-2 checkpoint at weight 2) every draw but
+    the checkpoint rows (drawn without it, as during training) adds the guide's pass; an own
+    guide not on disk (@0.75: step 3 was not kept) is sampled without, and declared so."""
     import ddpmlab.runs
     from ddpmlab.report import build
 
     run = runs["gray-cond"]
-    if autoguided:
+    autoguided = guide == "@0.5"
+    if guide:
         run = tmp_path / "autoguided"
         shutil.copytree(runs["gray-cond"], run)
         doc = json.loads((run / "config.json").read_text())
-        doc["sample"].update(guide="@0.5", guide_weight=2.0)
+        doc["sample"].update(guide=guide, guide_weight=2.0)
         (run / "config.json").write_text(json.dumps(doc))
 
     images = [0]

@@ -10,9 +10,9 @@ as ``ddpmlab sample --npz`` writes samples. Outputs follow ``sample``'s rule
 ``force``), checked with every input before the network is loaded: a bad input writes nothing.
 
 **Inputs** (:func:`read_inputs`): an image file, a folder (its image files, sorted by name),
-an ``.npz`` (uint8 NHWC ``arr_0`` or ``images``, optional ``labels``), or the first N images of
-the run's held-out split (``--held-out N``: N of them evenly spaced over it, with their labels). Each image goes to the run's
-channels (grey <-> RGB) and, when square, to its size through
+an ``.npz`` (uint8 NHWC ``arr_0`` or ``images``, optional ``labels``), or N images of the run's
+held-out split (``--held-out N``: evenly spaced over it, with their labels). Each image goes to
+the run's channels (grey <-> RGB) and, when square, to its size through
 :func:`ddpmlab.data.convert_and_resize`; a non-square image is refused (a centre crop would
 edit a part of the picture nobody chose).
 

@@ -398,7 +398,8 @@ class _Context:
         self.rows = min(m.num_classes, GRID_MAX_ROWS)
         self.run_steps = _sampler_steps(cfg)
         self.w_run = s.guidance if self.conditional else 1.0
-        self.autoguided = bool(s.guide) and s.guide_weight != 1.0
+        # (an "@F" guide left unresolved, not on disk, is dropped by sampling_call)
+        self.autoguided = bool(s.guide) and s.guide_weight != 1.0 and s.own_guide() is None
         self.cfg_unguided = dataclasses.replace(cfg, sample=dataclasses.replace(
             s, guide="", guide_weight=1.0))
         self.n_chain = plan.chain_samples

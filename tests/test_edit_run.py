@@ -218,7 +218,7 @@ def test_strength_zero_returns_the_inputs(runs, tmp_path):
     from ddpmlab.data import load_dataset
 
     with np.load(npz) as f:
-        assert (f["arr_0"][..., 0] == load_dataset(cfg.data, "test").images[:2, 0].numpy()).all()
+        assert (f["arr_0"][..., 0] == load_dataset(cfg.data, "test").spread(2).images[:, 0].numpy()).all()
 
 
 def _call(run: Path, **kw):

@@ -155,14 +155,15 @@ def _kept_half(cfg, held, some) -> dict:
     from sklearn.neural_network import MLPClassifier
 
     from ddpmlab.data import load_dataset
+    from ddpmlab.edit_run import read_mask
 
     train = load_dataset(cfg.data, "train")
     if train.labels is None or held.labels is None:
         return {}
-    half = cfg.model.image_size // 2
+    kept = read_mask("right", cfg.model.image_size)[0, 0, 0] == 0     # the kept columns
 
     def left(d):
-        return d.images[..., :half].flatten(1).numpy().astype(np.float32) / 255
+        return d.images[..., kept].flatten(1).numpy().astype(np.float32) / 255
 
     out = {}
     for name, clf in (("knn1", KNeighborsClassifier(1)), ("knn5", KNeighborsClassifier(5)),

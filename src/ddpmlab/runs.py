@@ -131,14 +131,17 @@ def resolve_own_guide(cfg: Config, run_dir: str | os.PathLike,
     return dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, guide=str(path)))
 
 
-def without_own_guide(cfg: Config) -> Config:
-    """``cfg`` without its ``"@F"`` autoguidance (guide "", weight 1): the drawings made while
-    training (the grids every ``train.sample_every``, the copy watch) use none, so they
-    compare across steps, before and after the guide's step alike."""
-    if cfg.sample.own_guide() is None:
-        return cfg
+def without_guide(cfg: Config) -> Config:
+    """``cfg`` without autoguidance (guide "", weight 1)."""
     return dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, guide="",
                                                                guide_weight=1.0))
+
+
+def without_own_guide(cfg: Config) -> Config:
+    """``cfg`` without its ``"@F"`` autoguidance (:func:`without_guide`): the drawings made
+    while training (the grids every ``train.sample_every``, the copy watch) use none, so they
+    compare across steps, before and after the guide's step alike."""
+    return cfg if cfg.sample.own_guide() is None else without_guide(cfg)
 
 
 def run_schedule(cfg: Config) -> schedules.Schedule:
@@ -260,12 +263,12 @@ class SamplingCall:
         run as one batch of twice the images)."""
         return SAMPLERS[self.sampler].info.nfe(self.steps or self.schedule.T)
 
-    def images_per_evaluation(self, labelled: bool, autoguided: bool = True) -> int:
+    def images_per_evaluation(self, labelled: bool) -> int:
         """Images the networks see per sample and evaluation at a guided level
         (:func:`~ddpmlab.samplers.guidance.images_per_evaluation`; ``labelled``: called with
-        labels; ``autoguided=False``: without the guide, as an unguided inversion runs)."""
-        guided = autoguided and self.guide is not None
-        return images_per_evaluation(labelled, self.guidance, guided, self.guide_weight)
+        labels)."""
+        return images_per_evaluation(labelled, self.guidance, self.guide is not None,
+                                     self.guide_weight)
 
 
 def sampling_call(model: nn.Module, cfg: Config, device: torch.device | str = "cpu", *,

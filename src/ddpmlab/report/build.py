@@ -16,7 +16,6 @@ the rows can be compared picture by picture.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import shutil
@@ -53,6 +52,7 @@ from ..runs import (
     run_schedule,
     sample_images,
     sampling_call,
+    without_guide,
 )
 from ..samplers import SAMPLERS, images_per_evaluation, per_sample_generators
 from ..schedules import Schedule
@@ -129,8 +129,7 @@ def _evals(cfg: Config, n: int, sampler: str, steps: int, labelled: bool, w: flo
     """Images times network evaluations of one sampling call (guidance with w not 0 or 1
     runs both halves, an autoguidance guide one pass more:
     :func:`~ddpmlab.samplers.guidance.images_per_evaluation`)."""
-    s = cfg.sample
-    per = images_per_evaluation(labelled, w, autoguided and bool(s.guide), s.guide_weight)
+    per = images_per_evaluation(labelled, w, autoguided, cfg.sample.guide_weight)
     return n * SAMPLERS[sampler].info.nfe(steps) * per
 
 
@@ -400,8 +399,7 @@ class _Context:
         self.w_run = s.guidance if self.conditional else 1.0
         # (an "@F" guide left unresolved, not on disk, is dropped by sampling_call)
         self.autoguided = bool(s.guide) and s.guide_weight != 1.0 and s.own_guide() is None
-        self.cfg_unguided = dataclasses.replace(cfg, sample=dataclasses.replace(
-            s, guide="", guide_weight=1.0))
+        self.cfg_unguided = without_guide(cfg)
         self.n_chain = plan.chain_samples
         self.chain_y = default_labels(cfg, self.n_chain)
         self.picked = _pick_checkpoints(ckpts, plan.max_checkpoints)

@@ -138,10 +138,7 @@ def classifier_free_guidance(model: Model, y: torch.Tensor, w: float,
     def guided(x, t):
         yy = _labels(y, x)
         if w == 0.0:
-            if null_class is None:
-                uncond = model(x, t)
-            else:
-                uncond = model(x, t, torch.full_like(yy, null_class))
+            uncond = _uncond(model, x, t, yy, null_class)
             # (the variance half, learn_sigma, is the unconditional call's here)
             return _halves(uncond, learn_sigma), uncond
         cond, uncond = _cond_uncond(model, x, t, yy, null_class)
@@ -149,6 +146,11 @@ def classifier_free_guidance(model: Model, y: torch.Tensor, w: float,
         return u + w * (c - u), cond
 
     return _within(inside, plain, guided, learn_sigma)
+
+
+def _uncond(model: Model, x, t, yy, null_class):
+    """The unconditional prediction: the null class's, or ``model(x, t)`` without one."""
+    return model(x, t) if null_class is None else model(x, t, torch.full_like(yy, null_class))
 
 
 def _cond_uncond(model: Model, x, t, yy, null_class):
@@ -179,17 +181,15 @@ def autoguidance(model: Model, guide: Model, w: float, y: torch.Tensor | None = 
         yy = _labels(y, x)
         return net(x, t) if yy is None else net(x, t, yy)
 
-    def uncond_call(net, x, t):
-        yy = _labels(y, x)
-        return net(x, t) if null_class is None else net(x, t, torch.full_like(yy, null_class))
-
     if w == 1.0:
         return lambda x, t: call(model, x, t)
 
     def guided(x, t):
         if cfg == 0.0:      # unconditional: the model and the guide both without the labels
-            uncond = uncond_call(model, x, t)
-            u, g = _halves(uncond, learn_sigma), _halves(uncond_call(guide, x, t), learn_sigma)
+            yy = _labels(y, x)
+            uncond = _uncond(model, x, t, yy, null_class)
+            u = _halves(uncond, learn_sigma)
+            g = _halves(_uncond(guide, x, t, yy, null_class), learn_sigma)
             return g + w * (u - g), uncond
         if cfg == 1.0:
             cond = call(model, x, t)

@@ -323,20 +323,25 @@ def _budget_cfg(tiny_cfg, **train):
 
 @pytest.mark.e2e  # over 2 s: trains twice
 def test_a_time_budget_sets_max_steps_and_max_steps_repeats_the_run(tiny_cfg, tmp_path):
-    """A budget of 1.2 s: steps 5-40 are timed, max_steps is chosen (>= 40, <= the cap) and
-    written to config.json with the budget resolved to 0; a new run with that max_steps (no
-    budget) ends with bit-identical weights, optimizer state and RNG states."""
-    cfg = _budget_cfg(tiny_cfg, lr_decay="cosine", warmup_steps=40)
+    """A budget of 4.8 s: steps 5-40 are timed, a checkpoint at step 40 times the work besides
+    them, max_steps is chosen (> 40, < the cap) and written to config.json with the budget
+    resolved to 0; a new run with that max_steps (no budget, no checkpoint at step 40) ends
+    with bit-identical weights, optimizer state and RNG states."""
+    cfg = _budget_cfg(tiny_cfg, lr_decay="cosine", warmup_steps=40, time_budget_min=0.08,
+                      max_steps=1000)
     logged = []
     tr = Trainer(cfg, tmp_path / "budget", progress=False, log=logged.append)
     res = tr.train()
     stored = json.loads((tmp_path / "budget" / "config.json").read_text())["train"]
     n = stored["max_steps"]
-    assert 40 <= n <= 200 and res.step == n and stored["time_budget_min"] == 0
+    assert 40 < n < 1000 and res.step == n and stored["time_budget_min"] == 0
     events = [json.loads(line) for line in (tmp_path / "budget" / "metrics.jsonl").read_text()
               .splitlines() if '"time_budget"' in line]
     assert len(events) == 1 and events[0]["max_steps"] == n and events[0]["timed_steps"] == [5, 40]
     assert any(f"max_steps {n}" in m and f"--max-steps {n}" in m for m in logged)
+    # the checkpoint at step 40 timed the work besides the steps (the last step's is planned)
+    assert events[0]["checkpoint_s"] > 0 and events[0]["work_s"] == events[0]["checkpoint_s"]
+    assert (tmp_path / "budget" / "checkpoints" / "step_00000040").is_dir()
     again = Trainer(cfg.override({"train.max_steps": str(n), "train.time_budget_min": "0"}),
                     tmp_path / "steps", progress=False, log=lambda m: None).train()
     assert again.step == n
@@ -349,6 +354,29 @@ def test_a_time_budget_shorter_than_its_timed_steps_stops_at_step_40(tiny_cfg, t
     res = Trainer(cfg, tmp_path / "r", progress=False, log=lambda m: None).train()
     assert res.step == 40
     assert json.loads((tmp_path / "r" / "config.json").read_text())["train"]["max_steps"] == 40
+
+
+@pytest.mark.e2e  # over 2 s: trains 40 steps
+def test_the_timed_checkpoint_and_grid_are_not_repeated_at_step_40(tiny_cfg, tmp_path):
+    """The work timed at step 40 (a checkpoint and, with train.sample_every, a grid) is that
+    step's own when it is due anyway: each happens once."""
+    from ddpmlab.train.events import Listener
+
+    seen = []
+
+    class Seen(Listener):
+        def checkpoint(self, step, path):
+            seen.append(("checkpoint", step))
+
+        def samples(self, step, path):
+            seen.append(("grid", step))
+
+    cfg = _budget_cfg(tiny_cfg, time_budget_min=1e-6, ckpt_every=20, sample_every=20)
+    res = Trainer(cfg, tmp_path / "r", progress=False, log=lambda m: None,
+                  on_sample=lambda tr, step: tmp_path / f"grid_{step}.png",
+                  listeners=(lambda tr: Seen(),)).train()
+    assert res.step == 40
+    assert seen == [("grid", 20), ("checkpoint", 20), ("checkpoint", 40), ("grid", 40)]
 
 
 @pytest.mark.e2e  # over 2 s: trains
@@ -367,6 +395,18 @@ def test_a_time_budget_with_a_decaying_lr_inside_the_timed_steps_is_refused(tiny
 
 
 # ----------------------------------------------------------------------------- the loop's parts
+def _fake_clock(budget, slow=(), extra=0.0):
+    """Mark steps 5-40 of ``budget`` at 0.5 s each (20 s at step 40), the steps in ``slow``
+    taking ``extra`` seconds more; returns the sizing."""
+    now, out = 2.5, None
+    for step in range(5, 41):
+        if step > 5:
+            now += 0.5 + (extra if step in slow else 0.0)
+        out = budget.mark(step, now, 0.0)
+        assert (out is None) == (step < 40)
+    return out
+
+
 def test_time_budget_sizes_from_the_timed_steps_with_a_fake_clock():
     """TimeBudget alone: steps 5-40 at 0.5 s each, 20 s in, a 1-minute budget: 95% of the 40 s
     left fit 76 more steps; the sizing is reported once, at step 40."""
@@ -374,8 +414,7 @@ def test_time_budget_sizes_from_the_timed_steps_with_a_fake_clock():
 
     b = TimeBudget(1.0, 10_000, step=0)
     assert b.active and b.skipped is None
-    assert b.mark(5, 2.5, 0.0) is None and b.mark(6, 3.0, 0.0) is None
-    sizing = b.mark(40, 20.0, 0.0)
+    sizing = _fake_clock(b)
     assert sizing is not None and sizing.max_steps == 40 + 76 and sizing.cap == 10_000
     assert sizing.steps_per_s == pytest.approx(2.0) and not b.active
     assert b.mark(40, 21.0, 0.0) is None
@@ -383,6 +422,60 @@ def test_time_budget_sizes_from_the_timed_steps_with_a_fake_clock():
     resumed = TimeBudget(1.0, 10_000, step=7)
     assert not resumed.active and "stopped before its steps were timed" in resumed.skipped
     assert TimeBudget(0.0, 10_000, step=0).skipped is None
+
+
+def test_a_few_disturbed_timed_steps_do_not_shrink_the_run():
+    """Four seconds of other work during steps 5-40 (two steps 2 s slower) leave the estimate
+    at 0.5 s a step (the median): only the seconds they took are lost, 8 steps of the 76. The
+    mean of the window would say 0.61 s a step (a broken twin: it sizes 13 steps fewer)."""
+    import statistics
+
+    from ddpmlab.train.budget import TimeBudget, steps_within
+
+    sizing = _fake_clock(TimeBudget(1.0, 10_000, step=0), slow=(12, 30), extra=2.0)
+    assert sizing.steps_per_s == pytest.approx(2.0) and sizing.elapsed_s == pytest.approx(24.0)
+    assert sizing.max_steps == 40 + 68                      # 0.95 x 36 s / 0.5 s
+    times = [0.5 + (2.0 if k in (12, 30) else 0.0) for k in range(6, 41)]
+    mean = statistics.fmean(times)
+    assert steps_within(60.0, 24.0, 40, mean, 10_000) == 40 + 55 == sizing.max_steps - 13
+
+
+def test_run_work_counts_each_checkpoint_a_run_writes():
+    """Checkpoints after the timed step 40 of a run of n steps, every 500 steps, at the guide's
+    step (60%) and at the last step, each counted once; grids every 200 steps."""
+    from ddpmlab.train.budget import RunWork
+
+    work = RunWork(10.0, 500, lambda n: round(0.6 * n), grid_s=1.0, sample_every=200)
+    assert work.checkpoints(40, 1000) == 3                  # 500, 600 (the guide), 1000
+    assert work.checkpoints(40, 900) == 3                   # 500, 540, 900
+    assert work.checkpoints(40, 500) == 2                   # 300 (the guide), 500 (the last)
+    assert work.checkpoints(40, 40) == 0                    # (the timed one is done)
+    assert RunWork(1.0, 500, lambda n: None).checkpoints(40, 1000) == 2
+    assert work.grids(40, 1000) == 5 and work.grids(40, 199) == 0
+    assert work.seconds(40, 1000) == pytest.approx(3 * 10.0 + 5 * 1.0)
+
+
+def test_a_time_budget_leaves_room_for_the_checkpoints_it_will_write():
+    """The 64 px emoji run's case: steps of 2.8 s and a copy watch of 74 s at each checkpoint
+    (every 500 steps, the guide at 60%, the last). Sized with that work, the steps plus the
+    checkpoints fit in 95% of what is left; sized without it (the old sizing) they do not."""
+    from ddpmlab.train.budget import RunWork, Sizing, steps_within
+
+    budget_s, elapsed, per = 39 * 60.0, 190.0, 2.8
+    work = RunWork(74.0, 500, lambda n: round(0.6 * n))
+    plain = Sizing(steps_within(budget_s, elapsed, 40, per, 5000), 5000, 39.0, 1 / per, 113.0)
+    sized = plain.with_work(work, elapsed)
+    left = 0.95 * (budget_s - elapsed)
+
+    def cost(n):
+        return (n - 40) * per + work.seconds(40, n)
+
+    assert cost(sized.max_steps) <= left < cost(sized.max_steps + 1)
+    assert cost(plain.max_steps) > left                     # the old sizing overruns
+    assert sized.work_s == pytest.approx(3 * 74.0) and sized.record["checkpoint_s"] == 74.0
+    assert sized.record["checkpoints"] == 3 and sized.record["work_s"] == sized.work_s
+    assert "(median of steps 5-40) and checkpoints of 74.0 s (3 planned) -> max_steps " \
+        f"{sized.max_steps};" in sized.message
 
 
 def test_epoch_seeds_stay_in_range_for_every_allowed_seed_and_keep_old_values():

@@ -1,16 +1,27 @@
 """Sizing a run by time: ``train.time_budget_min`` times steps 5-40, then sets ``max_steps``.
 
-A new run with a time budget times its steps from the end of step 5 (past the first steps'
-one-off costs) to the end of step 40 (:data:`ddpmlab.config.BUDGET_WINDOW`) and sets
-``max_steps`` to the steps that fit in :data:`BUDGET_MARGIN` of what is left of the budget,
-never more than the configured ``max_steps`` (the cap). The choice is written to
-``config.json`` with ``time_budget_min`` 0, so that file (or ``--max-steps N``) repeats the run
-step for step. A resumed run keeps the ``max_steps`` its ``config.json`` has.
+A new run with a time budget times each of its steps from the end of step 5 (past the first
+steps' one-off costs) to the end of step 40 (:data:`ddpmlab.config.BUDGET_WINDOW`) and takes
+their median: a few seconds of other work on the machine then slows a few steps, not the
+estimate (the mean of the window cut the main job by 18% after a 4-second disturbance). The
+work a run does besides its steps is timed too: the trainer writes a checkpoint at step 40
+(its listeners included: the copy watch's samples, the post-hoc EMA's snapshot) and, with
+``train.sample_every``, draws a training grid, and :class:`RunWork` counts how many of each a
+run of N steps will do (every ``ckpt_every`` steps, the autoguidance guide's step, the last
+step). ``max_steps`` is then the most steps whose time and work fit in :data:`BUDGET_MARGIN`
+of what is left of the budget, never more than the configured ``max_steps`` (the cap). The
+choice is written to ``config.json`` with ``time_budget_min`` 0, so that file (or
+``--max-steps N``) repeats the run step for step. A resumed run keeps the ``max_steps`` its
+``config.json`` has.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
+import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -27,13 +38,57 @@ PRESET_LIMIT_MARGIN_MIN = 1.0
 
 
 def steps_within(budget_s: float, elapsed_s: float, step: int, seconds_per_step: float,
-                 cap: int) -> int:
+                 cap: int, work_s: Callable[[int], float] | None = None) -> int:
     """``max_steps`` for a run at ``step`` after ``elapsed_s`` of a ``budget_s`` budget, its steps
     taking ``seconds_per_step``: the steps that fit in :data:`BUDGET_MARGIN` of what is left, at
-    least ``step`` and at most ``cap``."""
+    least ``step`` and at most ``cap``. ``work_s(n)``: the seconds of the work besides the steps
+    (checkpoints, grids) a run ending at step ``n`` does after ``step``; the largest ``n`` whose
+    steps and work both fit."""
     left = BUDGET_MARGIN * max(0.0, budget_s - elapsed_s)
     fit = int(left / seconds_per_step + 1e-9) if seconds_per_step > 0 else cap
-    return max(step, min(cap, step + fit))
+    n = max(step, min(cap, step + fit))
+    while work_s is not None and n > step:
+        over = (n - step) * seconds_per_step + work_s(n) - left
+        if over <= 0:
+            break
+        n -= max(1, math.ceil(over / seconds_per_step)) if seconds_per_step > 0 else 1
+    return max(n, step)
+
+
+@dataclass(frozen=True)
+class RunWork:
+    """The work a training run does besides its steps, timed once at the end of the timed
+    steps: a checkpoint (with what its listeners do) every ``ckpt_every`` steps, at the
+    autoguidance guide's step (``guide_at(n)``: its step in a run of ``n`` steps, or None) and
+    at the last step; a training grid every ``sample_every`` steps (0: none)."""
+
+    checkpoint_s: float
+    ckpt_every: int
+    guide_at: Callable[[int], int | None]
+    grid_s: float = 0.0
+    sample_every: int = 0
+
+    def checkpoints(self, after: int, n: int) -> int:
+        """How many checkpoints a run ending at step ``n`` writes after step ``after``."""
+        if n <= after:
+            return 0
+        every = self.ckpt_every
+        count = n // every - after // every
+        guide = self.guide_at(n)
+        if guide is not None and after < guide <= n and guide % every:
+            count += 1
+        if n % every and n != guide:
+            count += 1                                   # the last step's
+        return count
+
+    def grids(self, after: int, n: int) -> int:
+        every = self.sample_every
+        return n // every - after // every if every and n > after else 0
+
+    def seconds(self, after: int, n: int) -> float:
+        """Their seconds after step ``after`` in a run ending at step ``n``."""
+        return self.checkpoints(after, n) * self.checkpoint_s + \
+            self.grids(after, n) * self.grid_s
 
 
 @dataclass
@@ -45,21 +100,48 @@ class Sizing:
     budget_min: float
     steps_per_s: float
     elapsed_s: float
+    checkpoint_s: float | None = None     # one checkpoint's work (with_work), else not counted
+    checkpoints: int = 0                  # planned after the timed steps
+    grid_s: float = 0.0
+    grids: int = 0
+
+    def with_work(self, work: RunWork, elapsed_s: float) -> Sizing:
+        """Sized again with ``work`` after the timed steps, ``elapsed_s`` into the run (its
+        timed checkpoint and grid done)."""
+        step = BUDGET_WINDOW[1]
+        n = steps_within(self.budget_min * 60, elapsed_s, step, 1 / self.steps_per_s,
+                         self.cap, lambda m: work.seconds(step, m))
+        return replace(self, max_steps=n, elapsed_s=elapsed_s, checkpoint_s=work.checkpoint_s,
+                       checkpoints=work.checkpoints(step, n), grid_s=work.grid_s,
+                       grids=work.grids(step, n))
+
+    @property
+    def work_s(self) -> float:
+        """The seconds of the planned checkpoints and grids."""
+        return self.checkpoints * (self.checkpoint_s or 0.0) + self.grids * self.grid_s
 
     @property
     def record(self) -> dict:
         """The ``time_budget`` line of ``metrics.jsonl``."""
         return {"event": "time_budget", "time": time.time(), "budget_min": self.budget_min,
                 "timed_steps": list(BUDGET_WINDOW), "steps_per_s": self.steps_per_s,
-                "elapsed_s": self.elapsed_s, "max_steps": self.max_steps, "cap": self.cap}
+                "elapsed_s": self.elapsed_s, "max_steps": self.max_steps, "cap": self.cap,
+                "checkpoint_s": self.checkpoint_s, "checkpoints": self.checkpoints,
+                "grid_s": self.grid_s, "grids": self.grids, "work_s": self.work_s}
 
     @property
     def message(self) -> str:
         a, b = BUDGET_WINDOW
         capped = " (the max_steps cap)" if self.max_steps == self.cap else ""
+        work = ""
+        if self.checkpoint_s is not None:
+            work = f" and checkpoints of {self.checkpoint_s:.1f} s ({self.checkpoints} planned)"
+            if self.grid_s:
+                work += f", grids of {self.grid_s:.1f} s ({self.grids} planned)"
         return (f"ddpmlab: time budget {self.budget_min:g} min: {self.steps_per_s:.2f} steps/s "
-                f"(steps {a}-{b}) -> max_steps {self.max_steps}{capped}; --max-steps "
-                f"{self.max_steps} repeats this run")
+                f"(median of steps {a}-{b}){work} -> max_steps {self.max_steps}{capped}; "
+                f"--max-steps {self.max_steps} repeats this run")
+
 
 
 class TimeBudget:
@@ -85,7 +167,7 @@ class TimeBudget:
 
     def wants(self, step: int) -> bool:
         """Whether the clock after ``step`` is one the sizing needs (then synchronise first)."""
-        return self.active and step in BUDGET_WINDOW
+        return self.active and BUDGET_WINDOW[0] <= step <= BUDGET_WINDOW[1]
 
     def after_step(self, step: int, t_start: float, device: torch.device) -> Sizing | None:
         """:meth:`mark` with the clock read after ``step``, once the device has finished it
@@ -102,11 +184,13 @@ class TimeBudget:
         if not self.wants(step):
             return None
         self._marks[step] = now
-        a, b = BUDGET_WINDOW
+        b = BUDGET_WINDOW[1]
         if step != b:
             return None
         self.active = False
-        per_step = (self._marks[b] - self._marks[a]) / (b - a)
+        marked = sorted(self._marks)                     # (every step, in a training loop)
+        per_step = statistics.median((self._marks[k] - self._marks[j]) / (k - j)
+                                     for j, k in itertools.pairwise(marked))
         elapsed = self._marks[b] - t_start
         n = steps_within(self.budget_min * 60, elapsed, step, per_step, self.cap)
         return Sizing(n, self.cap, self.budget_min, 1 / per_step, elapsed)

@@ -61,7 +61,7 @@ from ..losses import LossHistory, importance_weights
 from ..objectives import build as build_objective
 from ..session import RunSession
 from . import distributed as D
-from .budget import TimeBudget
+from .budget import RunWork, TimeBudget
 from .checkpoint import (
     LOSS_HISTORY,
     clean_partial,
@@ -176,6 +176,7 @@ class Trainer:
         self.skipped = 0
         self._stop: str | None = None
         self._saved: tuple[int, Path | None] | None = None  # (step, folder) of the newest save
+        self._grid_step: int | None = None                  # the step of the newest grid
         self.events: Listener = Listeners([])
         if resume:
             self._load_latest()
@@ -405,6 +406,10 @@ class Trainer:
             self.loss_history.record(*self._step_losses)  # (a skipped step records nothing)
         return True
 
+    @property
+    def _saved_step(self) -> int | None:
+        return None if self._saved is None else self._saved[0]
+
     def _kept(self) -> str:
         if self._saved is not None and self._saved[1] is not None:
             return f"the last checkpoint {self._saved[1]} is intact"
@@ -446,15 +451,16 @@ class Trainer:
                 if window.due(self.step, self.cfg.train):
                     self.events.log(window.record(self, gnorm, t_start))
                 self._maybe_sample()
-                if self.step % self.cfg.train.ckpt_every == 0 or \
-                        self.step == self._guide_step(budget):
+                due = self.step % self.cfg.train.ckpt_every == 0 or \
+                    self.step == self._guide_step(budget)
+                if due and self._saved_step != self.step:  # (the timed one at step 40)
                     self.save()
                 if (stopped_by := self._stopped_by(t_start)) is not None:
                     break
             # A run resumed at its last step (e.g. max_steps reached) already has this
             # checkpoint; the decision is the same on every rank (save() has a barrier). The
             # signal handlers stay until it is written: a SIGTERM now waits for the save.
-            if self._saved is None or self._saved[0] != self.step:
+            if self._saved_step != self.step:
                 self.save()
             stopped_by = stopped_by or self._stop
         self.events = Listeners([])
@@ -516,7 +522,8 @@ class Trainer:
         sizing = budget.after_step(self.step, t_start, self.device)
         if sizing is None:
             return
-        sizing = D.broadcast_object(sizing)
+        sizing = D.broadcast_object(sizing.with_work(self._timed_work(), time.perf_counter()
+                                                     - t_start))
         tc = self.cfg.train
         self.cfg = replace(self.cfg, train=replace(tc, max_steps=sizing.max_steps,
                                                    time_budget_min=0.0))
@@ -530,9 +537,30 @@ class Trainer:
         if self.dist.is_main:
             self.run.write_config(self.cfg.to_json())
 
-    def _maybe_sample(self) -> None:
+    def _timed_work(self) -> RunWork:
+        """The work besides the steps, done once now (the last timed step) and timed: a
+        checkpoint with its listeners, and a training grid when ``train.sample_every`` asks for
+        them (:mod:`ddpmlab.train.budget`). Every rank saves (save() has a barrier); rank 0's
+        clock sizes the run."""
+        tc = self.cfg.train
+        t0 = time.perf_counter()
+        self.save()
+        t1 = time.perf_counter()
+        if tc.sample_every:
+            self._maybe_sample(force=True)
+        t2 = time.perf_counter()
+
+        def guide_at(n: int) -> int | None:
+            return replace(self.cfg, train=replace(tc, max_steps=n)).own_guide_step()
+
+        return RunWork(t1 - t0, tc.ckpt_every, guide_at, t2 - t1 if tc.sample_every else 0.0,
+                       tc.sample_every)
+
+    def _maybe_sample(self, force: bool = False) -> None:
         every = self.cfg.train.sample_every
-        if every and self.step % every == 0 and self.on_sample is not None and self.dist.is_main:
+        due = force or (every and self.step % every == 0 and self._grid_step != self.step)
+        if due and self.on_sample is not None and self.dist.is_main:
+            self._grid_step = self.step
             path = self.on_sample(self, self.step)
             if path is not None:
                 self.events.samples(self.step, Path(path))

@@ -381,11 +381,12 @@ def test_own_guide_under_a_time_budget_is_the_sized_runs_step(tmp_path):
 
     run = tmp_path / "timed"
     assert main(["train", "--dataset", "digits", "--out", str(run), "--no-progress",
-                 "--device", "cpu", "--no-samples", "--time-budget", "0.04", "--unconditional",
+                 "--device", "cpu", "--no-samples", "--time-budget", "0.08", "--unconditional",
                  "model.base_channels=8", "model.channel_mult=1", "model.num_res_blocks=1",
                  "model.attention_resolutions=", "model.norm_groups=4",
                  "diffusion.timesteps=50", "train.batch_size=4", "train.ckpt_every=100000",
                  "train.keep_last=1", "train.precision=fp32", "train.warmup_steps=1",
+                 "train.watch_copies=0",  # (the recipe's copy watch would fill the budget)
                  "sample.guide=@0.9", "sample.guide_weight=2"]) == 0
     steps = json.loads((run / "config.json").read_text())["train"]["max_steps"]
     assert steps >= 60, steps            # (the guide's step lies past the sizing at step 40)

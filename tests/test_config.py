@@ -158,3 +158,12 @@ def test_phema_and_guidance_keys_have_their_defaults_and_round_trip():
     assert set_.train.phema_sigma_rels == (0.04, 0.2)
     assert set_.sample.guidance_interval == (0.3, 5.0)
     assert Config.from_dict(json.loads(set_.to_json())) == set_
+
+
+def test_the_own_guide_step_is_its_fraction_of_the_runs_or_a_given_length():
+    """round(F x max_steps), at least 1; a time budget asks the same of each candidate length
+    (train.budget.RunWork); None without an "@F" guide."""
+    cfg = Config().override({"train.max_steps": "850", "sample.guide": "@0.6"})
+    assert cfg.own_guide_step() == 510
+    assert cfg.own_guide_step(1000) == 600 and cfg.own_guide_step(1) == 1
+    assert cfg.override({"sample.guide": ""}).own_guide_step(1000) is None

@@ -309,15 +309,16 @@ class Config:
         """Read a YAML (.yaml/.yml), TOML (.toml) or JSON (.json) file, strictly."""
         return cls.from_dict(read_config_file(path), source=str(path))
 
-    def own_guide_step(self) -> int | None:
+    def own_guide_step(self, max_steps: int | None = None) -> int | None:
         """The step of the checkpoint ``sample.guide = "@F"`` names: round(F x
-        ``train.max_steps``), at least 1 (None for another guide, or an F out of (0, 1),
-        which :meth:`SampleConfig.check_guidance` refuses). The trainer keeps that checkpoint
-        past ``train.keep_last``; ``runs.resolve_own_guide`` finds it."""
+        ``train.max_steps``) (or of ``max_steps``: a time budget's candidate run lengths), at
+        least 1 (None for another guide, or an F out of (0, 1), which
+        :meth:`SampleConfig.check_guidance` refuses). The trainer keeps that checkpoint past
+        ``train.keep_last``; ``runs.resolve_own_guide`` finds it."""
         f = self.sample.own_guide()
         if f is None or not 0 < f < 1:
             return None
-        return max(1, round(f * self.train.max_steps))
+        return max(1, round(f * (self.train.max_steps if max_steps is None else max_steps)))
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}

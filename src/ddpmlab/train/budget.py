@@ -143,7 +143,6 @@ class Sizing:
                 f"--max-steps {self.max_steps} repeats this run")
 
 
-
 class TimeBudget:
     """Times a new run's steps and sizes it (see the module docstring).
 

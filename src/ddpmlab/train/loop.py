@@ -549,12 +549,8 @@ class Trainer:
         if tc.sample_every:
             self._maybe_sample(force=True)
         t2 = time.perf_counter()
-
-        def guide_at(n: int) -> int | None:
-            return replace(self.cfg, train=replace(tc, max_steps=n)).own_guide_step()
-
-        return RunWork(t1 - t0, tc.ckpt_every, guide_at, t2 - t1 if tc.sample_every else 0.0,
-                       tc.sample_every)
+        return RunWork(t1 - t0, tc.ckpt_every, self.cfg.own_guide_step,
+                       t2 - t1 if tc.sample_every else 0.0, tc.sample_every)
 
     def _maybe_sample(self, force: bool = False) -> None:
         every = self.cfg.train.sample_every

@@ -13,6 +13,10 @@ images and the share read as the class asked for. A row is written as ``key=valu
   STEP: a shorter-trained copy of the same model), with weight W.
 * ``sampler=NAME``, ``steps=K``: the sampler (default: ``--sampler``/``--steps``).
 
+A row says all of its guidance: one without ``guide=`` has no autoguidance, also on a run whose
+config names a guide (the ``mnist`` preset's ``sample.guide: "@0.6"``, which ``load_run``
+resolves to a checkpoint; written ``guide=step_...`` it is measured like any other).
+
 python -m benchmarks.guidance_table RUN [--n 1000] [--sampler dpmpp_2m_sde] [--steps 10]
     --rows "w=2" "w=1.5,iv=0.3:5" "ema=0.05,w=2" "w=1,guide=phema@300@0.05,gw=2" ...
     [--name NAME]
@@ -24,6 +28,7 @@ is stopped keeps what it measured).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -62,7 +67,10 @@ class Models:
         from ddpmlab import load_run
 
         self.run = run
-        self.model, self.cfg, self.ckpt = load_run(run)
+        self.model, cfg, self.ckpt = load_run(run)
+        # (no row is autoguided unless it says so: the run's own guide, if any, is dropped)
+        self.cfg = dataclasses.replace(cfg, sample=dataclasses.replace(
+            cfg.sample, guide="", guide_weight=1.0))
         self.base = {k: v.clone() for k, v in self.model.state_dict().items()}
         self.cache: dict[str, dict] = {}
 
@@ -93,27 +101,33 @@ class Models:
         return load_guide(path, self.cfg, "cpu")[0]
 
 
-def measure(models: Models, row: dict[str, str], a: argparse.Namespace) -> dict:
-    import warnings
-
+def draw(models: Models, row: dict[str, str], a: argparse.Namespace):
+    """(samples in [-1, 1], the classes asked for, seconds) of one row's setting."""
     from ddpmlab import sample_images
-    from ddpmlab.data import to_uint8
-    from ddpmlab.evaluate import evaluate_samples
-    from ddpmlab.features import get_feature_extractor
     from ddpmlab.runs import default_labels
 
     guide = models.guide(row["guide"]) if "guide" in row else None
     model = models.weights(row.get("ema"))
     iv = tuple(float(v) for v in row["iv"].split(":")) if "iv" in row else ()
-    cfg = models.cfg
     t0 = time.perf_counter()
-    y = default_labels(cfg, a.n)
-    x = sample_images(model, cfg, n=a.n, seed=0, y=y,
+    y = default_labels(models.cfg, a.n)
+    x = sample_images(model, models.cfg, n=a.n, seed=0, y=y,
                       sampler=row.get("sampler", a.sampler),
                       steps=int(row.get("steps", a.steps)), guidance=float(row.get("w", 1.0)),
                       guide=guide, guide_weight=float(row.get("gw", 1.0)) if guide else None,
                       guidance_interval=iv, batch_size=a.batch)
-    seconds = time.perf_counter() - t0
+    return x, y, time.perf_counter() - t0
+
+
+def measure(models: Models, row: dict[str, str], a: argparse.Namespace) -> dict:
+    import warnings
+
+    from ddpmlab.data import to_uint8
+    from ddpmlab.evaluate import evaluate_samples
+    from ddpmlab.features import get_feature_extractor
+
+    x, y, seconds = draw(models, row, a)
+    cfg = models.cfg
     with warnings.catch_warnings():     # (below the recommended n: the baseline says it)
         warnings.simplefilter("ignore")
         r = evaluate_samples(to_uint8(x), cfg.data, labels=y, seed=0,

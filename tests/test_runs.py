@@ -370,6 +370,34 @@ def test_own_guide_at_a_fraction_is_kept_by_the_trainer_and_found_by_sampling(tm
     assert "give --guide RUN|CHECKPOINT" in capsys.readouterr().err
 
 
+@pytest.mark.e2e  # over 2 s: trains a run and samples it four times
+def test_guidance_table_rows_without_a_guide_are_not_autoguided(tmp_path):
+    """``benchmarks.guidance_table``: a row says all of its guidance. On a run whose config
+    names a guide (``@F``, resolved by ``load_run``) a row without ``guide=`` draws what
+    ``--guide-weight 1`` draws (it used to be autoguided by the run's own guide, so its "no
+    autoguidance" rows measured autoguidance), and ``guide=step_...,gw=2`` what the config's
+    own guide draws."""
+    import argparse
+
+    from benchmarks.guidance_table import Models, draw
+
+    from ddpmlab import sample_images
+    from ddpmlab.runs import default_labels, load_run
+
+    run = tmp_path / "own"
+    _train_own_guide(run, "@0.5")
+    models = Models(str(run))
+    a = argparse.Namespace(n=4, sampler="heun", steps=4, batch=4)
+    plain_row, _, _ = draw(models, {}, a)
+    guided_row, _, _ = draw(models, {"guide": "step_00000003", "gw": "2"}, a)
+    model, cfg, _ = load_run(run)
+    y = default_labels(cfg, 4)
+    plain = sample_images(model, cfg, n=4, seed=0, y=y, guide_weight=1.0)
+    own = sample_images(model, cfg, n=4, seed=0, y=y)
+    assert torch.equal(plain_row, plain) and torch.equal(guided_row, own)
+    assert not torch.equal(plain, own)
+
+
 @pytest.mark.e2e  # over 3 s: a run sized by time
 def test_own_guide_under_a_time_budget_is_the_sized_runs_step(tmp_path):
     """A time budget sizes max_steps at step 40; the "@F" checkpoint is F of the sized run

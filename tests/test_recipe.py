@@ -14,10 +14,14 @@ from ddpmlab.config import Config, load_config
 from ddpmlab.data import ImageData
 from ddpmlab.errors import ConfigError
 from ddpmlab.recipe import (
+    GUIDANCE_LONG,
+    GUIDANCE_SHORT,
     RECIPE_KEYS,
     DataStats,
+    after_sizing,
     apply_recipe,
     check_fit,
+    guidance_for,
     image_cost,
     level_sizes,
 )
@@ -39,7 +43,12 @@ def test_the_recipe_gives_the_main_jobs_values_on_mnist(preset):
     cfg = load_config(preset)
     assert cfg.data.recipe == RECIPE_KEYS
     out, line = apply_recipe(cfg, MNIST)
-    assert out == cfg.replace(data=replace(cfg.data, recipe=()))
+    # the guidance waits for the budget's length (after_sizing); ~800 steps give the preset's
+    assert out == cfg.replace(data=replace(cfg.data, recipe=("sample.guidance",)))
+    sized, said = after_sizing(out.replace(train=replace(out.train, max_steps=797,
+                                                         time_budget_min=0.0)))
+    assert sized.sample == cfg.sample and sized.data.recipe == ()
+    assert said == "ddpmlab: recipe: guidance 2 (797 steps < 2,000)"
     assert line.startswith("ddpmlab: recipe for 4,500 images of 28 px gray, 10 classes: ")
     assert "\n" not in line and "attention at [7] px" in line and "EMA 0.999 " in line
 
@@ -150,11 +159,15 @@ def test_the_trainer_applies_it_once_says_it_in_one_line_and_records_it():
     assert len(said) == 1 and said[0].startswith("ddpmlab: recipe for 40 images of 64 px RGB, "
                                                  "2 classes: ")
     assert out.model.attention_resolutions == (16, 8) and out.train.batch_size == 8
-    assert out.data.recipe == () and out.model.num_classes == 2
-    # config.json holds the chosen values: resuming from it chooses nothing again
-    stored = Config.from_dict(json.loads(out.to_json()), "config.json")
+    # under the preset's time budget the guidance waits for the run's length (after_sizing)
+    assert out.data.recipe == ("sample.guidance",) and out.model.num_classes == 2
+    # config.json holds the chosen values: resuming from it chooses nothing again (the
+    # trainer writes it once more after sizing, with the guidance decided)
+    sized, _ = after_sizing(out.replace(train=replace(out.train, max_steps=900,
+                                                      time_budget_min=0.0)))
+    stored = Config.from_dict(json.loads(sized.to_json()), "config.json")
     again: list[str] = []
-    assert resolve_config(stored, _data(40, 64, 3, 2), again.append) == out and again == []
+    assert resolve_config(stored, _data(40, 64, 3, 2), again.append) == sized and again == []
     # the preset's fixed values on 64 px data without the recipe: one line naming the key
     fixed = cfg.override({"data.recipe": ""})
     with pytest.raises(ConfigError, match=r"set model.attention_resolutions=16 \(the lowest"):
@@ -187,3 +200,27 @@ def test_a_folder_of_64px_rgb_jpegs_trains_with_no_flags(tmp_path, capsys):
     assert cfg["model"]["channel_mult"] == [1, 2, 2, 2] and cfg["train"]["batch_size"] == 8
     assert cfg["model"]["num_classes"] == 2 and cfg["data"]["recipe"] == []
     assert (out / "samples.png").is_file()
+
+
+def test_the_guidance_follows_the_trained_length():
+    """sample.guidance: 2 below GUIDANCE_LONG_STEPS steps, 1.5 from there; decided at once from
+    train.max_steps without a time budget, after the budget has sized the run with one; a
+    weight the user sets is kept through both."""
+    assert [guidance_for(n)[0] for n in (1, 850, 1_999, 2_000, 3_131)] == [2, 2, 2, 1.5, 1.5]
+    assert (GUIDANCE_SHORT, GUIDANCE_LONG) == (2.0, 1.5)
+    cfg = _for(load_config("mnist"), MNIST)
+    steps = cfg.override({"train.time_budget_min": "0", "train.max_steps": "3000"})
+    out, line = apply_recipe(steps, MNIST)
+    assert out.sample.guidance == 1.5 and out.data.recipe == ()
+    assert "guidance 1.5 (3,000 steps >= 2,000)" in line
+    assert after_sizing(out) == (out, None)                 # nothing left for later
+    budget, line = apply_recipe(cfg, MNIST)
+    assert budget.data.recipe == ("sample.guidance",) and budget.sample.guidance == 2.0
+    assert "guidance 2 below 2,000 steps, else 1.5 (chosen when the budget" in line
+    long, said = after_sizing(budget.replace(train=replace(budget.train, max_steps=3131)))
+    assert long.sample.guidance == 1.5 and long.data.recipe == ()
+    assert said == "ddpmlab: recipe: guidance 1.5 (3,131 steps >= 2,000)"
+    mine, _ = apply_recipe(cfg.override({"sample.guidance": "3"}), MNIST)
+    assert mine.data.recipe == () and mine.sample.guidance == 3.0
+    assert after_sizing(mine.replace(train=replace(mine.train, max_steps=3131)))[0] == \
+        mine.replace(train=replace(mine.train, max_steps=3131))

@@ -325,10 +325,11 @@ def _budget_cfg(tiny_cfg, **train):
 def test_a_time_budget_sets_max_steps_and_max_steps_repeats_the_run(tiny_cfg, tmp_path):
     """A budget of 4.8 s: steps 5-40 are timed, a checkpoint at step 40 times the work besides
     them, max_steps is chosen (> 40, < the cap) and written to config.json with the budget
-    resolved to 0; a new run with that max_steps (no budget, no checkpoint at step 40) ends
-    with bit-identical weights, optimizer state and RNG states."""
+    resolved to 0 and the recipe's guidance for that length; a new run with that max_steps (no
+    budget, no checkpoint at step 40) ends with bit-identical weights, optimizer state and RNG
+    states."""
     cfg = _budget_cfg(tiny_cfg, lr_decay="cosine", warmup_steps=40, time_budget_min=0.08,
-                      max_steps=1000)
+                      max_steps=1000).override({"data.recipe": "sample.guidance"})
     logged = []
     tr = Trainer(cfg, tmp_path / "budget", progress=False, log=logged.append)
     res = tr.train()
@@ -342,6 +343,13 @@ def test_a_time_budget_sets_max_steps_and_max_steps_repeats_the_run(tiny_cfg, tm
     # the checkpoint at step 40 timed the work besides the steps (the last step's is planned)
     assert events[0]["checkpoint_s"] > 0 and events[0]["work_s"] == events[0]["checkpoint_s"]
     assert (tmp_path / "budget" / "checkpoints" / "step_00000040").is_dir()
+    # the recipe's guidance waited for the length (ddpmlab.recipe.after_sizing)
+    from ddpmlab.recipe import guidance_for
+
+    stored = json.loads((tmp_path / "budget" / "config.json").read_text())
+    w, why = guidance_for(n)
+    assert stored["data"]["recipe"] == [] and stored["sample"]["guidance"] == w
+    assert f"ddpmlab: recipe: {why}" in logged
     again = Trainer(cfg.override({"train.max_steps": str(n), "train.time_budget_min": "0"}),
                     tmp_path / "steps", progress=False, log=lambda m: None).train()
     assert again.step == n

@@ -48,6 +48,20 @@ digits, 10 classes), which they reproduce exactly (``tests/test_recipe.py``):
   runs). The main job (~800 steps): 0.999; the fashion-mnist-60min preset's 5,638 steps give
   its 0.9995.
 * **Classes** change nothing above: a class is one embedding vector.
+* **Guidance** (``sample.guidance``, classifier-free): :data:`GUIDANCE_SHORT` (2) for runs
+  of fewer than :data:`GUIDANCE_LONG_STEPS` steps, :data:`GUIDANCE_LONG` (1.5) from there:
+  a longer-trained model follows its class without being pushed as hard, and the weight a
+  short run needs costs a long one diversity. **By measurement** on the main job's model
+  (BENCHMARKS.md §12, 1,000 samples, the preset's sampler and autoguide, bf16): at 850 steps
+  w = 2 is best (FID 2.74 and 97.4% read as asked against 3.26 and 93.7% at 1.5); at 1,400
+  the FIDs tie (1.94, 1.89) and 1.5 reads 3 points fewer (95.0% against 98.0%); at 3,131 (a
+  bf16 machine's 7 minutes) 1.5 is best (FID 1.12 against 1.97, at the real-vs-real floor,
+  98.6% read). 2,000 lies between (the issue's probe at 2,000 steps favoured 1.5). The
+  steps are the run's ``train.max_steps``; under a time budget they are known only once the
+  budget has timed its steps, so the key stays in ``data.recipe`` until then
+  (:data:`LATE_KEYS`) and the trainer decides it there (:func:`after_sizing`, one printed
+  line) before writing ``config.json`` again. Measured on MNIST only; other data (emoji)
+  follow the same rule unmeasured.
 * **Augmentation** (``train.augment``): EDM's non-leaking augmentation with p =
   :data:`AUGMENT_P` when each training image is expected to be seen at least
   :data:`AUGMENT_PASSES` times (the expected steps, as for the EMA, x batch / images), else
@@ -73,14 +87,15 @@ from typing import Any
 from .config import Config
 from .errors import ConfigError
 
-__all__ = ["AUGMENT_P", "AUGMENT_PASSES", "RECIPE_KEYS", "WATCH_BELOW", "WATCH_SAMPLES",
-           "DataStats", "Recipe", "apply_recipe", "check_fit", "choose", "image_cost",
-           "level_sizes"]
+__all__ = ["AUGMENT_P", "AUGMENT_PASSES", "GUIDANCE_LONG", "GUIDANCE_LONG_STEPS",
+           "GUIDANCE_SHORT", "LATE_KEYS", "RECIPE_KEYS", "WATCH_BELOW", "WATCH_SAMPLES",
+           "DataStats", "Recipe", "after_sizing", "apply_recipe", "check_fit", "choose",
+           "guidance_for", "image_cost", "level_sizes"]
 
 RECIPE_KEYS: tuple[str, ...] = (
     "model.base_channels", "model.channel_mult", "model.attention_resolutions",
     "train.batch_size", "train.lr", "train.ema_decay", "train.time_budget_min",
-    "train.time_limit_min", "train.augment", "train.watch_copies",
+    "train.time_limit_min", "train.augment", "train.watch_copies", "sample.guidance",
 )
 
 # The main job (configs/mnist.yaml on 4,500 MNIST digits) the rules are anchored on.
@@ -94,6 +109,11 @@ EMA_MIN, EMA_MAX = 1_000, 10_000
 #: (between the measured 51 passes, where it cost FID, and 256, where it gained), with
 #: probability AUGMENT_P per transform (EDM used 0.12 on CIFAR-10's 50,000)
 AUGMENT_PASSES, AUGMENT_P = 128, 0.15
+#: classifier-free guidance by the trained length: GUIDANCE_SHORT below GUIDANCE_LONG_STEPS
+#: steps, GUIDANCE_LONG from there (BENCHMARKS.md §12: a longer-trained model needs less)
+GUIDANCE_LONG_STEPS, GUIDANCE_SHORT, GUIDANCE_LONG = 2_000, 2.0, 1.5
+#: keys a time-budgeted run decides once the budget has sized it (:func:`after_sizing`)
+LATE_KEYS: tuple[str, ...] = ("sample.guidance",)
 #: the copy watch on below this many training images (between the emoji set's 1,683 and the
 #: main job's 4,500, which stays unwatched), with this many samples per checkpoint
 WATCH_BELOW, WATCH_SAMPLES = 2_000, 64
@@ -209,7 +229,24 @@ def choose(stats: DataStats, cfg: Config, keys: set[str]) -> Recipe:
         why["train.lr"] = f"lr {lr:g} (2e-3 x sqrt(batch/32))"
     steps = _time(stats, tc, keys, batch * cost / REF_COST, values, why)
     _protection(stats, keys, values, why, steps * batch / max(stats.count, 1))
+    if "sample.guidance" in keys:
+        if tc.time_budget_min:          # the steps are known once the budget has timed them
+            why["sample.guidance"] = (f"guidance {GUIDANCE_SHORT:g} below {GUIDANCE_LONG_STEPS:,}"
+                                      f" steps, else {GUIDANCE_LONG:g} (chosen when the budget "
+                                      "has sized the run)")
+        else:
+            values["sample.guidance"], why["sample.guidance"] = guidance_for(tc.max_steps)
     return Recipe(values, why)
+
+
+def guidance_for(steps: int) -> tuple[float, str]:
+    """The classifier-free guidance weight for a run of ``steps`` steps, and why: a model
+    trained longer follows its class without being pushed as hard, and a weight that helps a
+    short run costs a long one diversity (BENCHMARKS.md §12, the main job's model: at 850 steps
+    w = 2 beats 1.5, FID 2.74 against 3.26; at 3,131, 1.5 beats 2, 1.12 against 1.97)."""
+    w = GUIDANCE_LONG if steps >= GUIDANCE_LONG_STEPS else GUIDANCE_SHORT
+    side = ">=" if steps >= GUIDANCE_LONG_STEPS else "<"
+    return w, f"guidance {w:g} ({steps:,} steps {side} {GUIDANCE_LONG_STEPS:,})"
 
 
 def _protection(stats: DataStats, keys: set[str], values: dict[str, Any],
@@ -268,13 +305,29 @@ def apply_recipe(cfg: Config, stats: DataStats) -> tuple[Config, str | None]:
     if not keys:
         return replace(cfg, data=data), None
     recipe = choose(stats, cfg, keys)
-    sections: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
-    for key, value in recipe.values.items():
+    late = tuple(k for k in LATE_KEYS if k in keys and k not in recipe.values)
+    return _with(replace(cfg, data=replace(data, recipe=late)), recipe.values), recipe.line(stats)
+
+
+def after_sizing(cfg: Config) -> tuple[Config, str | None]:
+    """``cfg`` (whose ``train.max_steps`` a time budget has just set) with the keys the recipe
+    left for then (:data:`LATE_KEYS`, still in ``data.recipe``) decided, the list emptied, and
+    the line to print (None: nothing was left)."""
+    if "sample.guidance" not in cfg.data.recipe:
+        return cfg, None
+    w, why = guidance_for(cfg.train.max_steps)
+    out = _with(replace(cfg, data=replace(cfg.data, recipe=())), {"sample.guidance": w})
+    return out, f"ddpmlab: recipe: {why}"
+
+
+def _with(cfg: Config, values: dict[str, Any]) -> Config:
+    """``cfg`` with ``values`` (``"section.name"`` -> value) set."""
+    sections: dict[str, dict[str, Any]] = {}
+    for key, value in values.items():
         sec, name = key.split(".")
-        sections[sec][name] = value
-    out = replace(cfg, data=data, model=replace(cfg.model, **sections["model"]),
-                  train=replace(cfg.train, **sections["train"]))
-    return out, recipe.line(stats)
+        sections.setdefault(sec, {})[name] = value
+    return replace(cfg, **{sec: replace(getattr(cfg, sec), **fields)
+                           for sec, fields in sections.items()})
 
 
 def check_fit(cfg: Config, preset_size: int) -> None:

@@ -59,6 +59,7 @@ from ..errors import CheckpointError, DDPMLabError
 from ..layout import RunDir
 from ..losses import LossHistory, importance_weights
 from ..objectives import build as build_objective
+from ..recipe import after_sizing
 from ..session import RunSession
 from . import distributed as D
 from .budget import RunWork, TimeBudget
@@ -525,10 +526,12 @@ class Trainer:
         sizing = D.broadcast_object(sizing.with_work(self._timed_work(), time.perf_counter()
                                                      - t_start))
         tc = self.cfg.train
-        self.cfg = replace(self.cfg, train=replace(tc, max_steps=sizing.max_steps,
-                                                   time_budget_min=0.0))
+        self.cfg, decided = after_sizing(replace(
+            self.cfg, train=replace(tc, max_steps=sizing.max_steps, time_budget_min=0.0)))
         self.events.resize(sizing)
         self.events.note(sizing.message)
+        if decided:                     # (the recipe's keys that waited for the length)
+            self.events.note(decided)
         guide = self.cfg.own_guide_step()
         if guide is not None and guide < self.step:
             self.events.note(f"ddpmlab: sample.guide={self.cfg.sample.guide} names step {guide}"

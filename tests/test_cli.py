@@ -69,7 +69,8 @@ def test_the_preset_is_sized_by_time_and_max_steps_turns_that_off(run_dir, tmp_p
                  "--no-samples", "--device", "cpu", "--time-budget", "5", *TINY,
                  "train.max_steps=41", "train.log_every=50"]) == 0
     said = capsys.readouterr().out
-    assert "time budget 5 min:" in said and "max_steps 41 (the max_steps cap)" in said
+    assert "time budget 5 min:" in said and "max_steps 41 (the max_steps cap: ~" in said
+    assert "of the 5 min; train.max_steps=N allows more)" in said   # (it uses seconds of 5 min)
     stored = json.loads((out / "config.json").read_text())["train"]
     assert (stored["max_steps"], stored["time_budget_min"]) == (41, 0)
 

@@ -132,7 +132,13 @@ class Sizing:
     @property
     def message(self) -> str:
         a, b = BUDGET_WINDOW
-        capped = " (the max_steps cap)" if self.max_steps == self.cap else ""
+        capped = ""
+        if self.max_steps == self.cap:      # the cap, not the minutes, decided: say how much
+            minutes = (self.elapsed_s + max(self.max_steps - b, 0) / self.steps_per_s
+                       + self.work_s) / 60  # of the budget it uses, and how to use the rest
+            capped = (f" (the max_steps cap: ~{minutes:.1f} of the {self.budget_min:g} min; "
+                      "train.max_steps=N allows more)" if minutes < 0.9 * self.budget_min
+                      else " (the max_steps cap)")
         work = ""
         if self.checkpoint_s is not None:
             work = f" and checkpoints of {self.checkpoint_s:.1f} s ({self.checkpoints} planned)"

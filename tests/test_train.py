@@ -389,11 +389,16 @@ def test_the_timed_checkpoint_and_grid_are_not_repeated_at_step_40(tiny_cfg, tmp
 
 @pytest.mark.e2e  # over 2 s: trains
 def test_a_time_budget_that_cannot_time_its_steps_says_so(tiny_cfg, tmp_path):
+    """... and the recipe's guidance, which waited for the budget, is decided by max_steps
+    (config.json then names no key left to choose)."""
     logged = []
-    cfg = _budget_cfg(tiny_cfg, max_steps=30)
+    cfg = _budget_cfg(tiny_cfg, max_steps=30).override({"data.recipe": "sample.guidance"})
     res = Trainer(cfg, tmp_path / "r", progress=False, log=logged.append).train()
     assert res.step == 30
     assert any("not applied" in m and "training to step 30" in m for m in logged)
+    assert "ddpmlab: recipe: guidance 2 (30 steps < 2,000)" in logged
+    stored = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert stored["data"]["recipe"] == [] and stored["sample"]["guidance"] == 2.0
 
 
 def test_a_time_budget_with_a_decaying_lr_inside_the_timed_steps_is_refused(tiny_cfg):

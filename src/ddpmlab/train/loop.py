@@ -433,6 +433,12 @@ class Trainer:
         budget = TimeBudget(self.cfg.train.time_budget_min, self.cfg.train.max_steps, self.step)
         if budget.skipped:
             self.log(budget.skipped)
+        if not budget.active:   # (a budget not applied: the recipe's late keys by max_steps)
+            self.cfg, decided = after_sizing(self.cfg)
+            if decided:
+                self.log(decided)
+                if self.dist.is_main:
+                    self.run.write_config(self.cfg.to_json())
         window = _LossWindow(self.device)
         stopped_by: str | None = None
         with contextlib.ExitStack() as stack:

@@ -119,21 +119,31 @@ def score(run: Path, sub, rest, name: str, a: argparse.Namespace) -> dict:
     return out
 
 
-def table(rows: list[dict], m: dict) -> str:
-    lines = ["| data | n | row | p | steps | passes | train min | near-copies | rest's own | FID | "
-             "precision | recall |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+def machine_label(m: dict) -> str:
+    """A row's machine in a few words: the CPU (or GPU), its vector unit, torch."""
+    return ", ".join(str(v) for v in (m.get("gpu") or m.get("cpu"), m.get("cpu_capability"),
+                                      f"torch {m.get('torch')}", f"{m.get('threads')} threads")
+                     if v)
+
+
+def table(rows: list[dict]) -> str:
+    """Every row with its seed and the machine it was measured on (rows of several sessions
+    and machines share the file)."""
+    lines = ["| data | n | seed | row | p | steps | passes | train min | near-copies | "
+             "rest's own | FID | precision | recall | machine |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def f(v, fmt):
         return "-" if v is None else format(v, fmt)
 
     for r in sorted(rows, key=lambda r: (r["data"], -r["n"], r["seed"], r["row"])):
         passes = r.get("passes", r["steps"] * 32 / r["n"])     # rows before it was recorded: 32
-        lines.append(f"| {r['data']} | {r['n']} | {r['row']} | {r['p']:g} | {r['steps']} | "
-                     f"{passes:.0f} | "
+        lines.append(f"| {r['data']} | {r['n']} | {r['seed']} | {r['row']} | {r['p']:g} | "
+                     f"{r['steps']} | {passes:.0f} | "
                      f"{r['train_min']:.1f} | {100 * r['copy_share']:.1f}% | "
                      f"{100 * r['rest_share']:.1f}% | {f(r.get('fid'), '.2f')} | "
-                     f"{f(r.get('precision'), '.3f')} | {f(r.get('recall'), '.3f')} |")
-    lines.append(f"\nMachine: {m['cpu']}, torch {m['torch']}, {m['threads']} threads.")
+                     f"{f(r.get('precision'), '.3f')} | {f(r.get('recall'), '.3f')} | "
+                     f"{machine_label(r['machine'])} |")
     return "\n".join(lines)
 
 
@@ -159,8 +169,10 @@ def main() -> None:
     name = "augment_small_smoke" if a.max_steps else "augment_small"
     done = Path(a.out_json) if a.out_json else result_path("augment_small", f"{name}.json")
     wanted = [(d, r) for d in a.data.split(",") for r in a.rows.split(",")]
-    rows = [r for r in (json.loads(done.read_text())["rows"] if done.exists() else [])
+    kept = json.loads(done.read_text()) if done.exists() else {"rows": []}
+    rows = [{"machine": kept.get("machine", {}), **r} for r in kept["rows"]  # (older files: one
             if ((r["data"], r["row"]) not in wanted or (r["seed"], r["n"]) != (a.seed, a.n))]
+    here = machine()                                                # machine for every row)
     for data in dict.fromkeys(d for d, _ in wanted):
         sub, rest = subset_and_rest(data, a.n, a.seed, a.max_rest)
         npz = write_subset(sub, REPO / a.out_dir / f"{data}-{a.n}-seed{a.seed}.npz")
@@ -173,12 +185,12 @@ def main() -> None:
             steps, batch = tc["max_steps"], tc["batch_size"]
             r = {"data": data, "n": a.n, "row": row, "p": p, "seed": a.seed, "steps": steps,
                  "batch": batch, "passes": steps * batch / a.n,
-                 "train_min": train_s / 60, "samples": a.samples,
+                 "train_min": train_s / 60, "samples": a.samples, "machine": here,
                  **score(run, sub, rest, data, a)}
             log(f"{data} {row}: {r}")
             rows.append(r)
-            write_json(done, {"machine": machine(), "rows": rows})
-    text = table(rows, machine())
+            write_json(done, {"rows": rows})
+    text = table(rows)
     write_text(a.out_md or result_path("augment_small", f"{name}.md"), text)
     print(text)
 

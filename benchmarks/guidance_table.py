@@ -1,6 +1,6 @@
 """Issue 36's table: the EMA length and the guidance of a conditional run, chosen by measuring.
 
-Each row draws the same ``n`` samples (sample k asks for class k % 10, noise fixed by seed 0 and
+Each row draws the same ``n`` samples (sample k asks for class k % C, noise fixed by seed 0 and
 k) with one setting and scores them with the project's classifier: FID/KID against the training
 images and the share read as the class asked for. A row is written as ``key=value`` pairs:
 
@@ -138,9 +138,9 @@ def measure(models: Models, row: dict[str, str], a: argparse.Namespace) -> dict:
             "confident": c["confident_share"], "seconds": seconds}
 
 
-def table(rows: list[dict], a: argparse.Namespace, ckpt: Path) -> str:
-    lines = [f"Run `{a.run}` ({ckpt.name}); {a.n} samples per row (sample k asks for digit "
-             f"k % 10, seed 0); default sampler {a.sampler}, {a.steps} steps.", "",
+def table(rows: list[dict], a: argparse.Namespace, ckpt: Path, classes: int) -> str:
+    lines = [f"Run `{a.run}` ({ckpt.name}); {a.n} samples per row (sample k asks for class "
+             f"k % {classes}, seed 0); default sampler {a.sampler}, {a.steps} steps.", "",
              "| setting | FID | KID | read as asked | confident | seconds |",
              "|---|---|---|---|---|---|"]
     for r in rows:
@@ -179,7 +179,7 @@ def main() -> None:
         r = rows[-1]
         print(f"{r['row']}: FID {r['fid']:.2f}, {100 * r['as_requested']:.1f}% as asked, "
               f"{r['seconds']:.0f} s", flush=True)
-        text = table(rows, a, models.ckpt)
+        text = table(rows, a, models.ckpt, models.cfg.model.num_classes)
         write_text(result_path("guidance_table", f"{a.name}.md"), text)
         write_json(result_path("guidance_table", f"{a.name}.json"),
                    {"run": a.run, "checkpoint": models.ckpt.name, "rows": rows,

@@ -322,7 +322,8 @@ def _budget_cfg(tiny_cfg, **train):
 
 
 @pytest.mark.e2e  # over 2 s: trains twice
-def test_a_time_budget_sets_max_steps_and_max_steps_repeats_the_run(tiny_cfg, tmp_path):
+def test_a_time_budget_sets_max_steps_and_max_steps_repeats_the_run(tiny_cfg, tmp_path,
+                                                                    monkeypatch):
     """A budget of 4.8 s: steps 5-40 are timed, a checkpoint at step 40 times the work besides
     them, max_steps is chosen (> 40, < the cap) and written to config.json with the budget
     resolved to 0 and the recipe's guidance for that length; a new run with that max_steps (no
@@ -330,6 +331,7 @@ def test_a_time_budget_sets_max_steps_and_max_steps_repeats_the_run(tiny_cfg, tm
     states."""
     cfg = _budget_cfg(tiny_cfg, lr_decay="cosine", warmup_steps=40, time_budget_min=0.08,
                       max_steps=1000).override({"data.recipe": "sample.guidance"})
+    monkeypatch.setattr("ddpmlab.recipe.GUIDANCE_BY_LENGTH_DATA", ("digits",))  # (as MNIST)
     logged = []
     tr = Trainer(cfg, tmp_path / "budget", progress=False, log=logged.append)
     res = tr.train()
@@ -388,11 +390,12 @@ def test_the_timed_checkpoint_and_grid_are_not_repeated_at_step_40(tiny_cfg, tmp
 
 
 @pytest.mark.e2e  # over 2 s: trains
-def test_a_time_budget_that_cannot_time_its_steps_says_so(tiny_cfg, tmp_path):
+def test_a_time_budget_that_cannot_time_its_steps_says_so(tiny_cfg, tmp_path, monkeypatch):
     """... and the recipe's guidance, which waited for the budget, is decided by max_steps
     (config.json then names no key left to choose)."""
     logged = []
     cfg = _budget_cfg(tiny_cfg, max_steps=30).override({"data.recipe": "sample.guidance"})
+    monkeypatch.setattr("ddpmlab.recipe.GUIDANCE_BY_LENGTH_DATA", ("digits",))  # (as MNIST)
     res = Trainer(cfg, tmp_path / "r", progress=False, log=logged.append).train()
     assert res.step == 30
     assert any("not applied" in m and "training to step 30" in m for m in logged)

@@ -60,11 +60,11 @@ digits, 10 classes), which they reproduce exactly (``tests/test_recipe.py``):
   steps are the run's ``train.max_steps``; under a time budget they are known only once the
   budget has timed its steps, so the key stays in ``data.recipe`` until then
   (:data:`LATE_KEYS`) and the trainer decides it there (:func:`after_sizing`, one printed
-  line) before writing ``config.json`` again. **Only on MNIST** (:data:`GUIDANCE_BY_LENGTH_DATA`):
-  what decides is how close the model is to its data, which steps do not say across data
-  sets: the emoji set at 5,000 steps (FID 8.6 against a floor of 1.7) is guided better at 2
-  than at 1.5 (FID 8.63 and 64.9% read as the group asked against 8.88 and 58.9%), so every
-  other data set keeps 2.
+  line) before writing ``config.json`` again. **Only on MNIST**
+  (:data:`GUIDANCE_BY_LENGTH_DATA`): what decides is how close the model is to its data,
+  which steps do not say across data sets: the emoji set at 5,000 steps (FID 8.6 against a
+  floor of 1.7) is guided better at 2 than at 1.5 (FID 8.63 and 64.9% read as the group
+  asked against 8.88 and 58.9%), so every other data set keeps 2.
 * **Augmentation** (``train.augment``): EDM's non-leaking augmentation with p =
   :data:`AUGMENT_P` when each training image is expected to be seen at least
   :data:`AUGMENT_PASSES` times (the expected steps, as for the EMA, x batch / images), else
@@ -74,9 +74,9 @@ digits, 10 classes), which they reproduce exactly (``tests/test_recipe.py``):
   (bf16), a wash; Fashion-MNIST, 500 images at 51 passes: +9.5 (two seeds, spread 0.76), 250
   at 128 passes: +8.1. It never lowered copying (nothing copied) and cost FID in four of five
   comparisons, so :data:`AUGMENT_PASSES` is twice the longest length measured: no default
-  budget turns it on (in theirs 40 images are seen ~490 times, 100 ~195). ``train.augment=0.15``
-  turns it on for a long run on few images, where copying is expected; the copy watch says
-  when that happens.
+  budget turns it on (in theirs 40 images are seen ~490 times, 100 ~195).
+  ``train.augment=0.15`` turns it on for a long run on few images, where copying is
+  expected; the copy watch says when that happens.
 * **Copy watch** (``train.watch_copies``): below :data:`WATCH_BELOW` training images,
   :data:`WATCH_SAMPLES` EMA samples at each checkpoint (``runs.CopyWatch``: the share of
   near-copies of training images beside the held-out images' own, in ``metrics.jsonl`` and
@@ -94,9 +94,9 @@ from typing import Any
 from .config import Config
 from .errors import ConfigError
 
-__all__ = ["AUGMENT_P", "AUGMENT_PASSES", "GUIDANCE_BY_LENGTH_DATA", "GUIDANCE_LONG", "GUIDANCE_LONG_STEPS",
-           "GUIDANCE_SHORT", "LATE_KEYS", "RECIPE_KEYS", "WATCH_BELOW", "WATCH_SAMPLES",
-           "DataStats", "Recipe", "after_sizing", "apply_recipe", "check_fit", "choose",
+__all__ = ["AUGMENT_P", "AUGMENT_PASSES", "GUIDANCE_BY_LENGTH_DATA", "GUIDANCE_LONG",
+           "GUIDANCE_LONG_STEPS", "GUIDANCE_SHORT", "LATE_KEYS", "RECIPE_KEYS", "WATCH_BELOW",
+           "WATCH_SAMPLES", "DataStats", "Recipe", "after_sizing", "apply_recipe", "check_fit", "choose",
            "guidance_for", "image_cost", "level_sizes"]
 
 RECIPE_KEYS: tuple[str, ...] = (

@@ -221,18 +221,70 @@ def test_a_resumed_distillation_ends_with_the_uninterrupted_weights(teacher, tmp
     assert main(["distill", "--resume", str(part), "--no-progress", "--device", "cpu"]) == 0
 
 
+def test_the_iterations_per_stage_fill_the_budget():
+    """The most N whose time, stage 1 at its speed (``done`` of its iterations done) and every
+    later stage at its own, fits in what stage 1's speed alone fills: checked against a search
+    over N; an even split by stage 1's speed (the rule before) leaves a cheaper later stage's
+    time unused and fails."""
+    def best(fit, first, later, stages, done):      # the independent count: try every N
+        left = (fit - done) * first
+        return max(n for n in range(done, 4 * fit)
+                   if (n - done) * first + (stages - 1) * n * later <= left + 1e-9)
+
+    for fit, first, later, stages, done in [(3032, 0.51, 0.38, 2, 40), (1000, 1.0, 1.0, 2, 40),
+                                            (5000, 0.5, 0.3, 4, 40), (100, 0.2, 0.1, 3, 40)]:
+        got = distill_run.iterations_per_stage(fit, first, later, stages, done)
+        assert got == best(fit, first, later, stages, done), (fit, first, later, stages)
+    assert distill_run.iterations_per_stage(1000, 1.0, 1.0, 2, 40) == 500   # equal speeds
+    assert distill_run.iterations_per_stage(3032, 0.51, 0.38, 2, 40) > 3032 // 2 + 150
+    assert distill_run.iterations_per_stage(50, 1.0, 1.0, 4, 40) == 40      # never below done
+
+
 @pytest.mark.e2e
-def test_a_time_budget_is_split_over_the_stages_and_recorded(teacher, tmp_path, capsys):
+def test_a_time_budget_is_split_over_the_stages_and_recorded(teacher, tmp_path, capsys,
+                                                             monkeypatch):
+    """The budget sizes the stages once iterations 5-40 are timed, with the later stages'
+    saving (the guided teacher's second pass; pinned here so that the count is known): the
+    plan's iterations are :func:`iterations_per_stage`'s, capped by ``--iterations``."""
+    calls = []
+    real = distill_run.iterations_per_stage
+
+    def spy(fit, first, later, stages, done):
+        calls.append((fit, first, later, stages, done))
+        return real(fit, first, later, stages, done)
+
+    monkeypatch.setattr(distill_run, "iterations_per_stage", spy)
+    monkeypatch.setattr(distill_run.Distillation, "_later_saving_s", lambda self: 1e-4)
     new = tmp_path / "budget"
     assert main(["distill", str(teacher), "--method", "progressive", "--to", "2", "--out",
                  str(new), "--time-budget", "0.01", "--iterations", "60", "--batch-size", "2",
                  "--device", "cpu", "--no-progress"]) == 0
     plan = json.loads((new / "distill.json").read_text())
+    assert len(calls) == 1
+    fit, first, later, stages, done = calls[0]
+    assert stages == 2 and done == 40 and later == pytest.approx(max(first - 1e-4, first / 4))
+    assert plan["iterations"] == min(60, real(*calls[0]))
     assert plan["time_budget_min"] == 0 and 40 <= plan["iterations"] <= 60
-    assert f"--iterations {plan['iterations']} repeats" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"--iterations {plan['iterations']} repeats" in out and "later stages" in out
     assert json.loads((_final(new) / "state.json").read_text())["step"] == 2 * plan["iterations"]
     events = [json.loads(v) for v in (new / "metrics.jsonl").read_text().splitlines()]
     assert any(r.get("event") == "time_budget" for r in events)
+
+
+def test_only_a_guided_first_teacher_makes_later_stages_cheaper(teacher, tmp_path):
+    """No saving is timed where every stage costs the same: one stage, an unguided teacher,
+    consistency (the network is never called: a model that raises would say so)."""
+    cfg = Config.from_file(teacher / "config.json")
+    for method, stages, w in [("progressive", [4], 2.0), ("progressive", [4, 2], 1.0),
+                              ("consistency", [1], 2.0)]:
+        plan = distill_run.Plan(method=method, to=stages[-1], stages=stages, iterations=4,
+                                time_budget_min=1.0, lr=1e-3, batch_size=2, ckpt_every=4,
+                                seed=0, guidance=w, init="teacher",
+                                teacher={"run": "t", "checkpoint": "c", "sha256": "s"})
+        d = distill_run.Distillation(plan, None, None, None, cfg, None, torch.device("cpu"),
+                                     False, print)
+        assert d._later_saving_s() == 0.0
 
 
 def test_the_learning_rate_schedule_of_a_plan(tmp_path):

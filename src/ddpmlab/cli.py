@@ -417,7 +417,8 @@ def _add_distill_parser(sub, device_help: str) -> None:
                    f"(default {DEFAULT_ITERATIONS}; with --time-budget the most, default "
                    f"{BUDGET_CAP:,})")
     d.add_argument("--time-budget", type=float, metavar="MIN", help="size the stages by time: "
-                   "MIN minutes split evenly over them (iterations 5-40 are timed)")
+                   "the same iterations per stage, as many as fill MIN minutes (iterations 5-40 "
+                   "are timed, and a later stage's cheaper teacher)")
     d.add_argument("--lr", type=float, help="Adam's learning rate (default: the run's train.lr)")
     d.add_argument("--lr-schedule", help="linear: the rate falls from --lr to 0 over each stage "
                    "(progressive's default); constant: --lr throughout (consistency's default)")

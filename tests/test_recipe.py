@@ -16,7 +16,11 @@ from ddpmlab.errors import ConfigError
 from ddpmlab.recipe import (
     GUIDANCE_LONG,
     GUIDANCE_SHORT,
+    LATE_KEYS,
     RECIPE_KEYS,
+    SAMPLER_KEYS,
+    SAMPLER_LONG,
+    SAMPLER_SHORT,
     DataStats,
     after_sizing,
     apply_recipe,
@@ -24,6 +28,7 @@ from ddpmlab.recipe import (
     guidance_for,
     image_cost,
     level_sizes,
+    sampler_for,
 )
 from ddpmlab.train.setup import resolve_config
 
@@ -41,14 +46,19 @@ def test_the_recipe_gives_the_main_jobs_values_on_mnist(preset):
     """The main job does not change: on MNIST's 4,500 gray 28x28 digits the recipe chooses
     exactly what the preset file says, and only data.recipe (now empty) differs."""
     cfg = load_config(preset)
-    assert cfg.data.recipe == RECIPE_KEYS
+    # the sampler by length is measured on the DDPM preset's solvers (the others keep theirs)
+    by_length = SAMPLER_KEYS if preset == "mnist" else ()
+    assert cfg.data.recipe == tuple(k for k in RECIPE_KEYS
+                                    if k not in SAMPLER_KEYS or k in by_length)
     out, line = apply_recipe(cfg, MNIST)
-    # the guidance waits for the budget's length (after_sizing); ~800 steps give the preset's
-    assert out == cfg.replace(data=replace(cfg.data, recipe=("sample.guidance",)))
+    # the guidance (and sampler) wait for the budget's length (after_sizing); ~800 steps give
+    # the preset's
+    assert out == cfg.replace(data=replace(cfg.data, recipe=("sample.guidance", *by_length)))
     sized, said = after_sizing(out.replace(train=replace(out.train, max_steps=797,
                                                          time_budget_min=0.0)))
     assert sized.sample == cfg.sample and sized.data.recipe == ()
-    assert said == "ddpmlab: recipe: guidance 2 (797 steps < 2,000)"
+    assert said == "ddpmlab: recipe: guidance 2 (797 steps < 2,000)" + (
+        "; sampler dpmpp_2m_sde 10 steps (797 steps < 2,000)" if by_length else "")
     assert line.startswith("ddpmlab: recipe for 4,500 images of 28 px gray, 10 classes: ")
     assert "\n" not in line and "attention at [7] px" in line and "EMA 0.999 " in line
 
@@ -211,17 +221,57 @@ def test_the_guidance_follows_the_trained_length():
     assert "guidance 1.5 (3,000 steps >= 2,000)" in line
     assert after_sizing(out) == (out, None)                 # nothing left for later
     budget, line = apply_recipe(cfg, MNIST)
-    assert budget.data.recipe == ("sample.guidance",) and budget.sample.guidance == 2.0
+    assert budget.data.recipe == LATE_KEYS and budget.sample.guidance == 2.0
     assert "guidance 2 below 2,000 steps, else 1.5 (chosen when the budget" in line
     long, said = after_sizing(budget.replace(train=replace(budget.train, max_steps=3131)))
     assert long.sample.guidance == 1.5 and long.data.recipe == ()
-    assert said == "ddpmlab: recipe: guidance 1.5 (3,131 steps >= 2,000)"
+    assert said.startswith("ddpmlab: recipe: guidance 1.5 (3,131 steps >= 2,000); ")
     # other data keep 2 whatever the length (the rule is measured on MNIST only)
     for other in (budget, steps):
         emoji, line = apply_recipe(other.override({"data.dataset": "emoji"}), MNIST)
         assert emoji.sample.guidance == 2.0 and emoji.data.recipe == ()
         assert "guidance 2 (a lower weight for long runs is measured on MNIST only)" in line
-    mine, _ = apply_recipe(cfg.override({"sample.guidance": "3"}), MNIST)
+    mine, _ = apply_recipe(cfg.override({"sample.guidance": "3", "sample.sampler": "ddim"}),
+                           MNIST)
     assert mine.data.recipe == () and mine.sample.guidance == 3.0
     assert after_sizing(mine.replace(train=replace(mine.train, max_steps=3131)))[0] == \
         mine.replace(train=replace(mine.train, max_steps=3131))
+
+
+def test_the_sampler_follows_the_trained_length():
+    """sample.sampler with sample.steps (the mnist preset's pair): DPM-Solver++(2M) SDE at 10
+    steps below SAMPLER_LONG_STEPS, DPM-Solver++(2M) at 20 from there; at once from max_steps
+    or after the budget's sizing; one key of the pair set by the user keeps both as given;
+    other data and the flow/EDM presets keep their sampler."""
+    assert [sampler_for(n)[:2] for n in (1, 850, 1_999, 2_000, 3_131)] == \
+        [SAMPLER_SHORT] * 3 + [SAMPLER_LONG] * 2
+    assert (SAMPLER_SHORT, SAMPLER_LONG) == (("dpmpp_2m_sde", 10), ("dpm_solver", 20))
+    cfg = _for(load_config("mnist"), MNIST)
+    for max_steps, want in ((850, SAMPLER_SHORT), (3000, SAMPLER_LONG)):
+        fixed = cfg.override({"train.time_budget_min": "0", "train.max_steps": str(max_steps)})
+        out, line = apply_recipe(fixed, MNIST)
+        assert (out.sample.sampler, out.sample.steps) == want and out.data.recipe == ()
+        assert f"sampler {want[0]} {want[1]} steps ({max_steps:,} steps" in line
+    budget, line = apply_recipe(cfg, MNIST)
+    assert set(SAMPLER_KEYS) <= set(budget.data.recipe)
+    assert "sampler dpmpp_2m_sde 10 steps below 2,000 steps, else dpm_solver 20 steps" in line
+    for n, want in ((797, SAMPLER_SHORT), (2_844, SAMPLER_LONG)):
+        sized, said = after_sizing(budget.replace(train=replace(budget.train, max_steps=n)))
+        assert (sized.sample.sampler, sized.sample.steps) == want and sized.data.recipe == ()
+        assert said.endswith(f"; sampler {want[0]} {want[1]} steps ({n:,} steps "
+                             f"{'<' if want == SAMPLER_SHORT else '>='} 2,000)")
+    # one of the pair given: both stay (the user's steps with the preset's sampler)
+    mine, _ = apply_recipe(cfg.override({"sample.steps": "30"}), MNIST)
+    assert not set(SAMPLER_KEYS) & set(mine.data.recipe)  # (an incomplete pair: left alone)
+    kept, _ = after_sizing(mine.replace(train=replace(mine.train, max_steps=3131)))
+    assert (kept.sample.sampler, kept.sample.steps) == ("dpmpp_2m_sde", 30)
+    # other data: DPM-Solver++(2M) at 20 whatever the length, nothing left for later
+    for other in (cfg, cfg.override({"train.time_budget_min": "0", "train.max_steps": "850"})):
+        emoji, line = apply_recipe(other.override({"data.dataset": "emoji"}), MNIST)
+        assert (emoji.sample.sampler, emoji.sample.steps) == SAMPLER_LONG
+        assert not set(SAMPLER_KEYS) & set(emoji.data.recipe)
+        assert "sampler dpm_solver 20 steps (the SDE sampler for short runs is measured on " \
+            "MNIST only)" in line
+    flow, _ = apply_recipe(_for(load_config("mnist-flow"), MNIST), MNIST)
+    sized, _ = after_sizing(flow.replace(train=replace(flow.train, max_steps=3131)))
+    assert (sized.sample.sampler, sized.sample.steps) == ("flow_heun", 10)

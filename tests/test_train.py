@@ -330,7 +330,8 @@ def test_a_time_budget_sets_max_steps_and_max_steps_repeats_the_run(tiny_cfg, tm
     budget, no checkpoint at step 40) ends with bit-identical weights, optimizer state and RNG
     states."""
     cfg = _budget_cfg(tiny_cfg, lr_decay="cosine", warmup_steps=40, time_budget_min=0.08,
-                      max_steps=1000).override({"data.recipe": "sample.guidance"})
+                      max_steps=1000).override(
+        {"data.recipe": "sample.guidance,sample.sampler,sample.steps"})
     monkeypatch.setattr("ddpmlab.recipe.GUIDANCE_BY_LENGTH_DATA", ("digits",))  # (as MNIST)
     logged = []
     tr = Trainer(cfg, tmp_path / "budget", progress=False, log=logged.append)
@@ -345,13 +346,15 @@ def test_a_time_budget_sets_max_steps_and_max_steps_repeats_the_run(tiny_cfg, tm
     # the checkpoint at step 40 timed the work besides the steps (the last step's is planned)
     assert events[0]["checkpoint_s"] > 0 and events[0]["work_s"] == events[0]["checkpoint_s"]
     assert (tmp_path / "budget" / "checkpoints" / "step_00000040").is_dir()
-    # the recipe's guidance waited for the length (ddpmlab.recipe.after_sizing)
-    from ddpmlab.recipe import guidance_for
+    # the recipe's guidance and sampler waited for the length (ddpmlab.recipe.after_sizing)
+    from ddpmlab.recipe import guidance_for, sampler_for
 
     stored = json.loads((tmp_path / "budget" / "config.json").read_text())
     w, why = guidance_for(n)
+    sampler, steps, why_sampler = sampler_for(n)
     assert stored["data"]["recipe"] == [] and stored["sample"]["guidance"] == w
-    assert f"ddpmlab: recipe: {why}" in logged
+    assert (stored["sample"]["sampler"], stored["sample"]["steps"]) == (sampler, steps)
+    assert f"ddpmlab: recipe: {why}; {why_sampler}" in logged
     again = Trainer(cfg.override({"train.max_steps": str(n), "train.time_budget_min": "0"}),
                     tmp_path / "steps", progress=False, log=lambda m: None).train()
     assert again.step == n
@@ -582,11 +585,22 @@ def test_a_run_length_the_user_asks_for_is_not_cut_by_the_presets_time_limit():
     from ddpmlab.config import load_config
     from ddpmlab.train.budget import respect_run_length
 
+    from ddpmlab.train.budget import UNCAPPED
+
     preset = load_config("mnist")
     assert preset.train.time_limit_min == 8 and preset.train.time_budget_min == 7
     cfg, note = respect_run_length(preset.override({"train.time_budget_min": "30"}),
                                    {"train.time_budget_min"})
     assert cfg.train.time_limit_min == 31 and "is now 31 min" in note
+    # ... nor by the preset's step cap (5,000: 16 minutes on a bf16 machine)
+    assert preset.train.max_steps == 5000 and cfg.train.max_steps == UNCAPPED
+    assert note.splitlines()[0] == ("ddpmlab: the preset's max_steps cap (5,000) is lifted: "
+                                    "--time-budget 30 sizes the run (--max-steps N, or "
+                                    "train.max_steps=N with the budget, caps it)")
+    cfg, note = respect_run_length(preset.override({"train.time_budget_min": "30",
+                                                    "train.max_steps": "9000"}),
+                                   {"train.time_budget_min", "train.max_steps"})
+    assert cfg.train.max_steps == 9000 and "cap" not in note    # a cap the user gave stays
     cfg, note = respect_run_length(
         preset.override({"train.max_steps": "5000", "train.time_budget_min": "0"}),
         {"train.max_steps", "train.time_budget_min"})
@@ -594,10 +608,13 @@ def test_a_run_length_the_user_asks_for_is_not_cut_by_the_presets_time_limit():
     asked = {"train.time_budget_min", "train.time_limit_min"}  # a limit the user gave stays
     cfg, note = respect_run_length(preset.override({"train.time_budget_min": "30",
                                                     "train.time_limit_min": "8"}), asked)
-    assert cfg.train.time_limit_min == 8 and note is None
+    assert cfg.train.time_limit_min == 8 and "time limit" not in note
     cfg, note = respect_run_length(preset.override({"train.time_budget_min": "5"}),
                                    {"train.time_budget_min"})  # inside the limit: unchanged
-    assert cfg.train.time_limit_min == 8 and note is None
+    assert cfg.train.time_limit_min == 8 and "time limit" not in note
+    assert respect_run_length(preset.override({"train.max_steps": "900"}),
+                              {"train.max_steps"}) == (preset.override({"train.max_steps": "900"}),
+                                                       None)   # (the preset's budget, capped)
     assert respect_run_length(preset, set()) == (preset, None)  # ./run.sh as it is
 
 

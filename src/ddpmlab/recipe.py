@@ -95,14 +95,16 @@ from .config import Config
 from .errors import ConfigError
 
 __all__ = ["AUGMENT_P", "AUGMENT_PASSES", "GUIDANCE_BY_LENGTH_DATA", "GUIDANCE_LONG",
-           "GUIDANCE_LONG_STEPS", "GUIDANCE_SHORT", "LATE_KEYS", "RECIPE_KEYS", "WATCH_BELOW",
-           "WATCH_SAMPLES", "DataStats", "Recipe", "after_sizing", "apply_recipe", "check_fit", "choose",
-           "guidance_for", "image_cost", "level_sizes"]
+           "GUIDANCE_LONG_STEPS", "GUIDANCE_SHORT", "LATE_KEYS", "RECIPE_KEYS", "SAMPLER_KEYS",
+           "SAMPLER_LONG", "SAMPLER_LONG_STEPS", "SAMPLER_SHORT", "WATCH_BELOW", "WATCH_SAMPLES",
+           "DataStats", "Recipe", "after_sizing", "apply_recipe", "check_fit", "choose",
+           "guidance_for", "image_cost", "level_sizes", "sampler_for"]
 
 RECIPE_KEYS: tuple[str, ...] = (
     "model.base_channels", "model.channel_mult", "model.attention_resolutions",
     "train.batch_size", "train.lr", "train.ema_decay", "train.time_budget_min",
     "train.time_limit_min", "train.augment", "train.watch_copies", "sample.guidance",
+    "sample.sampler", "sample.steps",
 )
 
 # The main job (configs/mnist.yaml on 4,500 MNIST digits) the rules are anchored on.
@@ -120,11 +122,18 @@ AUGMENT_PASSES, AUGMENT_P = 512, 0.15
 #: classifier-free guidance by the trained length: GUIDANCE_SHORT below GUIDANCE_LONG_STEPS
 #: steps, GUIDANCE_LONG from there (BENCHMARKS.md §12: a longer-trained model needs less)
 GUIDANCE_LONG_STEPS, GUIDANCE_SHORT, GUIDANCE_LONG = 2_000, 2.0, 1.5
-#: the data the length rule is measured on; elsewhere the guidance stays GUIDANCE_SHORT (the
-#: emoji set at 5,000 steps, far from its floor, is guided better at 2 than at 1.5)
+#: the data the length rules are measured on; elsewhere the guidance stays GUIDANCE_SHORT (the
+#: emoji set at 5,000 steps, far from its floor, is guided better at 2 than at 1.5) and the
+#: sampler SAMPLER_LONG (every emoji and folder figure was measured with it)
 GUIDANCE_BY_LENGTH_DATA: tuple[str, ...] = ("mnist",)
+#: the sampler and its steps by the trained length (``sample.sampler`` with ``sample.steps``):
+#: SAMPLER_SHORT below SAMPLER_LONG_STEPS steps, SAMPLER_LONG from there (BENCHMARKS.md §12c)
+SAMPLER_LONG_STEPS = 2_000
+SAMPLER_SHORT: tuple[str, int] = ("dpmpp_2m_sde", 10)
+SAMPLER_LONG: tuple[str, int] = ("dpm_solver", 20)
+SAMPLER_KEYS: tuple[str, ...] = ("sample.sampler", "sample.steps")
 #: keys a time-budgeted run decides once the budget has sized it (:func:`after_sizing`)
-LATE_KEYS: tuple[str, ...] = ("sample.guidance",)
+LATE_KEYS: tuple[str, ...] = ("sample.guidance", *SAMPLER_KEYS)
 #: the copy watch on below this many training images (between the emoji set's 1,683 and the
 #: main job's 4,500, which stays unwatched), with this many samples per checkpoint
 WATCH_BELOW, WATCH_SAMPLES = 2_000, 64
@@ -189,6 +198,7 @@ class Recipe:
 
     values: dict[str, Any]
     reasons: dict[str, str]
+    late: tuple[str, ...] = ()    # keys left for after the time budget's sizing
 
     def line(self, stats: DataStats) -> str:
         """The one line the trainer prints."""
@@ -240,18 +250,51 @@ def choose(stats: DataStats, cfg: Config, keys: set[str]) -> Recipe:
         why["train.lr"] = f"lr {lr:g} (2e-3 x sqrt(batch/32))"
     steps = _time(stats, tc, keys, batch * cost / REF_COST, values, why)
     _protection(stats, keys, values, why, steps * batch / max(stats.count, 1))
+    measured = cfg.data.dataset.strip().lower() in GUIDANCE_BY_LENGTH_DATA
+    late: list[str] = []
     if "sample.guidance" in keys:
-        if cfg.data.dataset.strip().lower() not in GUIDANCE_BY_LENGTH_DATA:
+        if not measured:
             values["sample.guidance"] = GUIDANCE_SHORT
             why["sample.guidance"] = (f"guidance {GUIDANCE_SHORT:g} (a lower weight for long "
                                       "runs is measured on MNIST only)")
         elif tc.time_budget_min:          # the steps are known once the budget has timed them
+            late.append("sample.guidance")
             why["sample.guidance"] = (f"guidance {GUIDANCE_SHORT:g} below {GUIDANCE_LONG_STEPS:,}"
                                       f" steps, else {GUIDANCE_LONG:g} (chosen when the budget "
                                       "has sized the run)")
         else:
             values["sample.guidance"], why["sample.guidance"] = guidance_for(tc.max_steps)
-    return Recipe(values, why)
+    if set(SAMPLER_KEYS) <= keys:                # (a pair: one the user set keeps both)
+        if not measured:
+            values.update({"sample.sampler": SAMPLER_LONG[0], "sample.steps": SAMPLER_LONG[1]})
+            why["sample.sampler"] = (f"sampler {_sampler(SAMPLER_LONG)} (the SDE sampler for "
+                                     "short runs is measured on MNIST only)")
+        elif tc.time_budget_min:
+            late.extend(SAMPLER_KEYS)
+            why["sample.sampler"] = (f"sampler {_sampler(SAMPLER_SHORT)} below "
+                                     f"{SAMPLER_LONG_STEPS:,} steps, else "
+                                     f"{_sampler(SAMPLER_LONG)} (chosen when the budget has "
+                                     "sized the run)")
+        else:
+            sampler, n, why["sample.sampler"] = sampler_for(tc.max_steps)
+            values.update({"sample.sampler": sampler, "sample.steps": n})
+    return Recipe(values, why, tuple(late))
+
+
+def _sampler(choice: tuple[str, int]) -> str:
+    return f"{choice[0]} {choice[1]} steps"
+
+
+def sampler_for(steps: int) -> tuple[str, int, str]:
+    """The sampler and its steps for a run of ``steps`` training steps, and why: the
+    stochastic DPM-Solver++(2M) SDE at 10 steps corrects a short run's errors where a
+    deterministic solver follows them; a long run's model is accurate enough for the ODE
+    solver at 20 (BENCHMARKS.md §12c)."""
+    long = steps >= SAMPLER_LONG_STEPS
+    sampler, n = SAMPLER_LONG if long else SAMPLER_SHORT
+    side = ">=" if long else "<"
+    return sampler, n, f"sampler {_sampler((sampler, n))} ({steps:,} steps {side} " \
+        f"{SAMPLER_LONG_STEPS:,})"
 
 
 def guidance_for(steps: int) -> tuple[float, str]:
@@ -320,19 +363,27 @@ def apply_recipe(cfg: Config, stats: DataStats) -> tuple[Config, str | None]:
     if not keys:
         return replace(cfg, data=data), None
     recipe = choose(stats, cfg, keys)
-    late = tuple(k for k in LATE_KEYS if k in keys and k not in recipe.values)
-    return _with(replace(cfg, data=replace(data, recipe=late)), recipe.values), recipe.line(stats)
+    return (_with(replace(cfg, data=replace(data, recipe=recipe.late)), recipe.values),
+            recipe.line(stats))
 
 
 def after_sizing(cfg: Config) -> tuple[Config, str | None]:
     """``cfg`` (whose ``train.max_steps`` a time budget has just set) with the keys the recipe
     left for then (:data:`LATE_KEYS`, still in ``data.recipe``) decided, the list emptied, and
     the line to print (None: nothing was left)."""
-    if "sample.guidance" not in cfg.data.recipe:
+    keys, n = set(cfg.data.recipe) & set(LATE_KEYS), cfg.train.max_steps
+    if not keys:
         return cfg, None
-    w, why = guidance_for(cfg.train.max_steps)
-    out = _with(replace(cfg, data=replace(cfg.data, recipe=())), {"sample.guidance": w})
-    return out, f"ddpmlab: recipe: {why}"
+    values: dict[str, Any] = {}
+    said: list[str] = []
+    if "sample.guidance" in keys:
+        values["sample.guidance"], why = guidance_for(n)
+        said.append(why)
+    if set(SAMPLER_KEYS) <= keys:
+        values["sample.sampler"], values["sample.steps"], why = sampler_for(n)
+        said.append(why)
+    out = _with(replace(cfg, data=replace(cfg.data, recipe=())), values)
+    return out, "ddpmlab: recipe: " + "; ".join(said)
 
 
 def _with(cfg: Config, values: dict[str, Any]) -> Config:

@@ -35,6 +35,9 @@ BUDGET_MARGIN = 0.95
 #: how far past a time budget the user gave a preset's time limit is moved (the main job's own
 #: margin: train.time_budget_min 7, train.time_limit_min 8)
 PRESET_LIMIT_MARGIN_MIN = 1.0
+#: the step cap of a run whose time budget the user gave without a max_steps: only keeps the
+#: arithmetic finite (the budget sizes the run)
+UNCAPPED = 100_000_000
 
 
 def steps_within(budget_s: float, elapsed_s: float, step: int, seconds_per_step: float,
@@ -202,31 +205,42 @@ class TimeBudget:
 
 
 def respect_run_length(cfg: Config, given: set[str]) -> tuple[Config, str | None]:
-    """A run length the user asked for is not cut by a time limit they did not ask for.
+    """A run length the user asked for is not cut by a time limit or a step cap they did not
+    ask for.
 
     ``given``: the config keys the user set (flags or ``key=value``). When they set
     ``train.max_steps`` or ``train.time_budget_min`` but not ``train.time_limit_min``, a limit
     from the preset (the main job's safety net: 8 minutes) that would stop the run early is
     moved: past a time budget B by the preset's own margin over its budget (mnist: 8 - 7 = 1
     minute; 1 minute when the preset has no budget), or off for a step count without a budget.
-    Returns the config and the one line that says so (None when nothing changed)."""
+    When they set a time budget but not ``train.max_steps``, the preset's cap (mnist: 5,000
+    steps, a bf16 machine's 16 minutes) is lifted to :data:`UNCAPPED`: the budget sizes the run
+    (the emoji hour stopped at 5,000 steps after 16 minutes, BENCHMARKS.md §13).
+    Returns the config and what it says (one line per change; None when nothing changed)."""
     tc = cfg.train
+    notes = []
+    if (tc.time_budget_min and "train.time_budget_min" in given and "train.max_steps" not in given
+            and tc.max_steps < UNCAPPED):
+        notes.append(f"ddpmlab: the preset's max_steps cap ({tc.max_steps:,}) is lifted: "
+                     f"--time-budget {tc.time_budget_min:g} sizes the run (--max-steps N, or "
+                     "train.max_steps=N with the budget, caps it)")
+        tc = replace(tc, max_steps=UNCAPPED)
     asked = given & {"train.max_steps", "train.time_budget_min"}
-    if not tc.time_limit_min or not asked or "train.time_limit_min" in given:
+    limit, moved = tc.time_limit_min, None
+    if tc.time_limit_min and asked and "train.time_limit_min" not in given:
+        if tc.time_budget_min:
+            if "train.time_budget_min" in given and \
+                    tc.time_budget_min + PRESET_LIMIT_MARGIN_MIN > tc.time_limit_min:
+                limit = tc.time_budget_min + PRESET_LIMIT_MARGIN_MIN
+                moved = (f"{limit:g} min", f"--time-budget {tc.time_budget_min:g} asks for "
+                                           f"{tc.time_budget_min:g} min")
+        else:                       # (a budget the preset set is inside its own limit)
+            limit = 0.0
+            moved = ("off", f"--max-steps {tc.max_steps} asks for exactly {tc.max_steps} steps")
+    if moved:
+        notes.append(f"ddpmlab: the preset's time limit (train.time_limit_min="
+                     f"{tc.time_limit_min:g}) is now {moved[0]}: {moved[1]} (--time-limit M "
+                     "sets one)")
+    if not notes:
         return cfg, None
-    if tc.time_budget_min:
-        margin = PRESET_LIMIT_MARGIN_MIN
-        if "train.time_budget_min" not in given:  # the preset's budget: its own margin
-            return cfg, None
-        limit = tc.time_budget_min + margin
-        if limit <= tc.time_limit_min:
-            return cfg, None
-        why = f"--time-budget {tc.time_budget_min:g} asks for {tc.time_budget_min:g} min"
-        new = f"{limit:g} min"
-    else:
-        limit = 0.0
-        why = f"--max-steps {tc.max_steps} asks for exactly {tc.max_steps} steps"
-        new = "off"
-    out = replace(cfg, train=replace(tc, time_limit_min=limit))
-    return out, (f"ddpmlab: the preset's time limit (train.time_limit_min={tc.time_limit_min:g}) "
-                 f"is now {new}: {why} (--time-limit M sets one)")
+    return replace(cfg, train=replace(tc, time_limit_min=limit)), "\n".join(notes)

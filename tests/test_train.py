@@ -583,9 +583,7 @@ def test_a_run_length_the_user_asks_for_is_not_cut_by_the_presets_time_limit():
     """Issue 34: the mnist preset's train.time_limit_min 8 silently cut --time-budget 30 and
     --max-steps 5000 (both suggested by the README) at 8 minutes."""
     from ddpmlab.config import load_config
-    from ddpmlab.train.budget import respect_run_length
-
-    from ddpmlab.train.budget import UNCAPPED
+    from ddpmlab.train.budget import UNCAPPED, respect_run_length
 
     preset = load_config("mnist")
     assert preset.train.time_limit_min == 8 and preset.train.time_budget_min == 7

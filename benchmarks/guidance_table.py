@@ -11,13 +11,15 @@ images and the share read as the class asked for. A row is written as ``key=valu
 * ``guide=G`` and ``gw=W``: autoguidance by G, a checkpoint folder of the run (``step_00000300``)
   or any run/checkpoint path, or ``phema@STEP@S`` (the post-hoc EMA of length S at snapshot step
   STEP: a shorter-trained copy of the same model), with weight W.
-* ``sampler=NAME``, ``steps=K``: the sampler (default: ``--sampler``/``--steps``).
+* ``sampler=NAME``, ``steps=K``: the sampler (default: ``--sampler``/``--steps``, else the
+  run's own ``sample.sampler``/``sample.steps``: this session's 850-step rows drew with the
+  table's old default, DPM-Solver++(2M) SDE at 10 steps, where the run samples with another).
 
 A row says all of its guidance: one without ``guide=`` has no autoguidance, also on a run whose
 config names a guide (the ``mnist`` preset's ``sample.guide: "@0.6"``, which ``load_run``
 resolves to a checkpoint; written ``guide=step_...`` it is measured like any other).
 
-python -m benchmarks.guidance_table RUN [--n 1000] [--sampler dpmpp_2m_sde] [--steps 10]
+python -m benchmarks.guidance_table RUN [--n 1000] [--sampler NAME] [--steps K]
     --rows "w=2" "w=1.5,iv=0.3:5" "ema=0.05,w=2" "w=1,guide=phema@300@0.05,gw=2" ...
     [--name NAME]
 
@@ -31,6 +33,7 @@ import argparse
 import dataclasses
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -111,9 +114,11 @@ def draw(models: Models, row: dict[str, str], a: argparse.Namespace):
     iv = tuple(float(v) for v in row["iv"].split(":")) if "iv" in row else ()
     t0 = time.perf_counter()
     y = default_labels(models.cfg, a.n)
+    steps = row.get("steps", a.steps)           # (None: the run's own sampler and steps)
     x = sample_images(model, models.cfg, n=a.n, seed=0, y=y,
                       sampler=row.get("sampler", a.sampler),
-                      steps=int(row.get("steps", a.steps)), guidance=float(row.get("w", 1.0)),
+                      steps=None if steps is None else int(steps),
+                      guidance=float(row.get("w", 1.0)),
                       guide=guide, guide_weight=float(row.get("gw", 1.0)) if guide else None,
                       guidance_interval=iv, batch_size=a.batch)
     return x, y, time.perf_counter() - t0
@@ -138,9 +143,13 @@ def measure(models: Models, row: dict[str, str], a: argparse.Namespace) -> dict:
             "confident": c["confident_share"], "seconds": seconds}
 
 
-def table(rows: list[dict], a: argparse.Namespace, ckpt: Path, classes: int) -> str:
+def table(rows: list[dict], a: argparse.Namespace, ckpt: Path, classes: int,
+          sample: Any) -> str:
+    """The Markdown table of ``rows`` (``sample``: the run's ``SampleConfig``)."""
+    own = "" if a.sampler or a.steps else " (the run's own)"
     lines = [f"Run `{a.run}` ({ckpt.name}); {a.n} samples per row (sample k asks for class "
-             f"k % {classes}, seed 0); default sampler {a.sampler}, {a.steps} steps.", "",
+             f"k % {classes}, seed 0); default sampler {a.sampler or sample.sampler}, "
+             f"{a.steps or sample.steps} steps{own}.", "",
              "| setting | FID | KID | read as asked | confident | seconds |",
              "|---|---|---|---|---|---|"]
     for r in rows:
@@ -161,13 +170,13 @@ def main() -> None:
     p.add_argument("run")
     p.add_argument("--rows", nargs="+", required=True)
     p.add_argument("--n", type=int, default=1000)
-    p.add_argument("--sampler", default="dpmpp_2m_sde")
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--sampler", help="the rows' sampler (default: the run's sample.sampler)")
+    p.add_argument("--steps", type=int, help="its steps (default: the run's sample.steps)")
     p.add_argument("--batch", type=int, default=250)
     p.add_argument("--name", default="guidance_table")
     a = p.parse_args()
     specs = [parse_row(r) for r in a.rows]
-    if a.sampler not in list(SAMPLERS):
+    if a.sampler is not None and a.sampler not in list(SAMPLERS):
         raise SystemExit(f"--sampler {a.sampler!r}: not a sampler ({', '.join(list(SAMPLERS))})")
     models = Models(a.run)
     for spec in specs:                  # (a missing guide is said before any row is drawn)
@@ -179,7 +188,7 @@ def main() -> None:
         r = rows[-1]
         print(f"{r['row']}: FID {r['fid']:.2f}, {100 * r['as_requested']:.1f}% as asked, "
               f"{r['seconds']:.0f} s", flush=True)
-        text = table(rows, a, models.ckpt, models.cfg.model.num_classes)
+        text = table(rows, a, models.ckpt, models.cfg.model.num_classes, models.cfg.sample)
         write_text(result_path("guidance_table", f"{a.name}.md"), text)
         write_json(result_path("guidance_table", f"{a.name}.json"),
                    {"run": a.run, "checkpoint": models.ckpt.name, "rows": rows,

@@ -396,6 +396,10 @@ def test_guidance_table_rows_without_a_guide_are_not_autoguided(tmp_path):
     own = sample_images(model, cfg, n=4, seed=0, y=y)
     assert torch.equal(plain_row, plain) and torch.equal(guided_row, own)
     assert not torch.equal(plain, own)
+    # no --sampler/--steps: the run's own (the table's old default was DPM-Solver++(2M) SDE 10)
+    default = argparse.Namespace(n=4, sampler=None, steps=None, batch=4)
+    assert torch.equal(draw(models, {}, default)[0], sample_images(model, cfg, n=4, seed=0, y=y,
+                                                                   guide_weight=1.0))
 
 
 @pytest.mark.e2e  # over 3 s: a run sized by time

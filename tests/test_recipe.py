@@ -58,7 +58,7 @@ def test_the_recipe_gives_the_main_jobs_values_on_mnist(preset):
                                                          time_budget_min=0.0)))
     assert sized.sample == cfg.sample and sized.data.recipe == ()
     assert said == "ddpmlab: recipe: guidance 2 (797 steps < 2,000)" + (
-        "; sampler dpmpp_2m_sde 10 steps (797 steps < 2,000)" if by_length else "")
+        "; sampler dpmpp_2m_sde 10 steps (797 steps < 1,000)" if by_length else "")
     assert line.startswith("ddpmlab: recipe for 4,500 images of 28 px gray, 10 classes: ")
     assert "\n" not in line and "attention at [7] px" in line and "EMA 0.999 " in line
 
@@ -243,7 +243,7 @@ def test_the_sampler_follows_the_trained_length():
     steps below SAMPLER_LONG_STEPS, DPM-Solver++(2M) at 20 from there; at once from max_steps
     or after the budget's sizing; one key of the pair set by the user keeps both as given;
     other data and the flow/EDM presets keep their sampler."""
-    assert [sampler_for(n)[:2] for n in (1, 850, 1_999, 2_000, 3_131)] == \
+    assert [sampler_for(n)[:2] for n in (1, 850, 999, 1_000, 3_131)] == \
         [SAMPLER_SHORT] * 3 + [SAMPLER_LONG] * 2
     assert (SAMPLER_SHORT, SAMPLER_LONG) == (("dpmpp_2m_sde", 10), ("dpm_solver", 20))
     cfg = _for(load_config("mnist"), MNIST)
@@ -254,12 +254,12 @@ def test_the_sampler_follows_the_trained_length():
         assert f"sampler {want[0]} {want[1]} steps ({max_steps:,} steps" in line
     budget, line = apply_recipe(cfg, MNIST)
     assert set(SAMPLER_KEYS) <= set(budget.data.recipe)
-    assert "sampler dpmpp_2m_sde 10 steps below 2,000 steps, else dpm_solver 20 steps" in line
+    assert "sampler dpmpp_2m_sde 10 steps below 1,000 steps, else dpm_solver 20 steps" in line
     for n, want in ((797, SAMPLER_SHORT), (2_844, SAMPLER_LONG)):
         sized, said = after_sizing(budget.replace(train=replace(budget.train, max_steps=n)))
         assert (sized.sample.sampler, sized.sample.steps) == want and sized.data.recipe == ()
         assert said.endswith(f"; sampler {want[0]} {want[1]} steps ({n:,} steps "
-                             f"{'<' if want == SAMPLER_SHORT else '>='} 2,000)")
+                             f"{'<' if want == SAMPLER_SHORT else '>='} 1,000)")
     # one of the pair given: both stay (the user's steps with the preset's sampler)
     mine, _ = apply_recipe(cfg.override({"sample.steps": "30"}), MNIST)
     assert not set(SAMPLER_KEYS) & set(mine.data.recipe)  # (an incomplete pair: left alone)

@@ -101,6 +101,7 @@ digits, 10 classes), which they reproduce exactly (``tests/test_recipe.py``):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -265,37 +266,62 @@ def choose(stats: DataStats, cfg: Config, keys: set[str]) -> Recipe:
     _protection(stats, keys, values, why, steps * batch / max(stats.count, 1))
     measured = cfg.data.dataset.strip().lower() in GUIDANCE_BY_LENGTH_DATA
     late: list[str] = []
-    if "sample.guidance" in keys:
+    for rule in _length_rules():
+        if not set(rule.keys) <= keys:       # (a pair: one the user set keeps both)
+            continue
         if not measured:
-            values["sample.guidance"] = GUIDANCE_SHORT
-            why["sample.guidance"] = (f"guidance {GUIDANCE_SHORT:g} (a lower weight for long "
-                                      "runs is measured on MNIST only)")
-        elif tc.time_budget_min:          # the steps are known once the budget has timed them
-            late.append("sample.guidance")
-            why["sample.guidance"] = (f"guidance {GUIDANCE_SHORT:g} below {GUIDANCE_LONG_STEPS:,}"
-                                      f" steps, else {GUIDANCE_LONG:g} (chosen when the budget "
-                                      "has sized the run)")
+            values.update(rule.elsewhere[0])
+            why[rule.keys[0]] = rule.elsewhere[1]
+        elif tc.time_budget_min:             # the steps are known once the budget has timed them
+            late.extend(rule.keys)
+            why[rule.keys[0]] = rule.pending
         else:
-            values["sample.guidance"], why["sample.guidance"] = guidance_for(tc.max_steps)
-    if set(SAMPLER_KEYS) <= keys:                # (a pair: one the user set keeps both)
-        if not measured:
-            values.update({"sample.sampler": SAMPLER_LONG[0], "sample.steps": SAMPLER_LONG[1]})
-            why["sample.sampler"] = (f"sampler {_sampler(SAMPLER_LONG)} (the SDE sampler for "
-                                     "short runs is measured on MNIST only)")
-        elif tc.time_budget_min:
-            late.extend(SAMPLER_KEYS)
-            why["sample.sampler"] = (f"sampler {_sampler(SAMPLER_SHORT)} below "
-                                     f"{SAMPLER_LONG_STEPS:,} steps, else "
-                                     f"{_sampler(SAMPLER_LONG)} (chosen when the budget has "
-                                     "sized the run)")
-        else:
-            sampler, n, why["sample.sampler"] = sampler_for(tc.max_steps)
-            values.update({"sample.sampler": sampler, "sample.steps": n})
+            chosen, why[rule.keys[0]] = rule.decide(tc.max_steps)
+            values.update(chosen)
     return Recipe(values, why, tuple(late))
 
 
 def _sampler(choice: tuple[str, int]) -> str:
     return f"{choice[0]} {choice[1]} steps"
+
+
+@dataclass(frozen=True)
+class _LengthRule:
+    """Keys the recipe decides by the trained length (:data:`LATE_KEYS`): ``decide(steps)``
+    gives their values and why; ``elsewhere`` the values and why on data the rule was not
+    measured on; ``pending`` what the recipe line says while a time budget has not yet sized
+    the run."""
+
+    keys: tuple[str, ...]
+    decide: Callable[[int], tuple[dict[str, Any], str]]
+    elsewhere: tuple[dict[str, Any], str]
+    pending: str
+
+
+def _length_rules() -> tuple[_LengthRule, ...]:
+    """The guidance (:func:`guidance_for`) and the sampler pair (:func:`sampler_for`)."""
+    def guidance(n: int) -> tuple[dict[str, Any], str]:
+        w, why = guidance_for(n)
+        return {"sample.guidance": w}, why
+
+    def sampler(n: int) -> tuple[dict[str, Any], str]:
+        name, k, why = sampler_for(n)
+        return {"sample.sampler": name, "sample.steps": k}, why
+
+    return (
+        _LengthRule(("sample.guidance",), guidance,
+                    ({"sample.guidance": GUIDANCE_SHORT},
+                     f"guidance {GUIDANCE_SHORT:g} (a lower weight for long runs is measured "
+                     "on MNIST only)"),
+                    f"guidance {GUIDANCE_SHORT:g} below {GUIDANCE_LONG_STEPS:,} steps, else "
+                    f"{GUIDANCE_LONG:g} (chosen when the budget has sized the run)"),
+        _LengthRule(SAMPLER_KEYS, sampler,
+                    ({"sample.sampler": SAMPLER_LONG[0], "sample.steps": SAMPLER_LONG[1]},
+                     f"sampler {_sampler(SAMPLER_LONG)} (the SDE sampler for short runs is "
+                     "measured on MNIST only)"),
+                    f"sampler {_sampler(SAMPLER_SHORT)} below {SAMPLER_LONG_STEPS:,} steps, "
+                    f"else {_sampler(SAMPLER_LONG)} (chosen when the budget has sized the run)"),
+    )
 
 
 def sampler_for(steps: int) -> tuple[str, int, str]:
@@ -389,12 +415,11 @@ def after_sizing(cfg: Config) -> tuple[Config, str | None]:
         return cfg, None
     values: dict[str, Any] = {}
     said: list[str] = []
-    if "sample.guidance" in keys:
-        values["sample.guidance"], why = guidance_for(n)
-        said.append(why)
-    if set(SAMPLER_KEYS) <= keys:
-        values["sample.sampler"], values["sample.steps"], why = sampler_for(n)
-        said.append(why)
+    for rule in _length_rules():
+        if set(rule.keys) <= keys:
+            chosen, why = rule.decide(n)
+            values.update(chosen)
+            said.append(why)
     out = _with(replace(cfg, data=replace(cfg.data, recipe=())), values)
     return out, "ddpmlab: recipe: " + "; ".join(said)
 

@@ -12,8 +12,8 @@ images and the share read as the class asked for. A row is written as ``key=valu
   or any run/checkpoint path, or ``phema@STEP@S`` (the post-hoc EMA of length S at snapshot step
   STEP: a shorter-trained copy of the same model), with weight W.
 * ``sampler=NAME``, ``steps=K``: the sampler (default: ``--sampler``/``--steps``, else the
-  run's own ``sample.sampler``/``sample.steps``: this session's 850-step rows drew with the
-  table's old default, DPM-Solver++(2M) SDE at 10 steps, where the run samples with another).
+  run's own ``sample.sampler``/``sample.steps``; until 2026-12-08 the default was
+  DPM-Solver++(2M) SDE at 10 steps whatever the run samples with).
 
 A row says all of its guidance: one without ``guide=`` has no autoguidance, also on a run whose
 config names a guide (the ``mnist`` preset's ``sample.guide: "@0.6"``, which ``load_run``
